@@ -1,0 +1,47 @@
+# Two commands for a new user: `make demo` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+LIBTORCH := $(VENV)/libtorch
+TORCH_VERSION := 2.13.0
+BIN := target/debug/tripmine
+DEMO_OUT := out/demo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine clean-venv
+
+# Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
+$(LIBTORCH):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check --quiet torch==$(TORCH_VERSION) numpy safetensors
+	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.relpath(os.path.dirname(torch.__file__), "$(VENV)"))')" $(LIBTORCH)
+
+libtorch: $(LIBTORCH)
+
+build: $(LIBTORCH)
+	cargo build
+
+fixtures: $(LIBTORCH)
+	cargo run --example make_fixtures -- fixtures
+
+demo: build
+	@rm -rf $(DEMO_OUT)
+	$(BIN) embed --corpus fixtures/corpus --out $(DEMO_OUT)/embeddings --input-size 32 --seed 7
+	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
+	@echo
+	@echo "embeddings:    $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
+	@echo "triplets:      $(DEMO_OUT)/triplets.csv (+ triplets.json)"
+
+test: $(LIBTORCH)
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test
+
+bench-embed: $(LIBTORCH)
+	cargo run --release --example bench_embed
+
+bench-mine: $(LIBTORCH)
+	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

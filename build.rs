@@ -1,0 +1,18 @@
+//! Lets the binary find libtorch without LD_LIBRARY_PATH and keeps its CUDA part linked.
+
+use std::path::Path;
+
+fn main() {
+    // torch-sys (`links = "tch"`) publishes the directory it linked against.
+    let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    // The linker drops libtorch_cuda under --as-needed because no symbol of ours refers to it;
+    // without it a GPU machine would silently run on the CPU.
+    if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

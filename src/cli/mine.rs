@@ -1,0 +1,128 @@
+//! `tripmine mine`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{RuntimeArgs, UsageError};
+use crate::definitions::{Distance, DEFAULT_MARGIN};
+use crate::knn::{HnswParams, KnnChoice};
+use crate::mine::{
+    EmbeddingSource, MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy,
+};
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head"
+)]
+pub struct MineArgs {
+    /// Embeddings directory written by `tripmine embed`
+    #[arg(long, required_unless_present = "corpus", conflicts_with = "corpus")]
+    pub embeddings: Option<PathBuf>,
+    /// Corpus to embed first (with --model)
+    #[arg(long, requires = "model")]
+    pub corpus: Option<PathBuf>,
+    /// Checkpoint directory used with --corpus
+    #[arg(long, requires = "corpus")]
+    pub model: Option<PathBuf>,
+    /// Triplet CSV to write, or - for stdout (a sidecar .json is written next to a file)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Margin m: semi-hard means 0 < d(a,n) − d(a,p) ≤ m
+    #[arg(long, default_value_t = DEFAULT_MARGIN)]
+    pub margin: f32,
+    #[arg(long, value_enum, default_value_t = Distance::Euclidean)]
+    pub distance: Distance,
+    /// hard | semihard | easy | all, or a mix such as semihard=0.7,hard=0.3
+    #[arg(long, default_value = "semihard")]
+    pub strategy: Strategy,
+    #[arg(long, value_enum, default_value_t = PositiveRule::Hardest)]
+    pub positives: PositiveRule,
+    /// Negatives per anchor–positive pair
+    #[arg(long, default_value_t = 1)]
+    pub negatives_per_anchor: usize,
+    #[arg(long, value_enum, default_value_t = NegativeOrder::Nearest)]
+    pub negative_order: NegativeOrder,
+    /// Mine from N anchors of each class instead of every sample
+    #[arg(long)]
+    pub anchors_per_class: Option<usize>,
+    /// CSV with a `path` column: those samples take no role in any triplet
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// Neighbour backend; auto picks HNSW from 50,000 samples on
+    #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
+    pub knn: KnnChoice,
+    /// HNSW links per node
+    #[arg(long, default_value_t = HnswParams::default().m)]
+    pub hnsw_m: usize,
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    pub ef_construction: usize,
+    #[arg(long, default_value_t = HnswParams::default().ef_search)]
+    pub ef_search: usize,
+    /// Deepest other-label neighbour search before an anchor is recorded as short
+    #[arg(long, default_value_t = MiningRules::default().max_depth)]
+    pub max_search_depth: usize,
+    /// Images per forward pass when embedding --corpus
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl MineArgs {
+    pub fn to_config(&self) -> Result<MineConfig, anyhow::Error> {
+        let device = self.runtime.apply()?;
+        let usage = |m: &str| -> anyhow::Error { UsageError(m.into()).into() };
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return Err(usage("--margin must be a non-negative number"));
+        }
+        if self.negatives_per_anchor == 0 || self.anchors_per_class == Some(0) {
+            return Err(usage(
+                "--negatives-per-anchor and --anchors-per-class must be at least 1",
+            ));
+        }
+        if !(1..=256).contains(&self.hnsw_m) || self.ef_construction == 0 || self.ef_search == 0 {
+            return Err(usage(
+                "--hnsw-m must be in 1..=256 and the ef values positive",
+            ));
+        }
+        let source = match (&self.embeddings, &self.corpus, &self.model) {
+            (Some(dir), _, _) => EmbeddingSource::Dir(dir.clone()),
+            (None, Some(corpus), Some(model)) => EmbeddingSource::Corpus {
+                corpus: corpus.clone(),
+                model: model.clone(),
+                batch_size: self.batch_size.max(1),
+            },
+            _ => {
+                return Err(usage(
+                    "give --embeddings DIR, or --corpus PATH with --model DIR",
+                ))
+            }
+        };
+        let defaults = MiningRules::default();
+        Ok(MineConfig {
+            source,
+            out: (self.out.as_os_str() != "-").then(|| self.out.clone()),
+            rules: MiningRules {
+                margin: self.margin,
+                distance: self.distance,
+                strategy: self.strategy.clone(),
+                positives: self.positives,
+                negatives_per_anchor: self.negatives_per_anchor,
+                negative_order: self.negative_order,
+                anchors_per_class: self.anchors_per_class,
+                seed: self.runtime.seed,
+                start_depth: defaults.start_depth.min(self.max_search_depth),
+                max_depth: self.max_search_depth.max(1),
+            },
+            knn: self.knn,
+            hnsw: HnswParams {
+                m: self.hnsw_m,
+                ef_construction: self.ef_construction,
+                ef_search: self.ef_search,
+            },
+            exclude: self.exclude.clone(),
+            device,
+        })
+    }
+}

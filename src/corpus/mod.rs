@@ -1,0 +1,82 @@
+//! A labelled image corpus: where its samples are, what they are called and labelled, and the
+//! problems found on the way (reported per file, never fatal on their own).
+
+mod decode;
+mod source;
+
+pub use decode::{decode_image, Preprocess};
+pub use source::open;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// One image of the corpus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The path as the corpus names it: relative to the ImageFolder root, or as written in the
+    /// manifest. This is the name used in every output.
+    pub path: String,
+    /// Where the file is on disk.
+    pub file: PathBuf,
+    pub label: String,
+    /// The manifest's split column, or empty.
+    pub split: String,
+}
+
+/// A file that could not be used, and why. Written to `skipped.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub reason: String,
+}
+
+pub const PROBLEM_HEADER: [&str; 2] = ["path", "reason"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    ImageFolder,
+    Manifest,
+}
+
+#[derive(Debug)]
+pub struct Corpus {
+    pub source: PathBuf,
+    pub kind: SourceKind,
+    /// Sorted by `path`; a sample's position is its stable id.
+    pub samples: Vec<Sample>,
+    /// Entries rejected while listing (missing file, empty label, ...), before any decoding.
+    pub problems: Vec<Problem>,
+}
+
+impl Corpus {
+    /// Labels with exactly one sample: they can never be an anchor.
+    pub fn singleton_labels(&self) -> Vec<&str> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &self.samples {
+            *counts.entry(&s.label).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .filter(|&(_, n)| n == 1)
+            .map(|(l, _)| l)
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("corpus {0} does not exist")]
+    Missing(PathBuf),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("corpus {0} has no usable image (an ImageFolder corpus is root/<label>/<image>)")]
+    Empty(PathBuf),
+}

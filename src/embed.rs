@@ -1,0 +1,256 @@
+//! Batched embedding of a corpus: decode in parallel, run the network, keep what decoded.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use tch::{Device, Tensor};
+
+use crate::corpus::{self, decode_image, Corpus, CorpusError, Problem, Sample};
+use crate::definitions::Distance;
+use crate::model::{Embedder, ModelError, ModelSpec};
+use crate::progress;
+use crate::store::{self, EmbeddingSet, EmbeddingsMeta, SampleRow, StoreError};
+
+/// Which network embeds the corpus.
+#[derive(Debug, Clone)]
+pub enum ModelChoice {
+    Checkpoint(PathBuf),
+    /// A freshly initialised network (its spec carries the seed).
+    Fresh(ModelSpec),
+}
+
+impl ModelChoice {
+    pub fn build(&self, device: Device) -> Result<Embedder, ModelError> {
+        match self {
+            ModelChoice::Checkpoint(dir) => Embedder::load(dir, device),
+            ModelChoice::Fresh(spec) => Embedder::init(spec.clone(), device),
+        }
+    }
+
+    /// What `embeddings.json` and triplet sidecars record about the model.
+    pub fn describe(&self, model: &Embedder) -> serde_json::Value {
+        let source = match self {
+            ModelChoice::Checkpoint(dir) => dir.display().to_string(),
+            ModelChoice::Fresh(_) => "none (freshly initialised)".into(),
+        };
+        serde_json::json!({ "checkpoint": source, "origin": model.spec.origin, "spec": model.spec })
+    }
+}
+
+/// `tripmine embed`, validated.
+#[derive(Debug, Clone)]
+pub struct EmbedConfig {
+    pub corpus: PathBuf,
+    pub model: ModelChoice,
+    pub out: PathBuf,
+    pub device: Device,
+    pub batch_size: usize,
+    pub strict: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--strict: {} file(s) could not be used, nothing was written:\n{}", .0.len(), list_problems(.0))]
+    Strict(Vec<Problem>),
+    #[error("no image of {0} could be decoded; see the reasons above")]
+    NothingDecoded(PathBuf),
+}
+
+fn list_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {}: {}", p.path, p.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Embeddings of the samples that decoded; `samples[i]` owns row `i` of `data`.
+pub struct Embedded {
+    pub samples: Vec<Sample>,
+    pub data: Vec<f32>,
+    pub dim: usize,
+    pub problems: Vec<Problem>,
+}
+
+/// Embeds `samples` in batches. Decoding runs on rayon's pool, the network on libtorch's.
+pub fn embed_samples(
+    samples: &[Sample],
+    model: &Embedder,
+    batch_size: usize,
+) -> Result<Embedded, ModelError> {
+    let pre = &model.spec.preprocess;
+    let side = pre.input_size as i64;
+    let bar = progress::bar(samples.len() as u64, "embedding");
+    let mut out = Embedded {
+        samples: Vec::new(),
+        data: Vec::new(),
+        dim: model.spec.dim as usize,
+        problems: Vec::new(),
+    };
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let decoded: Vec<Result<Vec<f32>, String>> = chunk
+            .par_iter()
+            .map(|s| decode_image(&s.file).map(|img| pre.apply(&img)))
+            .collect();
+        let mut pixels = Vec::with_capacity(chunk.len() * pre.len());
+        for (sample, result) in chunk.iter().zip(decoded) {
+            match result {
+                Ok(values) => {
+                    pixels.extend_from_slice(&values);
+                    out.samples.push(sample.clone());
+                }
+                Err(reason) => out.problems.push(Problem {
+                    path: sample.path.clone(),
+                    reason,
+                }),
+            }
+        }
+        let n = (pixels.len() / pre.len()) as i64;
+        if n > 0 {
+            let batch = Tensor::from_slice(&pixels).view([n, pre.channels as i64, side, side]);
+            let emb = model
+                .embed(&batch)?
+                .to_device(Device::Cpu)
+                .contiguous()
+                .view([-1]);
+            out.data
+                .extend(Vec::<f32>::try_from(&emb).map_err(ModelError::from)?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn undecodable(samples: &[Sample]) -> Vec<Problem> {
+    samples
+        .par_iter()
+        .filter_map(|s| {
+            decode_image(&s.file).err().map(|reason| Problem {
+                path: s.path.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// A corpus embedded in memory, with the files that could not be used.
+pub struct CorpusEmbedding {
+    pub set: EmbeddingSet,
+    /// `embeddings.npy` exactly as it is written (and hashed).
+    pub npy: Vec<u8>,
+    pub problems: Vec<Problem>,
+    pub singleton_labels: Vec<String>,
+}
+
+/// Opens, decodes and embeds a corpus; under `strict` any unusable file is an error.
+pub fn embed_corpus(
+    corpus: &Path,
+    model: &ModelChoice,
+    device: Device,
+    batch_size: usize,
+    strict: bool,
+) -> Result<CorpusEmbedding, EmbedError> {
+    let listed = corpus::open(corpus)?;
+    if strict {
+        // Fail before any network work, naming every unusable file at once.
+        let mut problems = listed.problems.clone();
+        problems.extend(undecodable(&listed.samples));
+        if !problems.is_empty() {
+            problems.sort_by(|a, b| a.path.cmp(&b.path));
+            return Err(EmbedError::Strict(problems));
+        }
+    }
+    let network = model.build(device)?;
+    let embedded = embed_samples(&listed.samples, &network, batch_size)?;
+    let mut problems = listed.problems.clone();
+    problems.extend(embedded.problems.iter().cloned());
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    if strict && !problems.is_empty() {
+        return Err(EmbedError::Strict(problems));
+    }
+    if embedded.samples.is_empty() {
+        return Err(EmbedError::NothingDecoded(corpus.to_path_buf()));
+    }
+    let count = embedded.samples.len();
+    let npy = store::npy_bytes(count, embedded.dim, &embedded.data);
+    let meta = EmbeddingsMeta {
+        tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        corpus: corpus.display().to_string(),
+        count,
+        dim: embedded.dim,
+        distance: Distance::Euclidean,
+        normalised: true,
+        skipped: problems.len(),
+        model: model.describe(&network),
+        sha256: store::sha256_hex(&npy),
+    };
+    let kept = Corpus {
+        samples: embedded.samples,
+        ..listed
+    };
+    let singleton_labels = kept
+        .singleton_labels()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let samples = kept
+        .samples
+        .into_iter()
+        .enumerate()
+        .map(|(index, s)| SampleRow {
+            index,
+            path: s.path,
+            label: s.label,
+            split: s.split,
+        })
+        .collect();
+    let set = EmbeddingSet {
+        dim: embedded.dim,
+        data: embedded.data,
+        samples,
+        meta,
+    };
+    Ok(CorpusEmbedding {
+        set,
+        npy,
+        problems,
+        singleton_labels,
+    })
+}
+
+/// Runs `tripmine embed`: nothing is written under `--strict` if any file was unusable.
+pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
+    let embedded = embed_corpus(
+        &cfg.corpus,
+        &cfg.model,
+        cfg.device,
+        cfg.batch_size,
+        cfg.strict,
+    )?;
+    store::write(
+        &cfg.out,
+        &embedded.npy,
+        &embedded.set.samples,
+        &embedded.problems,
+        &embedded.set.meta,
+    )?;
+    Ok(embedded)
+}
+
+impl EmbedError {
+    /// Bad input (exit 2) as opposed to a failure while working (exit 1).
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            EmbedError::Corpus(_) | EmbedError::Strict(_) | EmbedError::NothingDecoded(_) => true,
+            EmbedError::Model(e) => e.is_input_error(),
+            EmbedError::Store(_) => false,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Exact k-NN by blocked matrix multiply in libtorch: a block of queries against a block of the
+//! corpus at a time, merging top-k lists, so memory is bounded by the block sizes and an N×N
+//! matrix never exists.
+
+use tch::{Device, Kind, Tensor};
+
+use super::{Neighbour, NeighbourIndex, Points, Restriction};
+
+pub struct ExactIndex {
+    data: Tensor,
+    labels: Tensor,
+    n: usize,
+    query_block: usize,
+    corpus_block: usize,
+}
+
+impl ExactIndex {
+    /// Copies the points to `device`. `query_block × corpus_block` scores are live at once.
+    pub fn new(points: Points, device: Device) -> Self {
+        let n = points.len() as i64;
+        let data = Tensor::from_slice(points.data)
+            .view([n, points.dim as i64])
+            .to_device(device);
+        let labels: Vec<i64> = points.labels.iter().map(|&l| l as i64).collect();
+        let labels = Tensor::from_slice(&labels).to_device(device);
+        ExactIndex {
+            data,
+            labels,
+            n: points.len(),
+            query_block: 1024,
+            corpus_block: 32768,
+        }
+    }
+
+    pub fn with_blocks(mut self, query_block: usize, corpus_block: usize) -> Self {
+        self.query_block = query_block.max(1);
+        self.corpus_block = corpus_block.max(1);
+        self
+    }
+
+    fn search_block(
+        &self,
+        queries: &[usize],
+        k: usize,
+        restriction: Restriction,
+    ) -> Vec<Vec<Neighbour>> {
+        let device = self.data.device();
+        let ids: Vec<i64> = queries.iter().map(|&q| q as i64).collect();
+        let ids = Tensor::from_slice(&ids).to_device(device);
+        let q = self.data.index_select(0, &ids);
+        let q_labels = self.labels.index_select(0, &ids).unsqueeze(1);
+        let mut best: Option<(Tensor, Tensor)> = None;
+        for start in (0..self.n).step_by(self.corpus_block) {
+            let len = self.corpus_block.min(self.n - start) as i64;
+            let start = start as i64;
+            let mut scores = q.matmul(&self.data.narrow(0, start, len).tr());
+            let c_ids =
+                Tensor::arange_start(start, start + len, (Kind::Int64, device)).unsqueeze(0);
+            let is_self = ids.unsqueeze(1).eq_tensor(&c_ids);
+            let same = q_labels.eq_tensor(&self.labels.narrow(0, start, len).unsqueeze(0));
+            let banned = match restriction {
+                Restriction::Any => is_self,
+                Restriction::OtherLabels => same,
+                Restriction::SameLabel => same.logical_not().logical_or(&is_self),
+            };
+            let _ = scores.masked_fill_(&banned, f64::NEG_INFINITY);
+            let (vals, idx) = scores.topk(k.min(len as usize) as i64, 1, true, true);
+            let idx = idx + start;
+            best = Some(match best {
+                None => (vals, idx),
+                Some((bv, bi)) => {
+                    let vals = Tensor::cat(&[bv, vals], 1);
+                    let idx = Tensor::cat(&[bi, idx], 1);
+                    let keep = k.min(vals.size()[1] as usize) as i64;
+                    let (v, pos) = vals.topk(keep, 1, true, true);
+                    (v, idx.gather(1, &pos, false))
+                }
+            });
+        }
+        let (vals, idx) = best.expect("the corpus is not empty");
+        let width = vals.size()[1] as usize;
+        let vals = Vec::<f32>::try_from(vals.to_device(Device::Cpu).contiguous().view([-1]))
+            .expect("float scores");
+        let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).contiguous().view([-1]))
+            .expect("int64 indices");
+        vals.chunks(width)
+            .zip(idx.chunks(width))
+            .map(|(v, i)| {
+                v.iter()
+                    .zip(i)
+                    .filter(|(v, _)| v.is_finite())
+                    .map(|(&dot, &index)| Neighbour {
+                        index: index as usize,
+                        dot,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl NeighbourIndex for ExactIndex {
+    fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>> {
+        if k == 0 || queries.is_empty() {
+            return vec![Vec::new(); queries.len()];
+        }
+        tch::no_grad(|| {
+            queries
+                .chunks(self.query_block)
+                .flat_map(|b| self.search_block(b, k, restriction))
+                .collect()
+        })
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "exact",
+            "device": format!("{:?}", self.data.device()),
+            "query_block": self.query_block,
+            "corpus_block": self.corpus_block,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{brute_force, clustered};
+    use super::*;
+
+    #[test]
+    fn matches_brute_force_for_every_restriction_across_blocks() {
+        let (data, labels) = clustered(7, 13, 16, 0.6, 5);
+        let points = Points {
+            data: &data,
+            dim: 16,
+            labels: &labels,
+        };
+        let index = ExactIndex::new(points, Device::Cpu).with_blocks(10, 17);
+        let queries: Vec<usize> = (0..points.len()).step_by(3).collect();
+        for restriction in [
+            Restriction::Any,
+            Restriction::OtherLabels,
+            Restriction::SameLabel,
+        ] {
+            let got = index.search(&queries, 15, restriction);
+            for (q, list) in queries.iter().zip(got) {
+                let want = brute_force(points, *q, 15, restriction);
+                let got_ids: Vec<_> = list.iter().map(|n| n.index).collect();
+                let want_ids: Vec<_> = want.iter().map(|n| n.index).collect();
+                assert_eq!(got_ids, want_ids, "query {q} {restriction:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_list_when_fewer_samples_are_allowed() {
+        let (data, labels) = clustered(2, 4, 8, 0.3, 1);
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let got = ExactIndex::new(points, Device::Cpu).search(&[0], 50, Restriction::SameLabel);
+        assert_eq!(got[0].len(), 3);
+    }
+}

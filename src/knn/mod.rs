@@ -1,0 +1,137 @@
+//! The neighbour layer: one interface, two backends (exact blocked GEMM in libtorch, and
+//! HNSW through hnsw_rs). Mining, evaluation and audit all ask their questions here.
+
+mod exact;
+mod hnsw;
+
+pub use exact::ExactIndex;
+pub use hnsw::{HnswIndex, HnswParams};
+
+use serde::Serialize;
+
+/// One neighbour: a sample index and its dot product with the query (unit vectors, so larger
+/// is closer; every distance is a function of it, see [`crate::definitions::Distance`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbour {
+    pub index: usize,
+    pub dot: f32,
+}
+
+/// Which samples may be returned for a query. The query itself never is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restriction {
+    Any,
+    OtherLabels,
+    SameLabel,
+}
+
+/// k nearest neighbours of indexed samples, nearest first. A list shorter than `k` holds every
+/// sample that the restriction allows.
+pub trait NeighbourIndex {
+    fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>>;
+    /// Name and parameters, recorded in every output that used the index.
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// Which backend `--knn` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KnnChoice {
+    /// exact below [`AUTO_HNSW_FROM`] samples, HNSW from there on
+    Auto,
+    Exact,
+    Hnsw,
+}
+
+/// Corpus size from which `--knn auto` picks HNSW (measured with `make bench-mine`, see README).
+pub const AUTO_HNSW_FROM: usize = 50_000;
+
+impl KnnChoice {
+    pub fn resolve(self, n: usize) -> KnnChoice {
+        match self {
+            KnnChoice::Auto if n >= AUTO_HNSW_FROM => KnnChoice::Hnsw,
+            KnnChoice::Auto => KnnChoice::Exact,
+            other => other,
+        }
+    }
+}
+
+/// Unit-vector embeddings with their labels: what every backend indexes.
+#[derive(Debug, Clone, Copy)]
+pub struct Points<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+    pub labels: &'a [u32],
+}
+
+impl<'a> Points<'a> {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn allowed(&self, query: usize, candidate: usize, restriction: Restriction) -> bool {
+        query != candidate
+            && match restriction {
+                Restriction::Any => true,
+                Restriction::OtherLabels => self.labels[query] != self.labels[candidate],
+                Restriction::SameLabel => self.labels[query] == self.labels[candidate],
+            }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::definitions::dot;
+    use crate::rng::Rng;
+
+    /// `classes` clusters of `per_class` unit vectors in `dim` dimensions.
+    pub fn clustered(
+        classes: usize,
+        per_class: usize,
+        dim: usize,
+        spread: f64,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<u32>) {
+        let mut rng = Rng::new(seed);
+        let mut data = Vec::new();
+        let mut labels = Vec::new();
+        for c in 0..classes {
+            let centre: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
+            for _ in 0..per_class {
+                let v: Vec<f64> = centre.iter().map(|x| x + spread * rng.normal()).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                data.extend(v.iter().map(|x| (x / norm) as f32));
+                labels.push(c as u32);
+            }
+        }
+        (data, labels)
+    }
+
+    /// Brute force: the oracle the backends are checked against.
+    pub fn brute_force(
+        points: Points,
+        query: usize,
+        k: usize,
+        restriction: Restriction,
+    ) -> Vec<Neighbour> {
+        let mut all: Vec<Neighbour> = (0..points.len())
+            .filter(|&j| points.allowed(query, j, restriction))
+            .map(|j| Neighbour {
+                index: j,
+                dot: dot(points.row(query), points.row(j)),
+            })
+            .collect();
+        all.sort_by(|a, b| b.dot.total_cmp(&a.dot).then(a.index.cmp(&b.index)));
+        all.truncate(k);
+        all
+    }
+}

@@ -1,0 +1,17 @@
+//! tripmine: global triplet mining, export and corpus checks for triplet-loss embedding models.
+//!
+//! The binary (`main.rs`) is a thin layer over these modules; see ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod corpus;
+pub mod definitions;
+pub mod embed;
+pub mod knn;
+pub mod mine;
+pub mod model;
+pub mod npy;
+pub mod output;
+pub mod progress;
+pub mod rng;
+pub mod store;
+pub mod triplets;

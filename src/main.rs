@@ -1,0 +1,92 @@
+//! The `tripmine` binary: parse arguments, run the library, map errors to exit codes
+//! (0 ok, 2 usage or input error, 1 failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tripmine::cli::{Cli, Command, UsageError};
+use tripmine::definitions::TripletKind;
+use tripmine::{embed, mine};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Embed(args) => {
+            let cfg = args.to_config()?;
+            let done = embed::run(&cfg)?;
+            for label in &done.singleton_labels {
+                eprintln!("warning: label {label:?} has a single image: it can never be an anchor");
+            }
+            let skipped = match done.problems.len() {
+                0 => String::new(),
+                n => format!(
+                    "; skipped {n} file(s), see {}",
+                    cfg.out.join(tripmine::store::SKIPPED_CSV).display()
+                ),
+            };
+            println!(
+                "embedded {} images ({}-d, {}) into {}{skipped}",
+                done.set.len(),
+                done.set.dim,
+                done.set.meta.model["origin"].as_str().unwrap_or("model"),
+                cfg.out.display()
+            );
+        }
+        Command::Mine(args) => {
+            let cfg = args.to_config()?;
+            let done = mine::run(&cfg)?;
+            let s = &done.stats;
+            let kind = |k| s.per_kind.get(&k).copied().unwrap_or(0);
+            let skipped: usize = s.skipped.values().sum();
+            let msg = format!(
+                "mined {} triplets ({} hard, {} semihard, {} easy) from {} anchors with {} in {:.1}s; {} anchors skipped{}",
+                s.triplets,
+                kind(TripletKind::Hard),
+                kind(TripletKind::Semihard),
+                kind(TripletKind::Easy),
+                s.anchors_with_triplets,
+                done.backend["backend"].as_str().unwrap_or("?"),
+                done.seconds,
+                skipped,
+                cfg.out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default(),
+            );
+            // With --out - the CSV owns stdout; the summary goes to stderr.
+            if cfg.out.is_some() {
+                println!("{msg}");
+            } else {
+                eprintln!("{msg}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let input = err.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause
+                .downcast_ref::<embed::EmbedError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<mine::MineError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<tripmine::model::ModelError>()
+                .is_some_and(|e| e.is_input_error())
+    });
+    if input {
+        2
+    } else {
+        1
+    }
+}

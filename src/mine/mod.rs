@@ -1,0 +1,269 @@
+//! Global triplet mining: load (or compute) embeddings, drop excluded samples, build the
+//! neighbour index, run the miner, write the triplet CSV and its JSON sidecar.
+
+mod miner;
+mod rules;
+
+pub use miner::{mine, MineStats, Triplet};
+pub use rules::{MiningRules, NegativeOrder, PositiveRule, Selection, Strategy};
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::Device;
+
+use crate::embed::{embed_corpus, EmbedError, ModelChoice};
+use crate::knn::{ExactIndex, HnswIndex, HnswParams, KnnChoice, NeighbourIndex, Points};
+use crate::output::{write_atomic, write_json};
+use crate::store::{self, EmbeddingSet, StoreError};
+use crate::triplets::{self, TripletRow};
+
+/// Where the embeddings come from.
+#[derive(Debug, Clone)]
+pub enum EmbeddingSource {
+    Dir(PathBuf),
+    Corpus {
+        corpus: PathBuf,
+        model: PathBuf,
+        batch_size: usize,
+    },
+}
+
+/// `tripmine mine`, validated.
+#[derive(Debug, Clone)]
+pub struct MineConfig {
+    pub source: EmbeddingSource,
+    /// `None` writes the CSV to stdout (and no sidecar).
+    pub out: Option<PathBuf>,
+    pub rules: MiningRules,
+    pub knn: KnnChoice,
+    pub hnsw: HnswParams,
+    pub exclude: Option<PathBuf>,
+    pub device: Device,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("exclude list {path}: {message}")]
+    Exclude { path: PathBuf, message: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl MineError {
+    /// Bad input (exit 2) as opposed to a failure while working (exit 1).
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            MineError::Store(_) | MineError::Exclude { .. } => true,
+            MineError::Embed(e) => e.is_input_error(),
+            MineError::Write { .. } => false,
+        }
+    }
+}
+
+pub struct MineSummary {
+    pub stats: MineStats,
+    pub backend: serde_json::Value,
+    pub excluded: usize,
+    pub seconds: f64,
+}
+
+/// Samples with labels interned as dense ids, ready for the neighbour layer.
+pub struct Labelled {
+    pub data: Vec<f32>,
+    pub dim: usize,
+    pub labels: Vec<u32>,
+    pub names: Vec<String>,
+    /// Position of each kept sample in the embedding set.
+    pub origin: Vec<usize>,
+}
+
+impl Labelled {
+    /// Every sample of `set` whose path is not in `excluded`.
+    pub fn from_set(set: &EmbeddingSet, excluded: &HashSet<String>) -> Self {
+        let mut names: Vec<String> = set.samples.iter().map(|s| s.label.clone()).collect();
+        names.sort();
+        names.dedup();
+        let id: BTreeMap<&str, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u32))
+            .collect();
+        let origin: Vec<usize> = (0..set.len())
+            .filter(|&i| !excluded.contains(&set.samples[i].path))
+            .collect();
+        Labelled {
+            data: origin
+                .iter()
+                .flat_map(|&i| set.row(i).iter().copied())
+                .collect(),
+            dim: set.dim,
+            labels: origin
+                .iter()
+                .map(|&i| id[set.samples[i].label.as_str()])
+                .collect(),
+            names,
+            origin,
+        }
+    }
+
+    pub fn points(&self) -> Points<'_> {
+        Points {
+            data: &self.data,
+            dim: self.dim,
+            labels: &self.labels,
+        }
+    }
+}
+
+/// Paths listed in the `path` column of a CSV (e.g. an audit's `exclude.csv`).
+pub fn read_exclude(path: &Path) -> Result<HashSet<String>, MineError> {
+    let bad = |message: String| MineError::Exclude {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let col = reader
+        .headers()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .position(|h| h == "path")
+        .ok_or_else(|| bad("no `path` column".into()))?;
+    reader
+        .records()
+        .map(|r| {
+            r.map(|r| r.get(col).unwrap_or("").to_string())
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
+pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
+    let start = Instant::now();
+    let set = match &cfg.source {
+        EmbeddingSource::Dir(dir) => store::read(dir)?,
+        EmbeddingSource::Corpus {
+            corpus,
+            model,
+            batch_size,
+        } => {
+            embed_corpus(
+                corpus,
+                &ModelChoice::Checkpoint(model.clone()),
+                cfg.device,
+                *batch_size,
+                false,
+            )?
+            .set
+        }
+    };
+    let excluded = match &cfg.exclude {
+        Some(path) => read_exclude(path)?,
+        None => HashSet::new(),
+    };
+    let labelled = Labelled::from_set(&set, &excluded);
+    let points = labelled.points();
+    let (triplets, stats, backend) = match cfg.knn.resolve(points.len()) {
+        KnnChoice::Hnsw => {
+            let index = HnswIndex::build(points, cfg.hnsw);
+            let (t, s) = mine(points, &index, &cfg.rules);
+            (t, s, index.describe())
+        }
+        _ => {
+            let index = ExactIndex::new(points, cfg.device);
+            let (t, s) = mine(points, &index, &cfg.rules);
+            (t, s, index.describe())
+        }
+    };
+    let rows = triplets.iter().map(|t| {
+        let sample = |i: usize| &set.samples[labelled.origin[i]];
+        TripletRow {
+            anchor: sample(t.anchor).path.clone(),
+            positive: sample(t.positive).path.clone(),
+            negative: sample(t.negative).path.clone(),
+            anchor_label: sample(t.anchor).label.clone(),
+            negative_label: sample(t.negative).label.clone(),
+            d_ap: t.d_ap,
+            d_an: t.d_an,
+            kind: t.kind,
+        }
+    });
+    let summary = MineSummary {
+        stats,
+        backend,
+        excluded: set.len() - points.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    match &cfg.out {
+        None => {
+            let stdout = std::io::stdout().lock();
+            match triplets::write(stdout, rows) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.map_err(|source| MineError::Write {
+                    path: "-".into(),
+                    source,
+                })?,
+            }
+        }
+        Some(path) => {
+            write_atomic(path, |w| triplets::write(w, rows)).map_err(|source| {
+                MineError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            let sidecar = path.with_extension("json");
+            write_json(&sidecar, &sidecar_json(cfg, &set, &summary)).map_err(|source| {
+                MineError::Write {
+                    path: sidecar,
+                    source,
+                }
+            })?;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    Ok(summary)
+}
+
+fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_json::Value {
+    let r = &cfg.rules;
+    serde_json::json!({
+        "tripmine_version": env!("CARGO_PKG_VERSION"),
+        "margin": crate::definitions::json_f32(r.margin),
+        "distance": r.distance,
+        "strategy": r.strategy.to_string(),
+        "positives": r.positives,
+        "negatives_per_anchor": r.negatives_per_anchor,
+        "negative_order": r.negative_order,
+        "anchors_per_class": r.anchors_per_class,
+        "search_depth": { "start": r.start_depth, "max": r.max_depth },
+        "seed": r.seed,
+        "model": set.meta.model,
+        "embeddings": { "corpus": set.meta.corpus, "count": set.len(), "dim": set.dim, "sha256": set.meta.sha256 },
+        "backend": s.backend,
+        "excluded_samples": s.excluded,
+        "counts": {
+            "triplets": s.stats.triplets,
+            "hard": s.stats.per_kind.get(&crate::definitions::TripletKind::Hard).copied().unwrap_or(0),
+            "semihard": s.stats.per_kind.get(&crate::definitions::TripletKind::Semihard).copied().unwrap_or(0),
+            "easy": s.stats.per_kind.get(&crate::definitions::TripletKind::Easy).copied().unwrap_or(0),
+        },
+        "anchors": {
+            "considered": s.stats.anchors,
+            "with_triplets": s.stats.anchors_with_triplets,
+            "short_of_negatives": s.stats.anchors_short,
+            "skipped": s.stats.skipped,
+            "settled_at_depth": s.stats.settled_at_depth,
+        },
+        "wall_seconds": s.seconds,
+    })
+}

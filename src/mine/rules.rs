@@ -1,0 +1,172 @@
+//! What to mine: positives rule, negative kinds (a weighted mix), order, counts and margin.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::definitions::{Distance, TripletKind};
+
+/// Which same-label samples serve as positives of an anchor (chosen exactly in its class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PositiveRule {
+    /// the farthest same-label sample
+    Hardest,
+    /// the nearest same-label sample
+    Easiest,
+    Random,
+    /// every same-label sample (K negatives for each pair)
+    All,
+}
+
+/// Within a kind, which negatives are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeOrder {
+    Nearest,
+    Random,
+}
+
+/// One negative kind of the strategy; `All` is every margin-violating negative (t ≤ m).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    Kind(TripletKind),
+    All,
+}
+
+impl Selection {
+    pub fn accepts(self, kind: TripletKind) -> bool {
+        match self {
+            Selection::Kind(k) => k == kind,
+            Selection::All => kind != TripletKind::Easy,
+        }
+    }
+
+    /// The largest d(a,n) that can belong to this selection (the band's far edge).
+    pub fn upper(self, d_ap: f32, margin: f32) -> f32 {
+        match self {
+            Selection::Kind(TripletKind::Hard) => d_ap,
+            Selection::Kind(TripletKind::Semihard) | Selection::All => d_ap + margin,
+            Selection::Kind(TripletKind::Easy) => f32::INFINITY,
+        }
+    }
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selection::Kind(k) => f.write_str(k.name()),
+            Selection::All => f.write_str("all"),
+        }
+    }
+}
+
+/// `--strategy`: one selection, or a weighted mix such as `semihard=0.7,hard=0.3`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Strategy {
+    pub parts: Vec<(Selection, f64)>,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = Vec::new();
+        for item in s.split(',').map(str::trim) {
+            let (name, weight) = match item.split_once('=') {
+                Some((n, w)) => (
+                    n.trim(),
+                    w.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("bad weight in {item:?}"))?,
+                ),
+                None => (item, 1.0),
+            };
+            let sel = match name {
+                "hard" => Selection::Kind(TripletKind::Hard),
+                "semihard" | "semi-hard" => Selection::Kind(TripletKind::Semihard),
+                "easy" => Selection::Kind(TripletKind::Easy),
+                "all" => Selection::All,
+                other => {
+                    return Err(format!(
+                        "unknown kind {other:?}; expected hard, semihard, easy or all"
+                    ))
+                }
+            };
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(format!("weight of {name} must be positive"));
+            }
+            if parts.iter().any(|(p, _)| *p == sel) {
+                return Err(format!("{name} is named twice"));
+            }
+            parts.push((sel, weight));
+        }
+        let total: f64 = parts.iter().map(|(_, w)| w).sum();
+        Ok(Strategy {
+            parts: parts.into_iter().map(|(s, w)| (s, w / total)).collect(),
+        })
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = self.parts.iter().map(|(s, w)| format!("{s}={w}")).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// Every rule of one mining run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MiningRules {
+    pub margin: f32,
+    pub distance: Distance,
+    pub strategy: Strategy,
+    pub positives: PositiveRule,
+    pub negatives_per_anchor: usize,
+    pub negative_order: NegativeOrder,
+    pub anchors_per_class: Option<usize>,
+    pub seed: u64,
+    /// Other-label neighbours fetched first; widened ×4 while an anchor lacks negatives.
+    pub start_depth: usize,
+    /// The widening stops here; anchors still short are recorded with the reason.
+    pub max_depth: usize,
+}
+
+impl Default for MiningRules {
+    fn default() -> Self {
+        MiningRules {
+            margin: crate::definitions::DEFAULT_MARGIN,
+            distance: Distance::Euclidean,
+            strategy: "semihard".parse().expect("valid"),
+            positives: PositiveRule::Hardest,
+            negatives_per_anchor: 1,
+            negative_order: NegativeOrder::Nearest,
+            anchors_per_class: None,
+            seed: 0,
+            start_depth: 64,
+            max_depth: 4096,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_mix_is_normalised_and_validated() {
+        let s: Strategy = "semihard=7, hard=3".parse().unwrap();
+        assert_eq!(
+            s.parts,
+            [
+                (Selection::Kind(TripletKind::Semihard), 0.7),
+                (Selection::Kind(TripletKind::Hard), 0.3)
+            ]
+        );
+        assert!("medium".parse::<Strategy>().is_err());
+        assert!("hard=0".parse::<Strategy>().is_err());
+        assert!("hard,hard".parse::<Strategy>().is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! The network layers: a small ResNet, or a TorchScript trunk with a linear head.
+
+use std::path::Path;
+
+use tch::nn::{self, ModuleT};
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::{Architecture, ModelError, ModelSpec};
+
+pub(super) enum Net {
+    Resnet(Box<Resnet>),
+    Backbone(Backbone),
+}
+
+impl Net {
+    pub(super) fn build(
+        p: &nn::Path,
+        spec: &ModelSpec,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        match &spec.architecture {
+            Architecture::Resnet { widths } => {
+                if widths.is_empty() || widths.iter().any(|&w| w < 1) {
+                    return Err(ModelError::Config(format!("bad resnet widths {widths:?}")));
+                }
+                let channels = spec.preprocess.channels as i64;
+                Ok(Net::Resnet(Box::new(Resnet::new(
+                    p, channels, widths, spec.dim,
+                ))))
+            }
+            Architecture::Backbone { file, features, .. } => {
+                let trunk = Backbone::load_trunk(file, device)?;
+                let head = nn::linear(p / "head", *features, spec.dim, Default::default());
+                Ok(Net::Backbone(Backbone { trunk, head }))
+            }
+        }
+    }
+
+    pub(super) fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        match self {
+            Net::Resnet(r) => Ok(r.forward_t(xs, train)),
+            Net::Backbone(b) => b.forward(xs),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: k / 2,
+        bias: false,
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+impl BasicBlock {
+    fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
+        let shortcut = (stride != 1 || cin != cout).then(|| {
+            (
+                conv(p / "down", cin, cout, 1, stride),
+                nn::batch_norm2d(p / "down_bn", cout, Default::default()),
+            )
+        });
+        BasicBlock {
+            conv1: conv(p / "conv1", cin, cout, 3, stride),
+            bn1: nn::batch_norm2d(p / "bn1", cout, Default::default()),
+            conv2: conv(p / "conv2", cout, cout, 3, 1),
+            bn2: nn::batch_norm2d(p / "bn2", cout, Default::default()),
+            shortcut,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let y = xs
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train);
+        let skip = match &self.shortcut {
+            Some((c, bn)) => xs.apply(c).apply_t(bn, train),
+            None => xs.shallow_clone(),
+        };
+        (y + skip).relu()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Resnet {
+    stem: nn::Conv2D,
+    stem_bn: nn::BatchNorm,
+    blocks: Vec<BasicBlock>,
+    head: nn::Linear,
+}
+
+impl Resnet {
+    fn new(p: &nn::Path, channels: i64, widths: &[i64], dim: i64) -> Self {
+        let stem = conv(p / "stem", channels, widths[0], 3, 1);
+        let stem_bn = nn::batch_norm2d(p / "stem_bn", widths[0], Default::default());
+        let mut cin = widths[0];
+        let blocks = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let b = BasicBlock::new(
+                    &(p / format!("block{i}")),
+                    cin,
+                    w,
+                    if i == 0 { 1 } else { 2 },
+                );
+                cin = w;
+                b
+            })
+            .collect();
+        let head = nn::linear(p / "head", cin, dim, Default::default());
+        Resnet {
+            stem,
+            stem_bn,
+            blocks,
+            head,
+        }
+    }
+}
+
+impl ModuleT for Resnet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = xs.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
+        for b in &self.blocks {
+            x = b.forward_t(&x, train);
+        }
+        x.adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.head)
+    }
+}
+
+pub(super) struct Backbone {
+    trunk: CModule,
+    head: nn::Linear,
+}
+
+impl Backbone {
+    fn load_trunk(file: &Path, device: Device) -> Result<CModule, ModelError> {
+        let mut trunk =
+            CModule::load_on_device(file, device).map_err(|e| ModelError::Backbone {
+                file: file.to_path_buf(),
+                message: format!("not a loadable TorchScript module: {e}"),
+            })?;
+        trunk.set_eval();
+        Ok(trunk)
+    }
+
+    /// Features per image of the trunk on `input` (1 × C × S × S), checked to be usable.
+    pub(super) fn probe_features(file: &Path, input: &Tensor) -> Result<i64, ModelError> {
+        let trunk = Self::load_trunk(file, Device::Cpu)?;
+        let out =
+            tch::no_grad(|| trunk.forward_ts(&[input])).map_err(|e| ModelError::Backbone {
+                file: file.to_path_buf(),
+                message: format!("forward pass on a {:?} input failed: {e}", input.size()),
+            })?;
+        let feats = pooled(&out);
+        match feats.size().as_slice() {
+            [1, f] => Ok(*f),
+            other => Err(ModelError::Backbone {
+                file: file.to_path_buf(),
+                message: format!("output of shape {other:?}; expected N×F or N×C×H×W"),
+            }),
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
+        // The trunk is frozen: its features are constants for the head.
+        let feats = tch::no_grad(|| self.trunk.forward_ts(&[xs]))?;
+        Ok(pooled(&feats).to_kind(Kind::Float).apply(&self.head))
+    }
+}
+
+/// Spatial outputs (N × C × H × W) are average-pooled to N × C.
+fn pooled(out: &Tensor) -> Tensor {
+    if out.dim() == 4 {
+        out.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    } else {
+        out.shallow_clone()
+    }
+}

@@ -1,0 +1,64 @@
+//! The triplet CSV: one schema, read and written here, shared by `mine`, `train` and `view`.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::TripletKind;
+
+pub const HEADER: [&str; 8] = [
+    "anchor",
+    "positive",
+    "negative",
+    "anchor_label",
+    "negative_label",
+    "d_ap",
+    "d_an",
+    "kind",
+];
+
+/// One row of a triplet CSV; paths are as the corpus names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TripletRow {
+    pub anchor: String,
+    pub positive: String,
+    pub negative: String,
+    pub anchor_label: String,
+    pub negative_label: String,
+    pub d_ap: f32,
+    pub d_an: f32,
+    pub kind: TripletKind,
+}
+
+/// Writes rows with the header to any writer (a file or stdout).
+pub fn write<W: io::Write>(w: W, rows: impl IntoIterator<Item = TripletRow>) -> io::Result<()> {
+    let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(w);
+    csv.write_record(HEADER)?;
+    for row in rows {
+        csv.serialize(row)?;
+    }
+    csv.flush()
+}
+
+/// Reads a triplet CSV, checking the header; errors name the file and the line.
+pub fn read(path: &Path) -> Result<Vec<TripletRow>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header = reader
+        .headers()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if header.iter().ne(HEADER) {
+        return Err(format!(
+            "{}: header is {:?}; expected {:?}",
+            path.display(),
+            header.iter().collect::<Vec<_>>().join(","),
+            HEADER.join(",")
+        ));
+    }
+    reader
+        .deserialize()
+        .enumerate()
+        .map(|(i, r)| r.map_err(|e| format!("{}: line {}: {e}", path.display(), i + 2)))
+        .collect()
+}

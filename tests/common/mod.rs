@@ -1,0 +1,112 @@
+//! Helpers for the integration tests: run the real binary on the bundled fixtures.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("fixtures")
+}
+
+/// Runs `tripmine` with `args` on 2 threads; returns (exit code, stdout, stderr).
+pub fn tripmine(args: &[&str]) -> (i32, String, String) {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_tripmine"))
+        .args(args)
+        .args(["--threads", "2"])
+        .output()
+        .expect("run tripmine");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs tripmine and fails the test with its stderr unless it exits 0.
+pub fn ok(args: &[&str]) -> String {
+    let (code, stdout, stderr) = tripmine(args);
+    assert_eq!(code, 0, "tripmine {args:?} failed:\n{stderr}");
+    stdout
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Embeds the fixture corpus with a small fresh network (32-d, 32 px) into `out`.
+pub fn embed_fixtures(out: &Path, seed: u64) {
+    ok(&[
+        "embed",
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(out),
+        "--dim",
+        "32",
+        "--input-size",
+        "32",
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
+pub fn read_csv(path: &Path) -> Vec<csv::StringRecord> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The project's venv Python (numpy, safetensors, torch), installed by `make`.
+pub fn python() -> PathBuf {
+    repo().join(".venv/bin/python")
+}
+
+/// Writes an embeddings directory of `classes` Gaussian clusters of `per_class` unit vectors.
+pub fn synthetic_embeddings(
+    dir: &Path,
+    classes: usize,
+    per_class: usize,
+    dim: usize,
+    spread: f64,
+    seed: u64,
+) {
+    use tripmine::rng::Rng;
+    use tripmine::store::{self, EmbeddingsMeta, SampleRow};
+    let mut rng = Rng::new(seed);
+    let mut data = Vec::with_capacity(classes * per_class * dim);
+    let mut samples = Vec::new();
+    for c in 0..classes {
+        let centre: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
+        for i in 0..per_class {
+            let v: Vec<f64> = centre.iter().map(|x| x + spread * rng.normal()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            data.extend(v.iter().map(|x| (x / norm) as f32));
+            let index = samples.len();
+            samples.push(SampleRow {
+                index,
+                path: format!("c{c:04}/{i:03}.png"),
+                label: format!("c{c:04}"),
+                split: String::new(),
+            });
+        }
+    }
+    let npy = store::npy_bytes(samples.len(), dim, &data);
+    let meta = EmbeddingsMeta {
+        tripmine_version: "test".into(),
+        corpus: "synthetic".into(),
+        count: samples.len(),
+        dim,
+        distance: tripmine::definitions::Distance::Euclidean,
+        normalised: true,
+        skipped: 0,
+        model: serde_json::json!("synthetic clusters"),
+        sha256: store::sha256_hex(&npy),
+    };
+    store::write(dir, &npy, &samples, &[], &meta).unwrap();
+}

@@ -1,0 +1,321 @@
+//! `tripmine mine` end to end: definitions hold for every exported triplet, recomputed from
+//! `embeddings.npy`; determinism; exclusion; HNSW against exact; bad embeddings directories.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use tripmine::definitions::{Distance, TripletKind};
+use tripmine::triplets::{self, TripletRow};
+
+/// Every exported triplet satisfies its kind under the sidecar's distance and margin.
+fn check_definitions(emb: &Path, csv: &Path) -> Vec<TripletRow> {
+    let set = tripmine::store::read(emb).unwrap();
+    let index: HashMap<&str, usize> = set
+        .samples
+        .iter()
+        .map(|s| (s.path.as_str(), s.index))
+        .collect();
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(csv.with_extension("json")).unwrap()).unwrap();
+    let margin = sidecar["margin"].as_f64().unwrap() as f32;
+    let distance: Distance = serde_json::from_value(sidecar["distance"].clone()).unwrap();
+    let rows = triplets::read(csv).unwrap();
+    for r in &rows {
+        let (a, p, n) = (
+            index[r.anchor.as_str()],
+            index[r.positive.as_str()],
+            index[r.negative.as_str()],
+        );
+        assert_ne!(a, p, "self-positive {r:?}");
+        assert_eq!(
+            set.samples[a].label, set.samples[p].label,
+            "positive of another label {r:?}"
+        );
+        assert_ne!(
+            set.samples[a].label, set.samples[n].label,
+            "negative of the same label {r:?}"
+        );
+        assert_eq!(
+            (r.anchor_label.as_str(), r.negative_label.as_str()),
+            (set.samples[a].label.as_str(), set.samples[n].label.as_str())
+        );
+        let d_ap = distance.between(set.row(a), set.row(p));
+        let d_an = distance.between(set.row(a), set.row(n));
+        assert!(
+            (d_ap - r.d_ap).abs() < 1e-5 && (d_an - r.d_an).abs() < 1e-5,
+            "{r:?} vs {d_ap} {d_an}"
+        );
+        assert_eq!(TripletKind::classify(d_ap, d_an, margin), r.kind, "{r:?}");
+    }
+    rows
+}
+
+#[test]
+fn every_kind_and_distance_satisfies_its_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    embed_fixtures(&emb, 2);
+    for (strategy, distance, positives) in [
+        ("hard", "euclidean", "hardest"),
+        ("semihard", "sqeuclidean", "random"),
+        ("easy", "cosine", "easiest"),
+        ("semihard=0.5,hard=0.3,easy=0.2", "euclidean", "all"),
+        ("all", "cosine", "hardest"),
+    ] {
+        let out = dir
+            .path()
+            .join(format!("{}.csv", strategy.replace([',', '=', '.'], "_")));
+        let stdout = ok(&[
+            "mine",
+            "--embeddings",
+            s(&emb),
+            "--out",
+            s(&out),
+            "--strategy",
+            strategy,
+            "--distance",
+            distance,
+            "--positives",
+            positives,
+            "--negatives-per-anchor",
+            "3",
+            "--knn",
+            "exact",
+            "--margin",
+            "0.1",
+        ]);
+        assert!(stdout.starts_with("mined "), "{stdout}");
+        let rows = check_definitions(&emb, &out);
+        assert!(!rows.is_empty(), "{strategy}: no triplets");
+        let kinds: HashSet<TripletKind> = rows.iter().map(|r| r.kind).collect();
+        match strategy {
+            "hard" => assert_eq!(kinds, HashSet::from([TripletKind::Hard])),
+            "semihard" => assert_eq!(kinds, HashSet::from([TripletKind::Semihard])),
+            "easy" => assert_eq!(kinds, HashSet::from([TripletKind::Easy])),
+            "all" => assert!(!kinds.contains(&TripletKind::Easy)),
+            _ => assert_eq!(kinds.len(), 3, "a three-way mix produced only {kinds:?}"),
+        }
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(sidecar["counts"]["triplets"], rows.len());
+        assert_eq!(sidecar["distance"], distance);
+        assert_eq!(sidecar["embeddings"]["sha256"].as_str().unwrap().len(), 64);
+    }
+}
+
+#[test]
+fn same_seed_same_csv_and_excluded_samples_never_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    embed_fixtures(&emb, 3);
+    let args = |out: &Path| {
+        vec![
+            "mine".to_string(),
+            "--embeddings".into(),
+            s(&emb).into(),
+            "--out".into(),
+            s(out).into(),
+            "--positives".into(),
+            "random".into(),
+            "--negative-order".into(),
+            "random".into(),
+            "--negatives-per-anchor".into(),
+            "4".into(),
+            "--strategy".into(),
+            "semihard=0.5,easy=0.5".into(),
+            "--seed".into(),
+            "11".into(),
+        ]
+    };
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = args(out);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        fs::read(out).unwrap()
+    };
+    let first = run(&dir.path().join("a.csv"), &[]);
+    assert!(
+        first == run(&dir.path().join("b.csv"), &[]),
+        "same seed, different triplets"
+    );
+
+    let excluded: Vec<String> = triplets::read(&dir.path().join("a.csv"))
+        .unwrap()
+        .iter()
+        .take(40)
+        .map(|r| r.negative.clone())
+        .collect();
+    let exclude = dir.path().join("exclude.csv");
+    fs::write(
+        &exclude,
+        format!(
+            "path,reason\n{}\n",
+            excluded
+                .iter()
+                .map(|p| format!("{p},test"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("c.csv");
+    run(&out, &["--exclude", s(&exclude)]);
+    let excluded: HashSet<String> = excluded.into_iter().collect();
+    let rows = check_definitions(&emb, &out);
+    for r in rows {
+        for p in [&r.anchor, &r.positive, &r.negative] {
+            assert!(!excluded.contains(p), "excluded {p} appears in {r:?}");
+        }
+    }
+}
+
+#[test]
+fn mining_from_corpus_and_model_matches_mining_its_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        tripmine::model::ModelSpec::resnet(tripmine::corpus::Preprocess::standard(32, 3), 32, 9);
+    tripmine::model::Embedder::init(spec, tch::Device::Cpu)
+        .unwrap()
+        .save(&dir.path().join("ckpt"))
+        .unwrap();
+    let corpus = fixtures().join("corpus");
+    let ckpt = dir.path().join("ckpt");
+    let emb = dir.path().join("emb");
+    ok(&[
+        "embed",
+        "--corpus",
+        s(&corpus),
+        "--model",
+        s(&ckpt),
+        "--out",
+        s(&emb),
+    ]);
+    ok(&[
+        "mine",
+        "--embeddings",
+        s(&emb),
+        "--out",
+        s(&dir.path().join("a.csv")),
+    ]);
+    ok(&[
+        "mine",
+        "--corpus",
+        s(&corpus),
+        "--model",
+        s(&ckpt),
+        "--out",
+        s(&dir.path().join("b.csv")),
+    ]);
+    assert_eq!(
+        fs::read(dir.path().join("a.csv")).unwrap(),
+        fs::read(dir.path().join("b.csv")).unwrap()
+    );
+    let (code, stdout, _) = tripmine(&["mine", "--embeddings", s(&emb), "--out", "-"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.starts_with("anchor,positive,negative,anchor_label,negative_label,d_ap,d_an,kind\n"),
+        "{stdout}"
+    );
+}
+
+/// Fraction of the exact backend's (anchor, negative) semi-hard pairs that HNSW also found.
+fn hnsw_recall(emb: &Path, dir: &Path, extra: &[&str]) -> f64 {
+    let pairs = |backend: &str| -> HashSet<(String, String)> {
+        let out = dir.join(format!("{backend}.csv"));
+        let mut args = vec![
+            "mine",
+            "--embeddings",
+            s(emb),
+            "--out",
+            s(&out),
+            "--knn",
+            backend,
+            "--negatives-per-anchor",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        triplets::read(&out)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.anchor, r.negative))
+            .collect()
+    };
+    let exact = pairs("exact");
+    let hnsw = pairs("hnsw");
+    assert!(
+        exact.len() > 100,
+        "too few semi-hard triplets to measure ({})",
+        exact.len()
+    );
+    exact.intersection(&hnsw).count() as f64 / exact.len() as f64
+}
+
+#[test]
+fn hnsw_finds_the_exact_semihard_negatives_on_fixtures_and_20k_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("fixtures");
+    embed_fixtures(&emb, 4);
+    let recall = hnsw_recall(&emb, dir.path(), &[]);
+    eprintln!("fixtures: HNSW recall of exact semi-hard negatives {recall:.4}");
+    assert!(recall >= 0.95, "fixtures recall {recall}");
+
+    let synth = dir.path().join("synthetic");
+    synthetic_embeddings(&synth, 1000, 20, 128, 0.9, 7);
+    let recall = hnsw_recall(&synth, dir.path(), &["--anchors-per-class", "2"]);
+    eprintln!("20k clusters: HNSW recall of exact semi-hard negatives {recall:.4}");
+    assert!(recall >= 0.95, "20k recall {recall}");
+}
+
+#[test]
+fn corrupt_or_mismatched_embeddings_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    synthetic_embeddings(&good, 4, 5, 8, 0.5, 1);
+    let variant = |name: &str, edit: &dyn Fn(&Path)| {
+        let d = dir.path().join(name);
+        fs::create_dir(&d).unwrap();
+        for f in ["embeddings.npy", "samples.csv", "embeddings.json"] {
+            fs::copy(good.join(f), d.join(f)).unwrap();
+        }
+        edit(&d);
+        let (code, _, stderr) = tripmine(&[
+            "mine",
+            "--embeddings",
+            s(&d),
+            "--out",
+            s(&dir.path().join("t.csv")),
+        ]);
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let e = variant("rows", &|d| {
+        let text = fs::read_to_string(d.join("samples.csv")).unwrap();
+        fs::write(
+            d.join("samples.csv"),
+            text.lines().take(10).collect::<Vec<_>>().join("\n"),
+        )
+        .unwrap();
+    });
+    assert!(e.contains("20 rows but samples.csv has 9 samples"), "{e}");
+    let e = variant("nan", &|d| {
+        let mut b = fs::read(d.join("embeddings.npy")).unwrap();
+        let at = b.len() - 4;
+        b[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+        fs::write(d.join("embeddings.npy"), b).unwrap();
+    });
+    assert!(e.contains("row 19") && e.contains("NaN"), "{e}");
+    let e = variant("dtype", &|d| {
+        let mut b = fs::read(d.join("embeddings.npy")).unwrap();
+        let at = b.windows(3).position(|w| w == b"<f4").unwrap();
+        b[at + 2] = b'8';
+        fs::write(d.join("embeddings.npy"), b).unwrap();
+    });
+    assert!(e.contains("float32"), "{e}");
+    assert!(!dir.path().join("t.csv").exists());
+}
