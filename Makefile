@@ -8,7 +8,7 @@ BIN := target/debug/tripmine
 DEMO_OUT := out/demo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine clean-venv
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -42,6 +42,12 @@ bench-embed: $(LIBTORCH)
 
 bench-mine: $(LIBTORCH)
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist, installed by the script): 1,000 training and
+# 200 test images per class; global mining vs batch-hard for the same epochs.
+bench-train: build
+	python3 scripts/fashion_mnist.py out/fashion-mnist --per-class 1000
+	python3 scripts/bench_train.py $(BIN) out/fashion-mnist out/bench-train $(or $(EPOCHS),5)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -46,7 +46,9 @@ impl Distance {
 
 /// An f32 as JSON with its shortest decimal form (0.2, not 0.20000000298023224).
 pub fn json_f32(x: f32) -> serde_json::Value {
-    x.to_string().parse::<f64>().map_or(serde_json::Value::Null, serde_json::Value::from)
+    x.to_string()
+        .parse::<f64>()
+        .map_or(serde_json::Value::Null, serde_json::Value::from)
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use tch::{Device, Tensor};
 
-use crate::corpus::{self, decode_image, Corpus, CorpusError, Problem, Sample};
+use crate::corpus::{self, decode_image, Corpus, CorpusError, Preprocess, Problem, Sample};
 use crate::definitions::Distance;
 use crate::model::{Embedder, ModelError, ModelSpec};
 use crate::progress;
@@ -78,6 +78,63 @@ pub struct Embedded {
     pub problems: Vec<Problem>,
 }
 
+/// Decodes `samples` in parallel into one preprocessed CHW buffer; returns the buffer, the
+/// samples that decoded (in order) and the problems of the rest.
+pub fn decode_samples(
+    samples: &[Sample],
+    pre: &Preprocess,
+) -> (Vec<f32>, Vec<Sample>, Vec<Problem>) {
+    let decoded: Vec<Result<Vec<f32>, String>> = samples
+        .par_iter()
+        .map(|s| decode_image(&s.file).map(|img| pre.apply(&img)))
+        .collect();
+    let mut pixels = Vec::with_capacity(samples.len() * pre.len());
+    let mut kept = Vec::new();
+    let mut problems = Vec::new();
+    for (sample, result) in samples.iter().zip(decoded) {
+        match result {
+            Ok(values) => {
+                pixels.extend_from_slice(&values);
+                kept.push(sample.clone());
+            }
+            Err(reason) => problems.push(Problem {
+                path: sample.path.clone(),
+                reason,
+            }),
+        }
+    }
+    (pixels, kept, problems)
+}
+
+/// Preprocessed pixels (N × C × S × S) as a tensor.
+pub fn pixel_tensor(pixels: &[f32], pre: &Preprocess) -> Tensor {
+    let side = pre.input_size as i64;
+    let n = (pixels.len() / pre.len().max(1)) as i64;
+    Tensor::from_slice(pixels).view([n, pre.channels as i64, side, side])
+}
+
+/// Embeddings of already-preprocessed images, `batch_size` at a time, as N×D row-major floats.
+pub fn embed_pixels(
+    model: &Embedder,
+    images: &Tensor,
+    batch_size: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let n = images.size()[0];
+    let mut out = Vec::with_capacity(n as usize * model.spec.dim as usize);
+    let mut start = 0;
+    while start < n {
+        let len = (batch_size as i64).min(n - start);
+        let emb = model
+            .embed(&images.narrow(0, start, len))?
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view([-1]);
+        out.extend(Vec::<f32>::try_from(&emb)?);
+        start += len;
+    }
+    Ok(out)
+}
+
 /// Embeds `samples` in batches. Decoding runs on rayon's pool, the network on libtorch's.
 pub fn embed_samples(
     samples: &[Sample],
@@ -85,7 +142,6 @@ pub fn embed_samples(
     batch_size: usize,
 ) -> Result<Embedded, ModelError> {
     let pre = &model.spec.preprocess;
-    let side = pre.input_size as i64;
     let bar = progress::bar(samples.len() as u64, "embedding");
     let mut out = Embedded {
         samples: Vec::new(),
@@ -94,34 +150,16 @@ pub fn embed_samples(
         problems: Vec::new(),
     };
     for chunk in samples.chunks(batch_size.max(1)) {
-        let decoded: Vec<Result<Vec<f32>, String>> = chunk
-            .par_iter()
-            .map(|s| decode_image(&s.file).map(|img| pre.apply(&img)))
-            .collect();
-        let mut pixels = Vec::with_capacity(chunk.len() * pre.len());
-        for (sample, result) in chunk.iter().zip(decoded) {
-            match result {
-                Ok(values) => {
-                    pixels.extend_from_slice(&values);
-                    out.samples.push(sample.clone());
-                }
-                Err(reason) => out.problems.push(Problem {
-                    path: sample.path.clone(),
-                    reason,
-                }),
-            }
+        let (pixels, kept, problems) = decode_samples(chunk, pre);
+        if !kept.is_empty() {
+            out.data.extend(embed_pixels(
+                model,
+                &pixel_tensor(&pixels, pre),
+                chunk.len(),
+            )?);
         }
-        let n = (pixels.len() / pre.len()) as i64;
-        if n > 0 {
-            let batch = Tensor::from_slice(&pixels).view([n, pre.channels as i64, side, side]);
-            let emb = model
-                .embed(&batch)?
-                .to_device(Device::Cpu)
-                .contiguous()
-                .view([-1]);
-            out.data
-                .extend(Vec::<f32>::try_from(&emb).map_err(ModelError::from)?);
-        }
+        out.samples.extend(kept);
+        out.problems.extend(problems);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

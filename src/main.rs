@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tripmine::cli::{Cli, Command, UsageError};
 use tripmine::definitions::TripletKind;
-use tripmine::{embed, mine};
+use tripmine::{embed, eval, mine, train};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,6 +67,60 @@ fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!("{msg}");
             }
         }
+        Command::Train(args) => {
+            let (cfg, resume) = args.to_config()?;
+            let done = train::run(&cfg, resume)?;
+            for w in &done.warnings {
+                eprintln!("warning: {w}");
+            }
+            let (first, last) = (&done.rows[0], done.rows.last().expect("epoch 0 row"));
+            println!(
+                "trained {} epochs ({} steps): validation MAP@R {:.4} -> {:.4}, P@1 {:.4} -> {:.4}; best epoch {}",
+                last.epoch, last.step, first.map_at_r, last.map_at_r, first.p_at_1, last.p_at_1, done.best_epoch
+            );
+            println!(
+                "run: {} (metrics.csv, best/, last/{})",
+                cfg.out.display(),
+                if matches!(cfg.mining, train::Mining::Global) {
+                    ", rounds/"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Eval(args) => {
+            let json = args.json;
+            let m = eval::run(&args.to_config()?)?;
+            if json {
+                let recall: serde_json::Map<String, serde_json::Value> = m
+                    .recall_at_k
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect();
+                let out = serde_json::json!({
+                    "p_at_1": m.p_at_1,
+                    "r_precision": m.r_precision,
+                    "map_at_r": m.map_at_r,
+                    "recall_at_k": recall,
+                    "queries": m.queries,
+                    "skipped_queries": m.skipped_queries,
+                });
+                println!("{out}");
+            } else {
+                println!("| metric | value |\n|---|---|");
+                println!(
+                    "| P@1 | {:.4} |\n| R-Precision | {:.4} |\n| MAP@R | {:.4} |",
+                    m.p_at_1, m.r_precision, m.map_at_r
+                );
+                for (k, v) in &m.recall_at_k {
+                    println!("| Recall@{k} | {v:.4} |");
+                }
+                println!(
+                    "({} queries, {} skipped: their label has no other sample)",
+                    m.queries, m.skipped_queries
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -82,6 +136,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_input_error())
             || cause
                 .downcast_ref::<tripmine::model::ModelError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<train::TrainError>()
                 .is_some_and(|e| e.is_input_error())
     });
     if input {

@@ -18,7 +18,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub corpus: PathBuf,
     /// Checkpoint directory (model.json + model.safetensors); default: a fresh network from --seed
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dim", "input_size", "channels", "backbone"])]
     pub model: Option<PathBuf>,
     /// Output directory
     #[arg(long)]
@@ -35,20 +35,20 @@ pub struct EmbedArgs {
     pub runtime: RuntimeArgs,
 }
 
-/// The shape of a fresh network (ignored with --model, whose model.json decides).
+/// The shape of a fresh network (with --model, its model.json decides instead).
 #[derive(Debug, Clone, Args)]
 pub struct NetworkArgs {
     /// Embedding dimension of a fresh network
-    #[arg(long, default_value_t = 128, conflicts_with = "model")]
+    #[arg(long, default_value_t = 128)]
     pub dim: i64,
     /// Square input size in pixels of a fresh network
-    #[arg(long, default_value_t = 64, conflicts_with = "model")]
+    #[arg(long, default_value_t = 64)]
     pub input_size: u32,
     /// Input channels of a fresh network: 3 (RGB) or 1 (grey)
-    #[arg(long, default_value_t = 3, conflicts_with = "model")]
+    #[arg(long, default_value_t = 3)]
     pub channels: u32,
     /// TorchScript module (.pt) used as a frozen trunk under a trainable linear head
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long)]
     pub backbone: Option<PathBuf>,
 }
 

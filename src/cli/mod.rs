@@ -2,12 +2,16 @@
 //! validated config here; nothing below `cli` sees a clap type.
 
 mod embed;
+mod eval;
 mod mine;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 
 pub use embed::EmbedArgs;
+pub use eval::EvalArgs;
 pub use mine::MineArgs;
+pub use train::TrainArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +30,10 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Mine hard / semi-hard / easy triplets over the whole corpus and export them as CSV
     Mine(MineArgs),
+    /// Train the embedding network with triplet loss (global re-mining or in-batch miners)
+    Train(TrainArgs),
+    /// Retrieval metrics of a checkpoint on a corpus: P@1, R-Precision, MAP@R, Recall@K
+    Eval(EvalArgs),
 }
 
 /// Options every libtorch-using subcommand shares.
@@ -64,3 +72,12 @@ impl RuntimeArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -7,7 +7,7 @@ mod hnsw;
 pub use exact::ExactIndex;
 pub use hnsw::{HnswIndex, HnswParams};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One neighbour: a sample index and its dot product with the query (unit vectors, so larger
 /// is closer; every distance is a function of it, see [`crate::definitions::Distance`]).
@@ -34,7 +34,7 @@ pub trait NeighbourIndex {
 }
 
 /// Which backend `--knn` asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KnnChoice {
     /// exact below [`AUTO_HNSW_FROM`] samples, HNSW from there on

@@ -3,12 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Distance, TripletKind};
 
 /// Which same-label samples serve as positives of an anchor (chosen exactly in its class).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PositiveRule {
     /// the farthest same-label sample
@@ -21,7 +21,7 @@ pub enum PositiveRule {
 }
 
 /// Within a kind, which negatives are taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NegativeOrder {
     Nearest,
@@ -29,7 +29,7 @@ pub enum NegativeOrder {
 }
 
 /// One negative kind of the strategy; `All` is every margin-violating negative (t ≤ m).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
     Kind(TripletKind),
@@ -64,7 +64,7 @@ impl fmt::Display for Selection {
 }
 
 /// `--strategy`: one selection, or a weighted mix such as `semihard=0.7,hard=0.3`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Strategy {
     pub parts: Vec<(Selection, f64)>,
 }

@@ -7,7 +7,15 @@ use tch::{CModule, Device, Kind, Tensor};
 
 use super::{Architecture, ModelError, ModelSpec};
 
-pub(super) enum Net {
+pub(super) struct Net {
+    trunk: Trunk,
+    /// Batch norm on the embedding before L2 normalisation (a "BNNeck"): it centres the
+    /// outputs, so that they spread over the sphere instead of sharing one direction, which
+    /// otherwise lets hard mining collapse the embedding early in training.
+    neck: nn::BatchNorm,
+}
+
+enum Trunk {
     Resnet(Box<Resnet>),
     Backbone(Backbone),
 }
@@ -18,28 +26,40 @@ impl Net {
         spec: &ModelSpec,
         device: Device,
     ) -> Result<Self, ModelError> {
+        let trunk = Trunk::build(p, spec, device)?;
+        let neck_cfg = nn::BatchNormConfig {
+            affine: false,
+            ..Default::default()
+        };
+        let neck = nn::batch_norm1d(p / "neck", spec.dim, neck_cfg);
+        Ok(Net { trunk, neck })
+    }
+
+    pub(super) fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let raw = match &self.trunk {
+            Trunk::Resnet(r) => r.forward_t(xs, train),
+            Trunk::Backbone(b) => b.forward(xs)?,
+        };
+        Ok(raw.apply_t(&self.neck, train))
+    }
+}
+
+impl Trunk {
+    fn build(p: &nn::Path, spec: &ModelSpec, device: Device) -> Result<Self, ModelError> {
         match &spec.architecture {
             Architecture::Resnet { widths } => {
                 if widths.is_empty() || widths.iter().any(|&w| w < 1) {
                     return Err(ModelError::Config(format!("bad resnet widths {widths:?}")));
                 }
                 let channels = spec.preprocess.channels as i64;
-                Ok(Net::Resnet(Box::new(Resnet::new(
-                    p, channels, widths, spec.dim,
-                ))))
+                let resnet = Resnet::new(p, channels, widths, spec.dim);
+                Ok(Trunk::Resnet(Box::new(resnet)))
             }
             Architecture::Backbone { file, features, .. } => {
                 let trunk = Backbone::load_trunk(file, device)?;
                 let head = nn::linear(p / "head", *features, spec.dim, Default::default());
-                Ok(Net::Backbone(Backbone { trunk, head }))
+                Ok(Trunk::Backbone(Backbone { trunk, head }))
             }
-        }
-    }
-
-    pub(super) fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        match self {
-            Net::Resnet(r) => Ok(r.forward_t(xs, train)),
-            Net::Backbone(b) => b.forward(xs),
         }
     }
 }

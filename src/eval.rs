@@ -1,0 +1,184 @@
+//! Retrieval metrics (DESIGN.md): P@1, R-Precision, MAP@R and Recall@K from exact neighbours,
+//! the query itself excluded; queries whose label has no other sample are skipped. The trainer's
+//! validation and `tripmine eval` both use this module.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::knn::{ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
+use crate::model::Embedder;
+
+pub const RECALL_AT: [usize; 4] = [1, 2, 4, 8];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    pub p_at_1: f64,
+    pub r_precision: f64,
+    pub map_at_r: f64,
+    /// Recall@K for K in [`RECALL_AT`]: some neighbour among the first K shares the label.
+    pub recall_at_k: std::collections::BTreeMap<usize, f64>,
+    pub queries: usize,
+    pub skipped_queries: usize,
+}
+
+/// Metrics of one query from the relevance of its ranked neighbours (`r` = samples sharing its label).
+fn query_metrics(relevant: &[bool], r: usize) -> (f64, f64, f64) {
+    let p1 = relevant.first().copied().unwrap_or(false) as u8 as f64;
+    let mut hits = 0usize;
+    let mut ap = 0.0;
+    for (i, &rel) in relevant.iter().take(r).enumerate() {
+        if rel {
+            hits += 1;
+            ap += hits as f64 / (i + 1) as f64;
+        }
+    }
+    (p1, hits as f64 / r as f64, ap / r as f64)
+}
+
+/// Metrics from each query's ranked neighbours (nearest first, at least R of them).
+pub fn from_neighbours(labels: &[u32], queries: &[usize], lists: &[Vec<Neighbour>]) -> Metrics {
+    let mut class_size: HashMap<u32, usize> = HashMap::new();
+    for &l in labels {
+        *class_size.entry(l).or_default() += 1;
+    }
+    let (mut p1, mut rp, mut map) = (0.0, 0.0, 0.0);
+    let mut recall = [0.0; RECALL_AT.len()];
+    let mut used = 0;
+    for (&q, list) in queries.iter().zip(lists) {
+        let r = class_size[&labels[q]] - 1;
+        if r == 0 {
+            continue;
+        }
+        let relevant: Vec<bool> = list.iter().map(|n| labels[n.index] == labels[q]).collect();
+        let (a, b, c) = query_metrics(&relevant, r);
+        p1 += a;
+        rp += b;
+        map += c;
+        for (slot, &k) in recall.iter_mut().zip(&RECALL_AT) {
+            *slot += relevant.iter().take(k).any(|&x| x) as u8 as f64;
+        }
+        used += 1;
+    }
+    let mean = |x: f64| if used == 0 { 0.0 } else { x / used as f64 };
+    Metrics {
+        p_at_1: mean(p1),
+        r_precision: mean(rp),
+        map_at_r: mean(map),
+        recall_at_k: RECALL_AT
+            .iter()
+            .zip(recall)
+            .map(|(&k, v)| (k, mean(v)))
+            .collect(),
+        queries: used,
+        skipped_queries: queries.len() - used,
+    }
+}
+
+/// Every sample queried against all others with exact neighbours.
+pub fn evaluate(points: Points, device: tch::Device) -> Metrics {
+    let mut class_size: HashMap<u32, usize> = HashMap::new();
+    for &l in points.labels {
+        *class_size.entry(l).or_default() += 1;
+    }
+    let deepest = class_size
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(1)
+        .max(*RECALL_AT.last().expect("non-empty"));
+    let index = ExactIndex::new(points, device);
+    let queries: Vec<usize> = (0..points.len()).collect();
+    let lists = index.search(&queries, deepest, Restriction::Any);
+    from_neighbours(points.labels, &queries, &lists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(order: &[usize]) -> Vec<Neighbour> {
+        order
+            .iter()
+            .map(|&index| Neighbour { index, dot: 0.0 })
+            .collect()
+    }
+
+    #[test]
+    fn hand_computed_query() {
+        // R = 3; relevance of the ranking: 1 0 1 | 1 → P@1 = 1, RP = 2/3, MAP@R = (1 + 2/3)/3.
+        let (p1, rp, map) = query_metrics(&[true, false, true, true], 3);
+        assert_eq!(p1, 1.0);
+        assert!((rp - 2.0 / 3.0).abs() < 1e-12);
+        assert!((map - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+        // 0 1 1 → P@1 = 0, RP = 2/3, MAP@R = (1/2 + 2/3)/3.
+        let (p1, rp, map) = query_metrics(&[false, true, true], 3);
+        assert_eq!(p1, 0.0);
+        assert!((rp - 2.0 / 3.0).abs() < 1e-12);
+        assert!((map - (0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn singleton_queries_are_skipped_and_recall_counts_any_hit() {
+        let labels = [0, 0, 1, 1, 2];
+        let lists = vec![
+            ranked(&[2, 1, 3, 4]), // query 0: miss then hit
+            ranked(&[0, 2, 3, 4]), // query 1: hit first
+            ranked(&[3, 0, 1, 4]),
+            ranked(&[0, 1, 4, 2]), // query 3: hit only at rank 4
+            ranked(&[0, 1, 2, 3]), // query 4: its label is alone
+        ];
+        let m = from_neighbours(&labels, &[0, 1, 2, 3, 4], &lists);
+        assert_eq!((m.queries, m.skipped_queries), (4, 1));
+        assert_eq!(m.p_at_1, 0.5);
+        assert_eq!(m.map_at_r, 0.5);
+        assert_eq!(m.recall_at_k[&1], 0.5);
+        assert_eq!(m.recall_at_k[&2], 0.75);
+        assert_eq!(m.recall_at_k[&4], 1.0);
+    }
+}
+
+/// `tripmine eval`, validated.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    pub corpus: std::path::PathBuf,
+    pub model: std::path::PathBuf,
+    /// Only samples of this split (the manifest's split column).
+    pub split: Option<String>,
+    pub batch_size: usize,
+    pub device: tch::Device,
+}
+
+/// Embeds the corpus (or one split of it) with the checkpoint and measures retrieval.
+pub fn run(cfg: &EvalConfig) -> Result<Metrics, crate::embed::EmbedError> {
+    use crate::embed::{embed_samples, EmbedError};
+    let mut corpus = crate::corpus::open(&cfg.corpus)?;
+    if let Some(split) = &cfg.split {
+        corpus.samples.retain(|s| &s.split == split);
+        if corpus.samples.is_empty() {
+            return Err(EmbedError::Corpus(crate::corpus::CorpusError::Manifest {
+                path: cfg.corpus.clone(),
+                message: format!("no sample has split {split:?}"),
+            }));
+        }
+    }
+    let model = Embedder::load(&cfg.model, cfg.device)?;
+    let embedded = embed_samples(&corpus.samples, &model, cfg.batch_size)?;
+    for p in &embedded.problems {
+        eprintln!("warning: skipping {}: {}", p.path, p.reason);
+    }
+    let mut names: Vec<&str> = embedded.samples.iter().map(|s| s.label.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let labels: Vec<u32> = embedded
+        .samples
+        .iter()
+        .map(|s| names.binary_search(&s.label.as_str()).expect("listed") as u32)
+        .collect();
+    let points = Points {
+        data: &embedded.data,
+        dim: embedded.dim,
+        labels: &labels,
+    };
+    Ok(evaluate(points, cfg.device))
+}

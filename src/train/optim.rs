@@ -1,0 +1,234 @@
+//! Optimisers (Adam, AdamW, SGD with momentum) and the learning-rate schedule, written out
+//! here rather than taken from libtorch so that their state can be checkpointed and a resumed
+//! run continues bit for bit.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::model::ModelError;
+use crate::output::produce_atomic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// cosine decay to 0 over the run
+    Cosine,
+    /// multiply by --lr-gamma every --lr-step epochs
+    Step,
+    Constant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: f64,
+    pub lr_step_epochs: usize,
+    pub lr_gamma: f64,
+}
+
+/// The learning rate at `step` of `total` (steps_per_epoch converts epochs to steps): a linear
+/// warm-up, then the schedule. A plain function of the step, so resuming needs only the step.
+pub fn learning_rate(cfg: &OptimConfig, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    if step < warmup {
+        return cfg.lr * (step + 1) as f64 / warmup as f64;
+    }
+    match cfg.schedule {
+        ScheduleKind::Constant => cfg.lr,
+        ScheduleKind::Cosine => {
+            let span = total.saturating_sub(warmup).max(1) as f64;
+            let progress = (step - warmup) as f64 / span;
+            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        }
+        ScheduleKind::Step => {
+            let epoch = step / steps_per_epoch.max(1);
+            cfg.lr
+                * cfg
+                    .lr_gamma
+                    .powi((epoch / cfg.lr_step_epochs.max(1)) as i32)
+        }
+    }
+}
+
+pub struct Optimizer {
+    cfg: OptimConfig,
+    params: Vec<(String, Tensor)>,
+    /// First moments (Adam) or momentum buffers (SGD), one per parameter.
+    first: Vec<Tensor>,
+    second: Vec<Tensor>,
+    pub steps: i64,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+impl Optimizer {
+    pub fn new(vs: &nn::VarStore, cfg: OptimConfig) -> Self {
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, p)| p.zeros_like())
+                .collect::<Vec<_>>()
+        };
+        Optimizer {
+            first: zeros(),
+            second: zeros(),
+            params,
+            cfg,
+            steps: 0,
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &self.params {
+            p.shallow_clone().zero_grad();
+        }
+    }
+
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let cfg = &self.cfg;
+        tch::no_grad(|| {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                match cfg.kind {
+                    OptimizerKind::Sgd => {
+                        let g = &grad + cfg.weight_decay * &p;
+                        self.first[i] = cfg.momentum * &self.first[i] + &g;
+                        p.copy_(&(&p - lr * &self.first[i]));
+                    }
+                    OptimizerKind::Adam | OptimizerKind::Adamw => {
+                        let g = if cfg.kind == OptimizerKind::Adam {
+                            &grad + cfg.weight_decay * &p
+                        } else {
+                            grad
+                        };
+                        if cfg.kind == OptimizerKind::Adamw {
+                            p.copy_(&(&p * (1.0 - lr * cfg.weight_decay)));
+                        }
+                        self.first[i] = BETA1 * &self.first[i] + (1.0 - BETA1) * &g;
+                        self.second[i] = BETA2 * &self.second[i] + (1.0 - BETA2) * (&g * &g);
+                        let m_hat = &self.first[i] / (1.0 - BETA1.powi(t));
+                        let v_hat = &self.second[i] / (1.0 - BETA2.powi(t));
+                        p.copy_(&(&p - lr * m_hat / (v_hat.sqrt() + EPS)));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Saves the moment buffers (safetensors); the step count goes into the run state.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let named: Vec<(String, &Tensor)> = self
+            .params
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (name, _))| {
+                [
+                    (format!("first.{name}"), &self.first[i]),
+                    (format!("second.{name}"), &self.second[i]),
+                ]
+            })
+            .collect();
+        produce_atomic(path, |tmp| {
+            Tensor::write_safetensors(&named, tmp).map_err(ModelError::from)
+        })
+    }
+
+    pub fn load(&mut self, path: &Path, steps: i64) -> Result<(), ModelError> {
+        let stored: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            for (prefix, slot) in [
+                ("first", &mut self.first[i]),
+                ("second", &mut self.second[i]),
+            ] {
+                let t = stored.get(&format!("{prefix}.{name}")).ok_or_else(|| {
+                    ModelError::Checkpoint {
+                        dir: path.to_path_buf(),
+                        message: format!("optimiser state lacks {prefix}.{name}"),
+                    }
+                })?;
+                *slot = t.to_device(p.device());
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(schedule: ScheduleKind) -> OptimConfig {
+        OptimConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1.0,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            schedule,
+            warmup_epochs: 1.0,
+            lr_step_epochs: 2,
+            lr_gamma: 0.1,
+        }
+    }
+
+    #[test]
+    fn warmup_then_schedule() {
+        let c = cfg(ScheduleKind::Cosine);
+        assert_eq!(learning_rate(&c, 0, 100, 10), 0.1);
+        assert_eq!(learning_rate(&c, 9, 100, 10), 1.0);
+        assert!((learning_rate(&c, 10, 100, 10) - 1.0).abs() < 1e-12);
+        assert!(learning_rate(&c, 99, 100, 10) < 0.01);
+        let s = cfg(ScheduleKind::Step);
+        assert_eq!(learning_rate(&s, 15, 100, 10), 1.0);
+        assert!((learning_rate(&s, 25, 100, 10) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn adam_minimises_a_quadratic() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let x = vs.root().var("x", &[3], nn::Init::Const(5.0));
+        let mut opt = Optimizer::new(
+            &vs,
+            OptimConfig {
+                lr: 0.1,
+                ..cfg(ScheduleKind::Constant)
+            },
+        );
+        for _ in 0..300 {
+            opt.zero_grad();
+            (&x * &x).sum(tch::Kind::Float).backward();
+            opt.step(0.1);
+        }
+        assert!(f64::try_from(x.abs().max()).unwrap() < 0.05);
+    }
+}

@@ -1,0 +1,119 @@
+//! The run directory: `config.json`, `metrics.csv`, `last/` and `best/` checkpoints (model,
+//! optimiser state, run state) and `rounds/NNN/` triplets. Checkpoint directories are
+//! replaced whole: written under a temporary name, then swapped in.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::Optimizer;
+use crate::model::{Embedder, ModelError};
+use crate::output::{write_csv, write_json};
+
+pub const CONFIG_JSON: &str = "config.json";
+pub const METRICS_CSV: &str = "metrics.csv";
+pub const STATE_JSON: &str = "state.json";
+pub const OPTIMIZER_WEIGHTS: &str = "optimizer.safetensors";
+pub const METRICS_HEADER: [&str; 10] = [
+    "epoch",
+    "step",
+    "loss",
+    "active_fraction",
+    "triplets",
+    "p_at_1",
+    "r_precision",
+    "map_at_r",
+    "lr",
+    "seconds",
+];
+
+/// Where a run stands after a completed epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs completed (1-based count).
+    pub epoch: usize,
+    pub step: usize,
+    pub best_map_at_r: f64,
+    pub best_epoch: usize,
+}
+
+/// One line of `metrics.csv`; epoch 0 is the network before training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub epoch: usize,
+    pub step: usize,
+    pub loss: f64,
+    pub active_fraction: f64,
+    pub triplets: usize,
+    pub p_at_1: f64,
+    pub r_precision: f64,
+    pub map_at_r: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+pub fn last(run: &Path) -> PathBuf {
+    run.join("last")
+}
+
+pub fn best(run: &Path) -> PathBuf {
+    run.join("best")
+}
+
+pub fn round_dir(run: &Path, round: usize) -> PathBuf {
+    run.join("rounds").join(format!("{round:03}"))
+}
+
+/// Writes model, optimiser and state into `dir`, replacing it whole.
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &Embedder,
+    optimizer: &Optimizer,
+    state: &RunState,
+) -> Result<(), ModelError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let fresh = dir.with_file_name(format!(".{name}.new"));
+    let old = dir.with_file_name(format!(".{name}.old"));
+    let _ = fs::remove_dir_all(&fresh);
+    model.save(&fresh)?;
+    optimizer.save(&fresh.join(OPTIMIZER_WEIGHTS))?;
+    write_json(&fresh.join(STATE_JSON), state)?;
+    let _ = fs::remove_dir_all(&old);
+    if dir.exists() {
+        fs::rename(dir, &old)?;
+    }
+    fs::rename(&fresh, dir)?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The checkpoint to resume from: `last/`, or its previous version if a swap was interrupted.
+pub fn resumable(run: &Path) -> Option<PathBuf> {
+    let last = last(run);
+    let old = run.join(".last.old");
+    [last, old]
+        .into_iter()
+        .find(|d| d.join(STATE_JSON).is_file())
+}
+
+pub fn read_state(dir: &Path) -> Result<RunState, ModelError> {
+    let text = fs::read_to_string(dir.join(STATE_JSON))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
+        dir: dir.to_path_buf(),
+        message: format!("{STATE_JSON}: {e}"),
+    })
+}
+
+pub fn write_metrics(run: &Path, rows: &[MetricsRow]) -> std::io::Result<()> {
+    write_csv(&run.join(METRICS_CSV), rows, &METRICS_HEADER)
+}
+
+pub fn read_metrics(run: &Path) -> Vec<MetricsRow> {
+    csv::Reader::from_path(run.join(METRICS_CSV))
+        .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}

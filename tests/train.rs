@@ -1,0 +1,255 @@
+//! `tripmine train` and `tripmine eval` end to end on the fixtures.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Short deterministic runs: 32-d network at the fixtures' 32 px, validation on a quarter of
+/// each class's samples (2 threads are added by `tripmine()`).
+fn train_args<'a>(corpus: &'a str, out: &'a str, mining: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--corpus",
+        corpus,
+        "--out",
+        out,
+        "--mining",
+        mining,
+        "--epochs",
+        epochs,
+        "--dim",
+        "32",
+        "--input-size",
+        "32",
+        "--seed",
+        "3",
+        "--val-samples",
+        "0.25",
+    ]
+}
+
+fn metrics(run: &Path) -> Vec<csv::StringRecord> {
+    read_csv(&run.join("metrics.csv"))
+}
+
+fn map_at_r(row: &csv::StringRecord) -> f64 {
+    row[7].parse().unwrap()
+}
+
+#[test]
+fn global_and_batch_hard_training_raise_validation_map_at_r() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
+    // Settings measured to learn within seconds on the fixtures (see README, "Training").
+    let settings: [(&str, &str, &[&str]); 2] = [
+        (
+            "global",
+            "4",
+            &[
+                "--lr",
+                "0.003",
+                "--negatives-per-anchor",
+                "2",
+                "--batch-size",
+                "16",
+                "--no-augment",
+            ],
+        ),
+        (
+            "batch-hard",
+            "10",
+            &[
+                "--lr",
+                "0.01",
+                "--classes-per-batch",
+                "4",
+                "--samples-per-class",
+                "4",
+                "--no-augment",
+            ],
+        ),
+    ];
+    for (mining, epochs, extra) in settings {
+        let run = dir.path().join(mining);
+        let mut args = train_args(s(&corpus), s(&run), mining, epochs);
+        args.extend_from_slice(extra);
+        let stdout = ok(&args);
+        assert!(stdout.contains("validation MAP@R"), "{stdout}");
+        let rows = metrics(&run);
+        assert_eq!(
+            rows.len(),
+            epochs.parse::<usize>().unwrap() + 1,
+            "epoch 0 (untrained) + each epoch"
+        );
+        let (before, after) = (map_at_r(&rows[0]), map_at_r(rows.last().unwrap()));
+        eprintln!("{mining}: validation MAP@R {before:.4} -> {after:.4}");
+        assert!(after > before + 0.08, "{mining}: MAP@R {before} -> {after}");
+        assert!(
+            run.join("best/model.safetensors").is_file() && run.join("last/model.json").is_file()
+        );
+        if mining == "global" {
+            let round = read_csv(&run.join("rounds/000/triplets.csv"));
+            assert!(!round.is_empty());
+            assert!(run
+                .join(format!(
+                    "rounds/00{}/triplets.json",
+                    epochs.parse::<usize>().unwrap() - 1
+                ))
+                .is_file());
+        }
+        let out = ok(&[
+            "eval",
+            "--corpus",
+            s(&corpus),
+            "--model",
+            s(&run.join("best")),
+            "--json",
+        ]);
+        let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        for key in ["p_at_1", "r_precision", "map_at_r"] {
+            assert!(
+                m[key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+                "{key}: {m}"
+            );
+        }
+        assert!(m["recall_at_k"]["8"].as_f64().unwrap() >= m["recall_at_k"]["1"].as_f64().unwrap());
+    }
+}
+
+/// The weights of a checkpoint, as raw bytes per tensor name.
+fn weights(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut t: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t.into_iter()
+        .map(|(name, v)| {
+            let flat = v.to_kind(tch::Kind::Float).contiguous().view([-1]);
+            (
+                name,
+                Vec::<f32>::try_from(&flat)
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn completed_epochs(run: &Path) -> usize {
+    fs::read_to_string(run.join("last/state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["epoch"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
+    for mining in ["global", "batch-semihard"] {
+        let whole = dir.path().join(format!("{mining}-whole"));
+        ok(&train_args(s(&corpus), s(&whole), mining, "4"));
+
+        let killed = dir.path().join(format!("{mining}-killed"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tripmine"))
+            .args(train_args(s(&corpus), s(&killed), mining, "4"))
+            .args(["--threads", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while completed_epochs(&killed) < 2 && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL, somewhere in epoch 3 (or 4)
+        child.wait().unwrap();
+        let at_kill = completed_epochs(&killed);
+        assert!(
+            (2..4).contains(&at_kill),
+            "{mining}: the run was not interrupted (epoch {at_kill})"
+        );
+
+        let stdout = ok(&["train", "--resume", s(&killed)]);
+        assert!(stdout.contains("trained 4 epochs"), "{stdout}");
+        assert_eq!(metrics(&killed).len(), 5);
+        assert!(
+            weights(&whole.join("last")) == weights(&killed.join("last")),
+            "{mining}: resumed weights differ"
+        );
+    }
+}
+
+#[test]
+fn unknown_triplet_paths_and_untrainable_corpora_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
+    let csv = dir.path().join("t.csv");
+    fs::write(
+        &csv,
+        "anchor,positive,negative,anchor_label,negative_label,d_ap,d_an,kind\n\
+         disc/disc_00.png,disc/disc_01.png,nowhere/ghost.png,disc,ghost,0.1,0.2,semihard\n",
+    )
+    .unwrap();
+    let mining = format!("triplets:{}", s(&csv));
+    let (code, _, stderr) = tripmine(&train_args(
+        s(&corpus),
+        s(&dir.path().join("r")),
+        &mining,
+        "1",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("nowhere/ghost.png") && stderr.contains("not in the training split"),
+        "{stderr}"
+    );
+
+    let one_class = dir.path().join("one");
+    fs::create_dir_all(one_class.join("disc")).unwrap();
+    for f in ["disc_00.png", "disc_01.png", "disc_02.png"] {
+        fs::copy(corpus.join("disc").join(f), one_class.join("disc").join(f)).unwrap();
+    }
+    let (code, _, stderr) = tripmine(&train_args(
+        s(&one_class),
+        s(&dir.path().join("r2")),
+        "global",
+        "1",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no triplet can be formed"), "{stderr}");
+}
+
+#[test]
+fn training_on_an_exported_triplet_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
+    let emb = dir.path().join("emb");
+    embed_fixtures(&emb, 3);
+    let csv = dir.path().join("t.csv");
+    ok(&[
+        "mine",
+        "--embeddings",
+        s(&emb),
+        "--out",
+        s(&csv),
+        "--strategy",
+        "all",
+        "--negatives-per-anchor",
+        "2",
+    ]);
+    let mining = format!("triplets:{}", s(&csv));
+    let run = dir.path().join("run");
+    // Validation on a quarter of each class would drop triplets that use held-out samples: use none.
+    let mut args = train_args(s(&corpus), s(&run), &mining, "1");
+    args.truncate(args.len() - 2);
+    args.extend(["--val-samples", "0"]);
+    ok(&args);
+    assert_eq!(metrics(&run).len(), 2);
+}
