@@ -30,6 +30,15 @@ impl Distance {
         }
     }
 
+    /// The dot product at which two unit vectors are `d` apart: the inverse of `from_dot`.
+    pub fn to_dot(self, d: f32) -> f32 {
+        match self {
+            Distance::Euclidean => 1.0 - d * d / 2.0,
+            Distance::Sqeuclidean => 1.0 - d / 2.0,
+            Distance::Cosine => 1.0 - d,
+        }
+    }
+
     /// The distance between two unit vectors.
     pub fn between(self, a: &[f32], b: &[f32]) -> f32 {
         self.from_dot(dot(a, b))
@@ -139,5 +148,8 @@ mod tests {
         assert!((Distance::Sqeuclidean.between(&a, &b) - 2.0).abs() < 1e-6);
         assert!((Distance::Cosine.between(&a, &b) - 1.0).abs() < 1e-6);
         assert_eq!(Distance::Euclidean.between(&a, &a), 0.0);
+        for d in [Distance::Euclidean, Distance::Sqeuclidean, Distance::Cosine] {
+            assert!((d.to_dot(d.from_dot(0.3)) - 0.3).abs() < 1e-6, "{d:?}");
+        }
     }
 }

@@ -264,6 +264,31 @@ fn hnsw_finds_the_exact_semihard_negatives_on_fixtures_and_20k_clusters() {
     eprintln!("fixtures: HNSW recall of exact semi-hard negatives {recall:.4}");
     assert!(recall >= 0.95, "fixtures recall {recall}");
 
+    // The index saved next to the embeddings is reused while they are unchanged.
+    let index_origin = |out: &Path| -> String {
+        ok(&[
+            "mine",
+            "--embeddings",
+            s(&emb),
+            "--out",
+            s(out),
+            "--knn",
+            "hnsw",
+            "--negatives-per-anchor",
+            "5",
+        ]);
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+        sidecar["backend"]["index"].as_str().unwrap().to_string()
+    };
+    assert_eq!(index_origin(&dir.path().join("again.csv")), "loaded");
+    assert_eq!(
+        fs::read(dir.path().join("again.csv")).unwrap(),
+        fs::read(dir.path().join("hnsw.csv")).unwrap()
+    );
+    embed_fixtures(&emb, 5);
+    assert_eq!(index_origin(&dir.path().join("changed.csv")), "built");
+
     let synth = dir.path().join("synthetic");
     synthetic_embeddings(&synth, 1000, 20, 128, 0.9, 7);
     let recall = hnsw_recall(&synth, dir.path(), &["--anchors-per-class", "2"]);

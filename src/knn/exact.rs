@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{Neighbour, NeighbourIndex, Points, Restriction};
+use super::{Band, BandHits, Neighbour, NeighbourIndex, Points, Restriction};
 
 pub struct ExactIndex {
     data: Tensor,
@@ -38,11 +38,14 @@ impl ExactIndex {
         self
     }
 
+    /// Top-k of one block of queries over the whole corpus; with `bounds` (per-query minimum
+    /// and maximum dot product, each `queries.len() × 1`) only scores inside them count.
     fn search_block(
         &self,
         queries: &[usize],
         k: usize,
         restriction: Restriction,
+        bounds: Option<(&Tensor, &Tensor)>,
     ) -> Vec<Vec<Neighbour>> {
         let device = self.data.device();
         let ids: Vec<i64> = queries.iter().map(|&q| q as i64).collect();
@@ -62,6 +65,12 @@ impl ExactIndex {
                 Restriction::Any => is_self,
                 Restriction::OtherLabels => same,
                 Restriction::SameLabel => same.logical_not().logical_or(&is_self),
+            };
+            let banned = match bounds {
+                Some((lo, hi)) => banned
+                    .logical_or(&scores.lt_tensor(lo))
+                    .logical_or(&scores.gt_tensor(hi)),
+                None => banned,
             };
             let _ = scores.masked_fill_(&banned, f64::NEG_INFINITY);
             let (vals, idx) = scores.topk(k.min(len as usize) as i64, 1, true, true);
@@ -107,7 +116,42 @@ impl NeighbourIndex for ExactIndex {
         tch::no_grad(|| {
             queries
                 .chunks(self.query_block)
-                .flat_map(|b| self.search_block(b, k, restriction))
+                .flat_map(|b| self.search_block(b, k, restriction, None))
+                .collect()
+        })
+    }
+
+    /// One pass over the corpus tests every band exactly, whatever its depth.
+    fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
+        let device = self.data.device();
+        tch::no_grad(|| {
+            bands
+                .chunks(self.query_block)
+                .flat_map(|block| {
+                    let queries: Vec<usize> = block.iter().map(|b| b.query).collect();
+                    let column = |f: fn(&Band) -> f32| {
+                        let v: Vec<f32> = block.iter().map(f).collect();
+                        Tensor::from_slice(&v).to_device(device).unsqueeze(1)
+                    };
+                    let (lo, hi) = (column(|b| b.min_dot), column(|b| b.max_dot));
+                    let k = block.iter().map(|b| b.k).max().unwrap_or(0).min(self.n);
+                    let lists = if k == 0 {
+                        vec![Vec::new(); block.len()]
+                    } else {
+                        self.search_block(&queries, k, Restriction::OtherLabels, Some((&lo, &hi)))
+                    };
+                    block
+                        .iter()
+                        .zip(lists)
+                        .map(|(b, mut hits)| {
+                            hits.truncate(b.k);
+                            BandHits {
+                                hits,
+                                complete: true,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
                 .collect()
         })
     }
@@ -149,6 +193,37 @@ mod tests {
                 let want_ids: Vec<_> = want.iter().map(|n| n.index).collect();
                 assert_eq!(got_ids, want_ids, "query {q} {restriction:?}");
             }
+        }
+    }
+
+    #[test]
+    fn band_search_returns_the_nearest_band_members() {
+        let (data, labels) = clustered(6, 10, 8, 0.8, 3);
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let index = ExactIndex::new(points, Device::Cpu).with_blocks(7, 11);
+        let bands: Vec<Band> = (0..points.len())
+            .step_by(4)
+            .map(|q| Band {
+                query: q,
+                min_dot: -0.2,
+                max_dot: 0.3,
+                k: 4,
+            })
+            .collect();
+        for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
+            let want: Vec<usize> =
+                brute_force(points, band.query, usize::MAX, Restriction::OtherLabels)
+                    .into_iter()
+                    .filter(|n| n.dot >= band.min_dot && n.dot <= band.max_dot)
+                    .take(4)
+                    .map(|n| n.index)
+                    .collect();
+            assert_eq!(got.hits.iter().map(|n| n.index).collect::<Vec<_>>(), want);
+            assert!(got.complete);
         }
     }
 

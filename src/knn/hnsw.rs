@@ -4,12 +4,19 @@
 
 use std::collections::HashMap;
 
+use std::path::Path;
+
+use hnsw_rs::api::AnnT;
+use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{DistL2, Hnsw};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Neighbour, NeighbourIndex, Points, Restriction};
 use crate::definitions::dot;
+
+/// Reads a saved index; an [`HnswIndex::load`]ed index borrows it.
+pub type HnswLoader = HnswIo;
 
 /// hnsw_rs's `max_layer` must be 16 or `file_dump` fails.
 const MAX_LAYER: usize = 16;
@@ -34,7 +41,9 @@ impl Default for HnswParams {
 }
 
 pub struct HnswIndex<'a> {
-    hnsw: Hnsw<'static, f32, DistL2>,
+    hnsw: Hnsw<'a, f32, DistL2>,
+    /// "built" or "loaded" (from a saved index).
+    origin: &'static str,
     points: Points<'a>,
     params: HnswParams,
     /// Members of each label, sorted: the filter for same-label queries.
@@ -56,18 +65,63 @@ impl<'a> HnswIndex<'a> {
         for chunk in items.chunks(10_000) {
             hnsw.parallel_insert_slice(&chunk.to_vec());
         }
+        let mut hnsw = hnsw;
+        hnsw.set_searching_mode(true);
+        Self::assemble(hnsw, points, params, "built", start.elapsed().as_secs_f64())
+    }
+
+    /// An index saved by [`HnswIndex::save`]; `loader` must outlive it (hnsw_rs borrows it).
+    pub fn load(
+        loader: &'a mut HnswIo,
+        points: Points<'a>,
+        params: HnswParams,
+    ) -> Result<Self, String> {
+        let start = std::time::Instant::now();
+        let mut hnsw: Hnsw<'a, f32, DistL2> = loader.load_hnsw().map_err(|e| e.to_string())?;
+        if hnsw.get_nb_point() != points.len() {
+            return Err(format!(
+                "holds {} points, the embeddings {}",
+                hnsw.get_nb_point(),
+                points.len()
+            ));
+        }
+        hnsw.set_searching_mode(true);
+        Ok(Self::assemble(
+            hnsw,
+            points,
+            params,
+            "loaded",
+            start.elapsed().as_secs_f64(),
+        ))
+    }
+
+    /// Writes the graph and data files (`<basename>.hnsw.graph`, `.hnsw.data`) into `dir`.
+    pub fn save(&self, dir: &Path, basename: &str) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        self.hnsw
+            .file_dump(dir, basename)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn assemble(
+        hnsw: Hnsw<'a, f32, DistL2>,
+        points: Points<'a>,
+        params: HnswParams,
+        origin: &'static str,
+        seconds: f64,
+    ) -> Self {
         let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, &l) in points.labels.iter().enumerate() {
             members.entry(l).or_default().push(i);
         }
-        let mut hnsw = hnsw;
-        hnsw.set_searching_mode(true);
         HnswIndex {
             hnsw,
+            origin,
             points,
             params,
             members,
-            build_seconds: start.elapsed().as_secs_f64(),
+            build_seconds: seconds,
         }
     }
 
@@ -125,6 +179,7 @@ impl NeighbourIndex for HnswIndex<'_> {
             "m": self.params.m,
             "ef_construction": self.params.ef_construction,
             "ef_search": self.params.ef_search,
+            "index": self.origin,
             "build_seconds": self.build_seconds,
         })
     }
@@ -167,5 +222,26 @@ mod tests {
             let recall = hits as f64 / total as f64;
             assert!(recall >= 0.95, "{restriction:?}: recall {recall}");
         }
+    }
+
+    #[test]
+    fn a_saved_index_answers_like_the_built_one() {
+        let (data, labels) = clustered(10, 20, 16, 0.7, 4);
+        let points = Points {
+            data: &data,
+            dim: 16,
+            labels: &labels,
+        };
+        let built = HnswIndex::build(points, HnswParams::default());
+        let dir = tempfile::tempdir().unwrap();
+        built.save(dir.path(), "index").unwrap();
+        let mut loader = HnswIo::new(dir.path(), "index");
+        let loaded = HnswIndex::load(&mut loader, points, HnswParams::default()).unwrap();
+        let queries: Vec<usize> = (0..points.len()).collect();
+        assert_eq!(
+            built.search(&queries, 5, Restriction::OtherLabels),
+            loaded.search(&queries, 5, Restriction::OtherLabels)
+        );
+        assert_eq!(loaded.describe()["index"], "loaded");
     }
 }

@@ -5,7 +5,7 @@ mod exact;
 mod hnsw;
 
 pub use exact::ExactIndex;
-pub use hnsw::{HnswIndex, HnswParams};
+pub use hnsw::{HnswIndex, HnswLoader, HnswParams};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,12 +25,76 @@ pub enum Restriction {
     SameLabel,
 }
 
+/// A question for the miner: the other-label samples whose dot product with `query` lies in
+/// `[min_dot, max_dot]` (a distance band such as the semi-hard one), the `k` nearest first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Band {
+    pub query: usize,
+    pub min_dot: f32,
+    pub max_dot: f32,
+    pub k: usize,
+}
+
+impl Band {
+    fn contains(&self, n: &Neighbour) -> bool {
+        n.dot >= self.min_dot && n.dot <= self.max_dot
+    }
+}
+
+/// The answer to a [`Band`]. `complete` says that no nearer band member was missed: the search
+/// went past the band's far edge or through every other-label sample, or found `k`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandHits {
+    pub hits: Vec<Neighbour>,
+    pub complete: bool,
+}
+
 /// k nearest neighbours of indexed samples, nearest first. A list shorter than `k` holds every
 /// sample that the restriction allows.
 pub trait NeighbourIndex {
     fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>>;
+
     /// Name and parameters, recorded in every output that used the index.
     fn describe(&self) -> serde_json::Value;
+
+    /// Band members of each query. This default searches the `start_depth` nearest
+    /// other-label neighbours and widens ×4 up to `max_depth` for the bands not yet answered;
+    /// backends that can test the band directly override it.
+    fn band_search(&self, bands: &[Band], start_depth: usize, max_depth: usize) -> Vec<BandHits> {
+        let mut answers: Vec<Option<BandHits>> = vec![None; bands.len()];
+        let mut pending: Vec<usize> = (0..bands.len()).collect();
+        let mut depth = start_depth.clamp(1, max_depth.max(1));
+        while !pending.is_empty() {
+            let mut queries: Vec<usize> = pending.iter().map(|&i| bands[i].query).collect();
+            queries.sort_unstable();
+            queries.dedup();
+            let lists = self.search(&queries, depth, Restriction::OtherLabels);
+            let last_round = depth >= max_depth;
+            pending.retain(|&i| {
+                let band = &bands[i];
+                let list = &lists[queries.binary_search(&band.query).expect("searched")];
+                let hits: Vec<Neighbour> = list
+                    .iter()
+                    .filter(|n| band.contains(n))
+                    .take(band.k)
+                    .copied()
+                    .collect();
+                let exhaustive = list.len() < depth;
+                let passed = list.last().is_some_and(|n| n.dot < band.min_dot);
+                let complete = exhaustive || passed || hits.len() >= band.k;
+                if complete || last_round {
+                    answers[i] = Some(BandHits { hits, complete });
+                    return false;
+                }
+                true
+            });
+            depth = (depth * 4).min(max_depth);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every band answered"))
+            .collect()
+    }
 }
 
 /// Which backend `--knn` asked for.

@@ -1,6 +1,6 @@
 //! The miner: a function of (embeddings, labels, neighbour index, rules). Positives are chosen
-//! exactly inside the anchor's class; negatives come from other-label neighbours, searched
-//! deeper (×4) while an anchor still lacks negatives of the requested kind.
+//! exactly inside the anchor's class; each requested kind of negative becomes a distance band
+//! relative to that anchor–positive pair, which the neighbour index answers (see `Band`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::rules::{MiningRules, NegativeOrder, PositiveRule, Selection};
-use crate::definitions::{Distance, TripletKind};
-use crate::knn::{Neighbour, NeighbourIndex, Points, Restriction};
+use crate::definitions::TripletKind;
+use crate::knn::{Band, BandHits, NeighbourIndex, Points};
 use crate::rng::Rng;
 
 /// Indices into the mined points, with the distances that decided the kind.
@@ -33,12 +33,14 @@ pub struct MineStats {
     pub per_kind: BTreeMap<TripletKind, usize>,
     /// Anchors that yielded no triplet, by reason.
     pub skipped: BTreeMap<String, usize>,
-    /// How many anchors were settled at each search depth.
-    pub settled_at_depth: BTreeMap<usize, usize>,
 }
 
 /// Anchors are processed in chunks so that neighbour lists never exist for the whole corpus.
 const ANCHOR_CHUNK: usize = 8192;
+
+/// Slack on band edges in dot-product units: the index's scores and the exported distances are
+/// computed differently, so candidates near an edge are fetched and then judged exactly.
+const EDGE_SLACK: f32 = 1e-5;
 
 pub fn mine(
     points: Points,
@@ -58,41 +60,27 @@ pub fn mine(
             .par_iter()
             .map(|&a| AnchorPlan::new(points, a, &members, rules))
             .collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; plans.len()];
-        let mut pending: Vec<usize> = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
-            if plan.pairs.is_empty() {
-                outcomes[i] = Some(Outcome::skipped(
-                    "label has a single sample (no positive)".into(),
-                    0,
-                ));
-            } else {
-                pending.push(i);
-            }
+        let requests: Vec<Request> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(p, plan)| plan.requests(p, rules))
+            .collect();
+        let bands: Vec<Band> = requests.iter().filter_map(|r| r.band).collect();
+        let mut answers = index
+            .band_search(&bands, rules.start_depth, rules.max_depth)
+            .into_iter();
+        let mut by_plan: Vec<Vec<(&Request, Option<BandHits>)>> =
+            plans.iter().map(|_| Vec::new()).collect();
+        for r in &requests {
+            let answer = r.band.map(|_| answers.next().expect("one answer per band"));
+            by_plan[r.plan].push((r, answer));
         }
-        let mut depth = rules
-            .start_depth
-            .max(2 * rules.negatives_per_anchor)
-            .min(rules.max_depth);
-        while !pending.is_empty() {
-            let queries: Vec<usize> = pending.iter().map(|&i| plans[i].anchor).collect();
-            let lists = index.search(&queries, depth, Restriction::OtherLabels);
-            let last_round = depth >= rules.max_depth;
-            let settled: Vec<(usize, Option<Outcome>)> = pending
-                .par_iter()
-                .zip(lists)
-                .map(|(&i, list)| (i, plans[i].settle(points, &list, depth, last_round, rules)))
-                .collect();
-            pending.clear();
-            for (i, outcome) in settled {
-                match outcome {
-                    Some(o) => outcomes[i] = Some(o),
-                    None => pending.push(i),
-                }
-            }
-            depth = (depth * 4).min(rules.max_depth);
-        }
-        for outcome in outcomes.into_iter().flatten() {
+        let outcomes: Vec<Outcome> = plans
+            .par_iter()
+            .zip(by_plan)
+            .map(|(plan, answered)| plan.assemble(points, &answered, rules))
+            .collect();
+        for outcome in outcomes {
             stats.record(&outcome);
             triplets.extend(outcome.triplets);
         }
@@ -104,7 +92,6 @@ pub fn mine(
 
 impl MineStats {
     fn record(&mut self, o: &Outcome) {
-        *self.settled_at_depth.entry(o.depth).or_default() += 1;
         if let Some(reason) = &o.skip_reason {
             *self.skipped.entry(reason.clone()).or_default() += 1;
             return;
@@ -162,23 +149,21 @@ struct PairPlan {
     wanted: Vec<(Selection, usize)>,
 }
 
+/// n negatives of one selection for one anchor–positive pair; `band` is what the index is asked
+/// (none for random easy negatives, which are sampled directly).
+struct Request {
+    plan: usize,
+    pair: usize,
+    selection: Selection,
+    n: usize,
+    band: Option<Band>,
+}
+
 #[derive(Debug, Clone)]
 struct Outcome {
     triplets: Vec<Triplet>,
     skip_reason: Option<String>,
     short: bool,
-    depth: usize,
-}
-
-impl Outcome {
-    fn skipped(reason: String, depth: usize) -> Self {
-        Outcome {
-            triplets: Vec::new(),
-            skip_reason: Some(reason),
-            short: false,
-            depth,
-        }
-    }
 }
 
 impl AnchorPlan {
@@ -237,125 +222,142 @@ impl AnchorPlan {
         }
     }
 
-    /// Triplets of this anchor if `list` (other-label neighbours, nearest first, `depth` asked)
-    /// is deep enough, or on the last round; `None` asks for a deeper search.
-    fn settle(
+    fn requests(&self, plan: usize, rules: &MiningRules) -> Vec<Request> {
+        let mut out = Vec::new();
+        for (pair, p) in self.pairs.iter().enumerate() {
+            for &(selection, n) in &p.wanted {
+                let band = (!random_easy(selection, rules)).then(|| {
+                    let (near, far) = selection.distance_range(p.d_ap, rules.margin);
+                    Band {
+                        query: self.anchor,
+                        min_dot: rules.distance.to_dot(far) - EDGE_SLACK,
+                        max_dot: rules.distance.to_dot(near) + EDGE_SLACK,
+                        // Random order draws from the band's first max_depth members.
+                        k: if rules.negative_order == NegativeOrder::Nearest {
+                            n
+                        } else {
+                            rules.max_depth
+                        },
+                    }
+                });
+                out.push(Request {
+                    plan,
+                    pair,
+                    selection,
+                    n,
+                    band,
+                });
+            }
+        }
+        out
+    }
+
+    /// This anchor's triplets from the answers to its requests.
+    fn assemble(
         &self,
         points: Points,
-        list: &[Neighbour],
-        depth: usize,
-        last_round: bool,
+        answered: &[(&Request, Option<BandHits>)],
         rules: &MiningRules,
-    ) -> Option<Outcome> {
-        let exhaustive = list.len() < depth;
-        let dist = rules.distance;
-        let cand: Vec<(usize, f32)> = list
-            .iter()
-            .map(|n| (n.index, dist.from_dot(n.dot)))
-            .collect();
-        let farthest = cand.last().map_or(f32::NEG_INFINITY, |c| c.1);
-        let complete =
-            |sel: Selection, d_ap: f32| exhaustive || farthest > sel.upper(d_ap, rules.margin);
-        let random_easy = |sel: Selection| {
-            sel == Selection::Kind(TripletKind::Easy)
-                && rules.negative_order == NegativeOrder::Random
-        };
-        let enough = self.pairs.iter().all(|p| {
-            p.wanted.iter().all(|&(sel, n)| {
-                random_easy(sel)
-                    || complete(sel, p.d_ap)
-                    || (rules.negative_order == NegativeOrder::Nearest
-                        && cand
-                            .iter()
-                            .filter(|c| {
-                                sel.accepts(TripletKind::classify(p.d_ap, c.1, rules.margin))
-                            })
-                            .count()
-                            >= n)
-            })
-        });
-        if !enough && !last_round {
-            return None;
+    ) -> Outcome {
+        if self.pairs.is_empty() {
+            let reason = "label has a single sample (no positive)".to_string();
+            return Outcome {
+                triplets: Vec::new(),
+                skip_reason: Some(reason),
+                short: false,
+            };
         }
         let mut rng = Rng::for_item(self.seed ^ 0x4E47, self.anchor as u64);
-        let mut triplets = Vec::new();
+        let mut triplets: Vec<Triplet> = Vec::new();
         let mut short = false;
-        let mut first_missing = None;
-        for p in &self.pairs {
-            let mut taken: Vec<usize> = Vec::new();
-            for &(sel, n) in &p.wanted {
-                let picked = if random_easy(sel) {
-                    sample_easy(points, self.anchor, p.d_ap, n, &taken, &mut rng, rules)
-                } else {
-                    let mut matching: Vec<usize> = cand
-                        .iter()
-                        .filter(|c| {
-                            !taken.contains(&c.0)
-                                && sel.accepts(TripletKind::classify(p.d_ap, c.1, rules.margin))
-                        })
-                        .map(|c| c.0)
-                        .collect();
-                    if rules.negative_order == NegativeOrder::Random {
-                        rng.shuffle(&mut matching);
-                    }
-                    matching.truncate(n);
-                    matching
-                };
-                if picked.len() < n {
-                    short = true;
-                    first_missing.get_or_insert(sel);
-                }
-                taken.extend(&picked);
-            }
-            for negative in taken {
-                triplets.push(exact_triplet(
+        let mut first_missing: Option<String> = None;
+        for (request, answer) in answered {
+            let pair = &self.pairs[request.pair];
+            let taken: Vec<usize> = triplets
+                .iter()
+                .filter(|t| t.positive == pair.positive)
+                .map(|t| t.negative)
+                .collect();
+            let mut found: Vec<Triplet> = match answer {
+                None => sample_easy(
                     points,
-                    dist,
-                    rules.margin,
                     self.anchor,
-                    p.positive,
-                    negative,
-                ));
+                    pair.d_ap,
+                    request.n,
+                    &taken,
+                    &mut rng,
+                    rules,
+                )
+                .into_iter()
+                .map(|n| exact_triplet(points, rules, self.anchor, pair.positive, n))
+                .collect(),
+                Some(a) => a
+                    .hits
+                    .iter()
+                    .filter(|h| !taken.contains(&h.index))
+                    .map(|h| exact_triplet(points, rules, self.anchor, pair.positive, h.index))
+                    .filter(|t| request.selection.accepts(t.kind))
+                    .collect(),
+            };
+            if rules.negative_order == NegativeOrder::Random {
+                rng.shuffle(&mut found);
             }
+            found.truncate(request.n);
+            if found.len() < request.n {
+                short = true;
+                if found.is_empty() && first_missing.is_none() {
+                    let sel = request.selection;
+                    first_missing = Some(match answer {
+                        Some(a) if !a.complete => {
+                            format!(
+                                "no {sel} negative among the {} nearest other-label neighbours",
+                                rules.max_depth
+                            )
+                        }
+                        _ => format!("no {sel} negative exists"),
+                    });
+                }
+            }
+            triplets.extend(found);
         }
         if triplets.is_empty() {
-            let sel = first_missing.expect("no triplet means some selection fell short");
-            let reason = if exhaustive {
-                format!("no {sel} negative exists")
-            } else {
-                format!("no {sel} negative among the {depth} nearest other-label neighbours")
+            return Outcome {
+                triplets,
+                skip_reason: first_missing,
+                short: false,
             };
-            return Some(Outcome::skipped(reason, depth));
         }
-        Some(Outcome {
+        Outcome {
             triplets,
             skip_reason: None,
             short,
-            depth,
-        })
+        }
     }
+}
+
+fn random_easy(selection: Selection, rules: &MiningRules) -> bool {
+    selection == Selection::Kind(TripletKind::Easy) && rules.negative_order == NegativeOrder::Random
 }
 
 /// Distances recomputed from the vectors, so the exported kind agrees with what anyone
 /// recomputing from `embeddings.npy` finds.
 fn exact_triplet(
     points: Points,
-    dist: Distance,
-    margin: f32,
+    rules: &MiningRules,
     anchor: usize,
     positive: usize,
     negative: usize,
 ) -> Triplet {
     let a = points.row(anchor);
-    let d_ap = dist.between(a, points.row(positive));
-    let d_an = dist.between(a, points.row(negative));
+    let d_ap = rules.distance.between(a, points.row(positive));
+    let d_an = rules.distance.between(a, points.row(negative));
     Triplet {
         anchor,
         positive,
         negative,
         d_ap,
         d_an,
-        kind: TripletKind::classify(d_ap, d_an, margin),
+        kind: TripletKind::classify(d_ap, d_an, rules.margin),
     }
 }
 

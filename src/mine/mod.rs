@@ -8,6 +8,7 @@ pub use miner::{mine, MineStats, Triplet};
 pub use rules::{MiningRules, NegativeOrder, PositiveRule, Selection, Strategy};
 
 use std::collections::{BTreeMap, HashSet};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +16,9 @@ use std::time::Instant;
 use tch::Device;
 
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
-use crate::knn::{ExactIndex, HnswIndex, HnswParams, KnnChoice, NeighbourIndex, Points};
+use crate::knn::{
+    ExactIndex, HnswIndex, HnswLoader, HnswParams, KnnChoice, NeighbourIndex, Points,
+};
 use crate::output::{write_atomic, write_json};
 use crate::store::{self, EmbeddingSet, StoreError};
 use crate::triplets::{self, TripletRow};
@@ -172,9 +175,24 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
     };
     let labelled = Labelled::from_set(&set, &excluded);
     let points = labelled.points();
+    // hnsw_rs borrows the loader of a saved index for as long as the index lives.
+    let mut loader = None;
     let (triplets, stats, backend) = match cfg.knn.resolve(points.len()) {
         KnnChoice::Hnsw => {
-            let index = HnswIndex::build(points, cfg.hnsw);
+            let cache = match &cfg.source {
+                EmbeddingSource::Dir(dir) => Some(HnswCache::new(dir, &set, &excluded, cfg.hnsw)),
+                EmbeddingSource::Corpus { .. } => None,
+            };
+            let index = cache
+                .as_ref()
+                .and_then(|c| c.load(&mut loader, points, cfg.hnsw));
+            let index = index.unwrap_or_else(|| {
+                let built = HnswIndex::build(points, cfg.hnsw);
+                if let Some(cache) = &cache {
+                    cache.save(&built);
+                }
+                built
+            });
             let (t, s) = mine(points, &index, &cfg.rules);
             (t, s, index.describe())
         }
@@ -262,8 +280,76 @@ fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_
             "with_triplets": s.stats.anchors_with_triplets,
             "short_of_negatives": s.stats.anchors_short,
             "skipped": s.stats.skipped,
-            "settled_at_depth": s.stats.settled_at_depth,
         },
         "wall_seconds": s.seconds,
     })
+}
+
+/// A saved HNSW index next to the embeddings (`DIR/hnsw/`), reused while the embeddings,
+/// the exclusions and the build parameters are unchanged (`index.json` holds that key).
+struct HnswCache {
+    dir: PathBuf,
+    key: serde_json::Value,
+}
+
+const HNSW_BASENAME: &str = "index";
+
+impl HnswCache {
+    fn new(
+        embeddings: &Path,
+        set: &EmbeddingSet,
+        excluded: &HashSet<String>,
+        params: HnswParams,
+    ) -> Self {
+        let mut excluded: Vec<&str> = excluded.iter().map(String::as_str).collect();
+        excluded.sort_unstable();
+        let key = serde_json::json!({
+            "embeddings_sha256": set.meta.sha256,
+            "excluded_sha256": store::sha256_hex(excluded.join("\n").as_bytes()),
+            "m": params.m,
+            "ef_construction": params.ef_construction,
+        });
+        HnswCache {
+            dir: embeddings.join("hnsw"),
+            key,
+        }
+    }
+
+    fn load<'a>(
+        &self,
+        loader: &'a mut Option<HnswLoader>,
+        points: Points<'a>,
+        params: HnswParams,
+    ) -> Option<HnswIndex<'a>> {
+        let saved: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(self.dir.join("index.json")).ok()?).ok()?;
+        if saved != self.key {
+            return None;
+        }
+        let loader = loader.insert(HnswLoader::new(&self.dir, HNSW_BASENAME));
+        match HnswIndex::load(loader, points, params) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                eprintln!(
+                    "warning: rebuilding the HNSW index: the saved one in {} is unusable ({e})",
+                    self.dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Best effort: a read-only embeddings directory only costs the next run a rebuild.
+    fn save(&self, index: &HnswIndex) {
+        let _ = fs::remove_file(self.dir.join("index.json"));
+        let saved = index.save(&self.dir, HNSW_BASENAME).and_then(|()| {
+            write_json(&self.dir.join("index.json"), &self.key).map_err(|e| e.to_string())
+        });
+        if let Err(e) = saved {
+            eprintln!(
+                "warning: could not save the HNSW index in {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
 }

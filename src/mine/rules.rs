@@ -44,12 +44,13 @@ impl Selection {
         }
     }
 
-    /// The largest d(a,n) that can belong to this selection (the band's far edge).
-    pub fn upper(self, d_ap: f32, margin: f32) -> f32 {
+    /// The range of d(a,n) this selection covers for a pair at distance `d_ap`, near edge first.
+    pub fn distance_range(self, d_ap: f32, margin: f32) -> (f32, f32) {
         match self {
-            Selection::Kind(TripletKind::Hard) => d_ap,
-            Selection::Kind(TripletKind::Semihard) | Selection::All => d_ap + margin,
-            Selection::Kind(TripletKind::Easy) => f32::INFINITY,
+            Selection::Kind(TripletKind::Hard) => (0.0, d_ap),
+            Selection::Kind(TripletKind::Semihard) => (d_ap, d_ap + margin),
+            Selection::Kind(TripletKind::Easy) => (d_ap + margin, f32::INFINITY),
+            Selection::All => (0.0, d_ap + margin),
         }
     }
 }
