@@ -49,7 +49,7 @@ pub struct MineArgs {
     /// CSV with a `path` column: those samples take no role in any triplet
     #[arg(long)]
     pub exclude: Option<PathBuf>,
-    /// Neighbour backend; auto picks HNSW from 50,000 samples on
+    /// Neighbour backend; auto picks HNSW from 300,000 samples on
     #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
     pub knn: KnnChoice,
     /// HNSW links per node

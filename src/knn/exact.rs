@@ -2,13 +2,19 @@
 //! corpus at a time, merging top-k lists, so memory is bounded by the block sizes and an N×N
 //! matrix never exists.
 
-use tch::{Device, Kind, Tensor};
+use std::collections::HashMap;
+
+use tch::{Device, Tensor};
 
 use super::{Band, BandHits, Neighbour, NeighbourIndex, Points, Restriction};
 
 pub struct ExactIndex {
     data: Tensor,
     labels: Tensor,
+    /// Host copies: which cells of a score block to ban is decided here, cell by cell,
+    /// because a class is small next to a block and elementwise passes over it are the cost.
+    host_labels: Vec<u32>,
+    members: HashMap<u32, Vec<usize>>,
     n: usize,
     query_block: usize,
     corpus_block: usize,
@@ -23,9 +29,15 @@ impl ExactIndex {
             .to_device(device);
         let labels: Vec<i64> = points.labels.iter().map(|&l| l as i64).collect();
         let labels = Tensor::from_slice(&labels).to_device(device);
+        let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, &l) in points.labels.iter().enumerate() {
+            members.entry(l).or_default().push(i);
+        }
         ExactIndex {
             data,
             labels,
+            host_labels: points.labels.to_vec(),
+            members,
             n: points.len(),
             query_block: 1024,
             corpus_block: 32768,
@@ -38,43 +50,67 @@ impl ExactIndex {
         self
     }
 
-    /// Top-k of one block of queries over the whole corpus; with `bounds` (per-query minimum
-    /// and maximum dot product, each `queries.len() × 1`) only scores inside them count.
+    /// (row, column) cells of a `queries × [start, start + len)` block that the restriction
+    /// bans, for the restrictions that ban few cells (the query itself, its own class).
+    fn banned_cells(
+        &self,
+        queries: &[usize],
+        start: usize,
+        len: usize,
+        restriction: Restriction,
+    ) -> (Vec<i64>, Vec<i64>) {
+        let (mut rows, mut cols) = (Vec::new(), Vec::new());
+        let end = start + len;
+        for (row, &q) in queries.iter().enumerate() {
+            let own: &[usize] = match restriction {
+                Restriction::OtherLabels => &self.members[&self.host_labels[q]],
+                _ => std::slice::from_ref(&q),
+            };
+            let from = own.partition_point(|&j| j < start);
+            for &j in own[from..].iter().take_while(|&&j| j < end) {
+                rows.push(row as i64);
+                cols.push((j - start) as i64);
+            }
+        }
+        (rows, cols)
+    }
+
+    /// Top-k of one block of queries over the whole corpus. With `ceiling` (each query's
+    /// largest allowed dot product, `queries.len() × 1`) scores above it do not count.
     fn search_block(
         &self,
         queries: &[usize],
         k: usize,
         restriction: Restriction,
-        bounds: Option<(&Tensor, &Tensor)>,
+        ceiling: Option<&Tensor>,
     ) -> Vec<Vec<Neighbour>> {
         let device = self.data.device();
         let ids: Vec<i64> = queries.iter().map(|&q| q as i64).collect();
         let ids = Tensor::from_slice(&ids).to_device(device);
         let q = self.data.index_select(0, &ids);
-        let q_labels = self.labels.index_select(0, &ids).unsqueeze(1);
+        let banned_value = Tensor::from(f32::NEG_INFINITY).to_device(device);
         let mut best: Option<(Tensor, Tensor)> = None;
         for start in (0..self.n).step_by(self.corpus_block) {
-            let len = self.corpus_block.min(self.n - start) as i64;
-            let start = start as i64;
-            let mut scores = q.matmul(&self.data.narrow(0, start, len).tr());
-            let c_ids =
-                Tensor::arange_start(start, start + len, (Kind::Int64, device)).unsqueeze(0);
-            let is_self = ids.unsqueeze(1).eq_tensor(&c_ids);
-            let same = q_labels.eq_tensor(&self.labels.narrow(0, start, len).unsqueeze(0));
-            let banned = match restriction {
-                Restriction::Any => is_self,
-                Restriction::OtherLabels => same,
-                Restriction::SameLabel => same.logical_not().logical_or(&is_self),
-            };
-            let banned = match bounds {
-                Some((lo, hi)) => banned
-                    .logical_or(&scores.lt_tensor(lo))
-                    .logical_or(&scores.gt_tensor(hi)),
-                None => banned,
-            };
-            let _ = scores.masked_fill_(&banned, f64::NEG_INFINITY);
-            let (vals, idx) = scores.topk(k.min(len as usize) as i64, 1, true, true);
-            let idx = idx + start;
+            let len = self.corpus_block.min(self.n - start);
+            let mut scores = q.matmul(&self.data.narrow(0, start as i64, len as i64).tr());
+            if restriction == Restriction::SameLabel {
+                let q_labels = self.labels.index_select(0, &ids).unsqueeze(1);
+                let other = q_labels
+                    .ne_tensor(&self.labels.narrow(0, start as i64, len as i64).unsqueeze(0));
+                let _ = scores.masked_fill_(&other, f64::NEG_INFINITY);
+            }
+            let (rows, cols) = self.banned_cells(queries, start, len, restriction);
+            if !rows.is_empty() {
+                let rows = Tensor::from_slice(&rows).to_device(device);
+                let cols = Tensor::from_slice(&cols).to_device(device);
+                let _ = scores.index_put_(&[Some(rows), Some(cols)], &banned_value, false);
+            }
+            if let Some(ceiling) = ceiling {
+                let above = scores.gt_tensor(ceiling);
+                let _ = scores.masked_fill_(&above, f64::NEG_INFINITY);
+            }
+            let (vals, idx) = scores.topk(k.min(len) as i64, 1, true, true);
+            let idx = idx + start as i64;
             best = Some(match best {
                 None => (vals, idx),
                 Some((bv, bi)) => {
@@ -129,26 +165,26 @@ impl NeighbourIndex for ExactIndex {
                 .chunks(self.query_block)
                 .flat_map(|block| {
                     let queries: Vec<usize> = block.iter().map(|b| b.query).collect();
-                    let column = |f: fn(&Band) -> f32| {
-                        let v: Vec<f32> = block.iter().map(f).collect();
-                        Tensor::from_slice(&v).to_device(device).unsqueeze(1)
-                    };
-                    let (lo, hi) = (column(|b| b.min_dot), column(|b| b.max_dot));
+                    let ceiling: Vec<f32> = block.iter().map(|b| b.max_dot).collect();
+                    let ceiling = Tensor::from_slice(&ceiling).to_device(device).unsqueeze(1);
                     let k = block.iter().map(|b| b.k).max().unwrap_or(0).min(self.n);
                     let lists = if k == 0 {
                         vec![Vec::new(); block.len()]
                     } else {
-                        self.search_block(&queries, k, Restriction::OtherLabels, Some((&lo, &hi)))
+                        self.search_block(&queries, k, Restriction::OtherLabels, Some(&ceiling))
                     };
+                    // The k best under the ceiling: those below the floor mean the band has
+                    // fewer than k members, and are dropped here rather than masked on device.
                     block
                         .iter()
                         .zip(lists)
-                        .map(|(b, mut hits)| {
-                            hits.truncate(b.k);
-                            BandHits {
-                                hits,
-                                complete: true,
-                            }
+                        .map(|(b, hits)| BandHits {
+                            hits: hits
+                                .into_iter()
+                                .filter(|n| n.dot >= b.min_dot)
+                                .take(b.k)
+                                .collect(),
+                            complete: true,
                         })
                         .collect::<Vec<_>>()
                 })
