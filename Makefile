@@ -28,9 +28,14 @@ demo: build
 	@rm -rf $(DEMO_OUT)
 	$(BIN) embed --corpus fixtures/corpus --out $(DEMO_OUT)/embeddings --input-size 32 --seed 7
 	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
+	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 --epochs 4 \
+		--lr 0.003 --negatives-per-anchor 2 --batch-size 16 --no-augment --seed 7
+	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
 	@echo
-	@echo "embeddings:    $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
-	@echo "triplets:      $(DEMO_OUT)/triplets.csv (+ triplets.json)"
+	@echo "embeddings:        $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
+	@echo "triplets:          $(DEMO_OUT)/triplets.csv (+ triplets.json)"
+	@echo "training run:      $(DEMO_OUT)/run (metrics.csv, best/, last/, config.json)"
+	@echo "round triplets:    $(DEMO_OUT)/run/rounds/000/triplets.csv ... (one per global mining round)"
 
 test: $(LIBTORCH)
 	cargo fmt --check
@@ -45,9 +50,10 @@ bench-mine: $(LIBTORCH)
 
 # Fashion-MNIST (Debian's dataset-fashion-mnist, installed by the script): 1,000 training and
 # 200 test images per class; global mining vs batch-hard for the same epochs.
-bench-train: build
+bench-train: $(LIBTORCH)
+	cargo build --release
 	python3 scripts/fashion_mnist.py out/fashion-mnist --per-class 1000
-	python3 scripts/bench_train.py $(BIN) out/fashion-mnist out/bench-train $(or $(EPOCHS),5)
+	python3 scripts/bench_train.py target/release/tripmine out/fashion-mnist out/bench-train $(or $(EPOCHS),5)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,8 @@
 //! Generates the bundled fixture corpora, deterministically (`make fixtures`):
 //! `corpus/` (12 shape classes × 24 images, 32×32 RGB, varied position, scale, rotation,
-//! colour, clutter and noise), `manifest.csv` (the same corpus as a manifest with splits) and
-//! `broken/` (valid images plus one file of each bad kind).
+//! colour, clutter and noise), `manifest.csv` (the same corpus as a manifest with splits),
+//! `broken/` (valid images plus one file of each bad kind) and `planted.csv` + `planted/` (the
+//! corpus with known defects for the audit: see `PLANTED_*`).
 
 use std::f32::consts::PI;
 use std::fs;
@@ -139,11 +140,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         b"\xff\xd8\xff\xe0\0\x10JFIF\0garbage garbage garbage",
     )?;
     fs::write(broken.join("stray.png"), &png)?;
+    write_planted(root)?;
     println!(
-        "wrote {}, {} and {}",
-        corpus.display(),
-        root.join("manifest.csv").display(),
-        broken.display()
+        "wrote {}: corpus/, manifest.csv, broken/, planted.csv and planted/",
+        root.display()
     );
+    Ok(())
+}
+
+/// Byte-identical copies: (source in corpus/, new path, label, split).
+const PLANTED_COPIES: [(&str, &str, &str, &str); 3] = [
+    (
+        "disc/disc_00.png",
+        "planted/copies/disc_00_again.png",
+        "disc",
+        "train",
+    ),
+    (
+        "star/star_03.png",
+        "planted/conflict/star_03.png",
+        "ring",
+        "train",
+    ),
+    (
+        "square/square_05.png",
+        "planted/leak/square_05.png",
+        "square",
+        "test",
+    ),
+];
+
+/// Corpus images listed under a wrong label: (path in corpus/, wrong label).
+const PLANTED_MISLABELS: [(&str, &str); 6] = [
+    ("ring/ring_07.png", "triangle"),
+    ("plus/plus_02.png", "twodots"),
+    ("checker/checker_11.png", "disc"),
+    ("ell/ell_04.png", "stripes"),
+    ("halfdisc/halfdisc_09.png", "cross"),
+    ("triangle/triangle_14.png", "star"),
+];
+
+/// `planted.csv`: the fixture corpus (18 train, 6 test per class) with exact copies inside a
+/// class, a copy under another label, a copy across splits, relabelled images and three
+/// off-distribution noise images. The audit tests assert that each is found.
+fn write_planted(root: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let planted = root.join("planted");
+    let _ = fs::remove_dir_all(&planted);
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    for name in CLASSES {
+        for i in 0..PER_CLASS {
+            let file = format!("{name}/{name}_{i:02}.png");
+            let label = PLANTED_MISLABELS
+                .iter()
+                .find(|(p, _)| *p == file)
+                .map_or(name, |(_, wrong)| *wrong);
+            let split = if i < PER_CLASS * 3 / 4 {
+                "train"
+            } else {
+                "test"
+            };
+            rows.push([
+                format!("corpus/{file}"),
+                label.to_string(),
+                split.to_string(),
+            ]);
+        }
+    }
+    for (source, copy, label, split) in PLANTED_COPIES {
+        let target = root.join(copy);
+        fs::create_dir_all(target.parent().expect("has a folder"))?;
+        fs::copy(root.join("corpus").join(source), &target)?;
+        rows.push([copy.to_string(), label.to_string(), split.to_string()]);
+    }
+    fs::create_dir_all(planted.join("odd"))?;
+    for i in 0..3 {
+        let mut rng = Rng::for_item(4242, i);
+        let img = RgbImage::from_fn(SIDE, SIDE, |_, _| {
+            Rgb([0, 1, 2].map(|_| rng.below(256) as u8))
+        });
+        let path = format!("planted/odd/noise_{i}.png");
+        img.save(root.join(&path))?;
+        rows.push([path, "disc".to_string(), "train".to_string()]);
+    }
+    let mut manifest = csv::Writer::from_path(root.join("planted.csv"))?;
+    manifest.write_record(["path", "label", "split"])?;
+    for row in rows {
+        manifest.write_record(&row)?;
+    }
+    manifest.flush()?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! The binary (`main.rs`) is a thin layer over these modules; see ARCHITECTURE.md for the map.
 
+pub mod audit;
 pub mod cli;
 pub mod corpus;
 pub mod definitions;

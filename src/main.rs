@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tripmine::cli::{Cli, Command, UsageError};
 use tripmine::definitions::TripletKind;
-use tripmine::{embed, eval, mine, train};
+use tripmine::{audit, embed, eval, mine, train};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -121,6 +121,39 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Audit(args) => {
+            let cfg = args.to_config()?;
+            let a = audit::run(&cfg)?;
+            println!("audited {} samples -> {}", a.samples, cfg.out.display());
+            println!(
+                "  duplicate groups: {} ({} with identical pixels); label conflicts: {}; split leaks: {}",
+                a.duplicate_groups, a.exact_duplicate_groups, a.conflict_groups, a.leak_groups
+            );
+            println!(
+                "  likely mislabels: {}; outliers: {}",
+                a.label_issues.len(),
+                a.outliers.len()
+            );
+            for issue in a.label_issues.iter().take(5) {
+                println!(
+                    "    {} is {:?}, neighbours say {:?} (agreement {:.2}, support {:.2})",
+                    issue.path, issue.label, issue.suggested_label, issue.score, issue.support
+                );
+            }
+            for o in a.outliers.iter().take(3) {
+                println!(
+                    "    outlier {} ({:?}, mean k-NN distance {:.3})",
+                    o.path, o.label, o.mean_knn_distance
+                );
+            }
+            if !a.tiny_classes.is_empty() {
+                println!("  tiny classes: {}", a.tiny_classes.join(", "));
+            }
+            println!(
+                "  unreadable files: {}; exclude.csv lists {} samples",
+                a.decode_problems, a.excluded
+            );
+        }
     }
     Ok(())
 }
@@ -139,6 +172,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_input_error())
             || cause
                 .downcast_ref::<train::TrainError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<audit::AuditError>()
                 .is_some_and(|e| e.is_input_error())
     });
     if input {

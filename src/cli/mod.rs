@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Each subcommand's arguments turn into the library's
 //! validated config here; nothing below `cli` sees a clap type.
 
+mod audit;
 mod embed;
 mod eval;
 mod mine;
@@ -8,6 +9,7 @@ mod train;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use audit::AuditArgs;
 pub use embed::EmbedArgs;
 pub use eval::EvalArgs;
 pub use mine::MineArgs;
@@ -34,6 +36,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Retrieval metrics of a checkpoint on a corpus: P@1, R-Precision, MAP@R, Recall@K
     Eval(EvalArgs),
+    /// Audit a corpus: duplicates, label conflicts, likely mislabels, outliers, split leakage
+    Audit(AuditArgs),
 }
 
 /// Options every libtorch-using subcommand shares.

@@ -26,7 +26,7 @@ pub struct Sample {
 }
 
 /// A file that could not be used, and why. Written to `skipped.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Problem {
     pub path: String,
     pub reason: String,

@@ -52,7 +52,7 @@ impl Trunk {
                     return Err(ModelError::Config(format!("bad resnet widths {widths:?}")));
                 }
                 let channels = spec.preprocess.channels as i64;
-                let resnet = Resnet::new(p, channels, widths, spec.dim);
+                let resnet = Resnet::new(p, channels, spec.preprocess.input_size, widths, spec.dim);
                 Ok(Trunk::Resnet(Box::new(resnet)))
             }
             Architecture::Backbone { file, features, .. } => {
@@ -121,13 +121,22 @@ impl ModuleT for BasicBlock {
 pub(super) struct Resnet {
     stem: nn::Conv2D,
     stem_bn: nn::BatchNorm,
+    /// Large inputs are reduced first, as in ResNet: a stride-2 stem above 64 px and a
+    /// max-pool from 128 px, so that 224 px costs about what 56 px does.
+    stem_pool: bool,
     blocks: Vec<BasicBlock>,
     head: nn::Linear,
 }
 
 impl Resnet {
-    fn new(p: &nn::Path, channels: i64, widths: &[i64], dim: i64) -> Self {
-        let stem = conv(p / "stem", channels, widths[0], 3, 1);
+    fn new(p: &nn::Path, channels: i64, input_size: u32, widths: &[i64], dim: i64) -> Self {
+        let stem = conv(
+            p / "stem",
+            channels,
+            widths[0],
+            3,
+            if input_size > 64 { 2 } else { 1 },
+        );
         let stem_bn = nn::batch_norm2d(p / "stem_bn", widths[0], Default::default());
         let mut cin = widths[0];
         let blocks = widths
@@ -148,6 +157,7 @@ impl Resnet {
         Resnet {
             stem,
             stem_bn,
+            stem_pool: input_size >= 128,
             blocks,
             head,
         }
@@ -157,6 +167,9 @@ impl Resnet {
 impl ModuleT for Resnet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = xs.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
+        if self.stem_pool {
+            x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
         for b in &self.blocks {
             x = b.forward_t(&x, train);
         }

@@ -25,6 +25,9 @@ pub fn pk_batches(labels: &[u32], p: usize, k: usize, seed: u64, epoch: usize) -
         chunks.extend(parts.into_iter().map(|c| (label, c)));
     }
     rng.shuffle(&mut chunks);
+    // With fewer classes than P, a batch holds every class.
+    let classes: std::collections::BTreeSet<u32> = chunks.iter().map(|(l, _)| *l).collect();
+    let p = p.min(classes.len()).max(1);
     let mut batches = Vec::new();
     let mut current: Vec<(u32, Vec<usize>)> = Vec::new();
     let mut waiting: Vec<(u32, Vec<usize>)> = Vec::new();
