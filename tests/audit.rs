@@ -5,7 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use common::*;
 
@@ -37,8 +38,21 @@ fn groups(csv: &Path) -> Vec<HashSet<String>> {
     by_group.into_values().collect()
 }
 
-/// A model trained on the clean corpus: an audit needs embeddings that know the classes.
-fn trained_model(dir: &Path) -> std::path::PathBuf {
+/// A model trained once on the clean corpus (an audit needs embeddings that know the classes),
+/// shared by the tests of this file.
+fn trained_model() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("tripmine-audit-model-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            train_into(&dir)
+        })
+        .clone()
+}
+
+fn train_into(dir: &Path) -> PathBuf {
     let run = dir.join("run");
     let corpus = fixtures().join("corpus");
     ok(&[
@@ -48,7 +62,7 @@ fn trained_model(dir: &Path) -> std::path::PathBuf {
         "--out",
         s(&run),
         "--epochs",
-        "4",
+        "8",
         "--dim",
         "32",
         "--input-size",
@@ -71,7 +85,7 @@ fn trained_model(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn planted_defects_are_found_and_exclusions_reach_mining() {
     let dir = tempfile::tempdir().unwrap();
-    let model = trained_model(dir.path());
+    let model = trained_model();
     let planted = fixtures().join("planted.csv");
     let out = dir.path().join("audit");
     let stdout = ok(&[
@@ -127,12 +141,19 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
         "mislabels: {} flagged, recall {recall:.2}, precision {precision:.2}",
         issues.len()
     );
+    // Measured: 5 of 6 found among 54 flagged (recall 0.83, precision 0.09; the base rate is
+    // 6 in 294), 3 of them in the first 10.
     assert!(
-        recall >= 0.5,
+        recall >= 0.6,
         "recall {recall} ({found} of {})",
         MISLABELLED.len()
     );
-    assert!(precision >= 0.05, "precision {precision}");
+    assert!(precision >= 0.07, "precision {precision}");
+    let top = MISLABELLED
+        .iter()
+        .filter(|p| issues.iter().take(10).any(|i| i == *p))
+        .count();
+    assert!(top >= 3, "{top} planted mislabels in the first 10");
     let noise = read_csv(&out.join("outliers.csv"))
         .iter()
         .filter(|r| r[0].starts_with("planted/odd/"))
@@ -175,21 +196,46 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
 #[test]
 fn a_clean_corpus_has_no_duplicates_and_few_flags() {
     let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
     let emb = dir.path().join("emb");
-    embed_fixtures(&emb, 1);
+    ok(&[
+        "embed",
+        "--corpus",
+        s(&corpus),
+        "--model",
+        s(&trained_model()),
+        "--out",
+        s(&emb),
+    ]);
     let out = dir.path().join("audit");
     ok(&[
         "audit",
         "--corpus",
-        s(&fixtures().join("corpus")),
+        s(&corpus),
         "--embeddings",
         s(&emb),
         "--out",
         s(&out),
     ]);
-    assert!(read_csv(&out.join("duplicates.csv")).is_empty());
-    assert!(read_csv(&out.join("leakage.csv")).is_empty());
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("audit.json")).unwrap()).unwrap();
+    let counts = &report["counts"];
+    assert_eq!(counts["exact_duplicate_groups"], 0);
+    assert_eq!(counts["split_leak_groups"], 0);
+    // Measured with the 8-epoch fixture model (validation MAP@R about 0.18): one group of 5
+    // near-identical stripes, 48 likely mislabels (17%), 3 outliers.
+    let duplicates = read_csv(&out.join("duplicates.csv")).len();
+    let mislabels = read_csv(&out.join("label_issues.csv")).len();
     let outliers = read_csv(&out.join("outliers.csv")).len();
+    eprintln!("clean corpus: {duplicates} duplicate rows, {mislabels} likely mislabels, {outliers} outliers");
+    assert!(
+        duplicates <= 10,
+        "{duplicates} duplicate rows in a clean corpus"
+    );
+    assert!(
+        mislabels <= 288 / 5,
+        "{mislabels} likely mislabels in a clean corpus"
+    );
     assert!(
         outliers <= 288 / 20,
         "{outliers} outliers in a clean corpus"

@@ -29,8 +29,10 @@ pub struct Thresholds {
     /// Cosine similarity from which two samples are near-duplicates.
     pub near_duplicate_similarity: f32,
     /// A sample is a likely mislabel when at most this fraction of its neighbours share its
-    /// label and their majority is another label.
+    /// label ...
     pub mislabel_agreement: f64,
+    /// ... and at least this fraction agree on another label.
+    pub mislabel_support: f64,
     /// Classes smaller than this are "tiny".
     pub tiny_class: usize,
 }
@@ -39,8 +41,9 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             k: 10,
-            near_duplicate_similarity: 0.98,
+            near_duplicate_similarity: 0.995,
             mislabel_agreement: 0.2,
+            mislabel_support: 0.5,
             tiny_class: 5,
         }
     }
@@ -359,14 +362,15 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         .enumerate()
         .filter_map(|(i, list)| {
             let vote = label_vote(labels[i], list, &labels);
-            (vote.majority != labels[i] && vote.agreement <= t.mislabel_agreement).then(|| {
-                LabelIssue {
-                    path: sample(i).path.clone(),
-                    label: sample(i).label.clone(),
-                    suggested_label: names[vote.majority as usize].to_string(),
-                    score: vote.agreement,
-                    support: vote.support,
-                }
+            let suspicious = vote.majority != labels[i]
+                && vote.agreement <= t.mislabel_agreement
+                && vote.support >= t.mislabel_support;
+            suspicious.then(|| LabelIssue {
+                path: sample(i).path.clone(),
+                label: sample(i).label.clone(),
+                suggested_label: names[vote.majority as usize].to_string(),
+                score: vote.agreement,
+                support: vote.support,
             })
         })
         .collect();

@@ -38,6 +38,9 @@ pub struct AuditArgs {
     /// Flag a likely mislabel when at most this fraction of its neighbours share its label
     #[arg(long, default_value_t = Thresholds::default().mislabel_agreement)]
     pub mislabel_agreement: f64,
+    /// ... and at least this fraction of them agree on another label
+    #[arg(long, default_value_t = Thresholds::default().mislabel_support)]
+    pub mislabel_support: f64,
     /// Classes with fewer samples are reported as tiny
     #[arg(long, default_value_t = Thresholds::default().tiny_class)]
     pub tiny_class: usize,
@@ -68,6 +71,7 @@ impl AuditArgs {
                 k: self.k.max(1),
                 near_duplicate_similarity: self.near_duplicate,
                 mislabel_agreement: self.mislabel_agreement,
+                mislabel_support: self.mislabel_support,
                 tiny_class: self.tiny_class,
             },
         })
