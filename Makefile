@@ -8,7 +8,7 @@ BIN := target/debug/tripmine
 DEMO_OUT := out/demo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train clean-venv
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -44,6 +44,9 @@ test: $(LIBTORCH)
 
 bench-embed: $(LIBTORCH)
 	cargo run --release --example bench_embed
+
+bench-audit: $(LIBTORCH)
+	cargo run --release --example bench_audit
 
 bench-mine: $(LIBTORCH)
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)

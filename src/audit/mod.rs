@@ -2,7 +2,7 @@
 //! and class statistics, all from one k-NN graph over the embeddings plus exact pixel hashes.
 //! tripmine never deletes a file: `dedupe.csv` is a dry run and `exclude.csv` feeds `mine`.
 
-mod signals;
+pub mod signals;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use crate::knn::{
 };
 use crate::output::{write_csv, write_json};
 use crate::store::{self, sha256_hex, EmbeddingSet, StoreError};
-use signals::{label_vote, percentile_ranks, upper_fence, Groups};
+use signals::{duplicate_groups, label_vote, mean_knn_distance, percentile_ranks, upper_fence};
 
 /// Documented defaults, in plain units.
 #[derive(Debug, Clone, Serialize)]
@@ -248,33 +248,11 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             Some(sha256_hex(&bytes))
         })
         .collect();
-    let mut groups = Groups::new(n);
-    let mut first_with: HashMap<&str, usize> = HashMap::new();
-    for (i, h) in hashes.iter().enumerate() {
-        if let Some(h) = h {
-            match first_with.get(h.as_str()) {
-                Some(&j) => groups.union(i, j),
-                None => {
-                    first_with.insert(h, i);
-                }
-            }
-        }
-    }
-    let exact_groups = groups.multi().len();
-
     // One k-NN graph serves near-duplicates, label votes and outliers.
     let queries: Vec<usize> = (0..n).collect();
     let k = t.k.min(n.saturating_sub(1)).max(1);
     let (graph, backend) = knn_graph(points, &queries, k, cfg);
-    for (i, list) in graph.iter().enumerate() {
-        for nb in list
-            .iter()
-            .filter(|nb| nb.dot >= t.near_duplicate_similarity)
-        {
-            groups.union(i, nb.index);
-        }
-    }
-    let dup_groups = groups.multi();
+    let (dup_groups, exact_groups) = duplicate_groups(&hashes, &graph, t.near_duplicate_similarity);
     let sample = |i: usize| &set.samples[i];
     let mut dup_rows = Vec::new();
     let mut leak_rows = Vec::new();
@@ -381,16 +359,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             .then(a.path.cmp(&b.path))
     });
 
-    let mean_distance: Vec<f64> = graph
-        .iter()
-        .map(|list| {
-            let d: f64 = list
-                .iter()
-                .map(|nb| Distance::Euclidean.from_dot(nb.dot) as f64)
-                .sum();
-            d / list.len().max(1) as f64
-        })
-        .collect();
+    let mean_distance = mean_knn_distance(&graph);
     let fence = upper_fence(&mean_distance);
     let ranks = percentile_ranks(&mean_distance);
     let mut outliers: Vec<Outlier> = (0..n)

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::definitions::Distance;
 use crate::knn::Neighbour;
 
 /// Union-find over sample indices.
@@ -47,6 +48,48 @@ impl Groups {
         }
         by_root.into_values().filter(|g| g.len() > 1).collect()
     }
+}
+
+/// Duplicate groups: identical pixel hashes, plus k-NN edges with a cosine similarity of at
+/// least `min_similarity`. Also returns how many groups the hashes alone form.
+pub fn duplicate_groups(
+    hashes: &[Option<String>],
+    graph: &[Vec<Neighbour>],
+    min_similarity: f32,
+) -> (Vec<Vec<usize>>, usize) {
+    let mut groups = Groups::new(hashes.len());
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in hashes.iter().enumerate() {
+        if let Some(h) = h {
+            match first_with.get(h.as_str()) {
+                Some(&j) => groups.union(i, j),
+                None => {
+                    first_with.insert(h, i);
+                }
+            }
+        }
+    }
+    let exact = groups.multi().len();
+    for (i, list) in graph.iter().enumerate() {
+        for nb in list.iter().filter(|nb| nb.dot >= min_similarity) {
+            groups.union(i, nb.index);
+        }
+    }
+    (groups.multi(), exact)
+}
+
+/// Mean Euclidean distance of each sample to its neighbours in the graph.
+pub fn mean_knn_distance(graph: &[Vec<Neighbour>]) -> Vec<f64> {
+    graph
+        .iter()
+        .map(|list| {
+            let d: f64 = list
+                .iter()
+                .map(|nb| Distance::Euclidean.from_dot(nb.dot) as f64)
+                .sum();
+            d / list.len().max(1) as f64
+        })
+        .collect()
 }
 
 /// The out-of-sample label vote of one sample among its neighbours (itself excluded).

@@ -1,0 +1,119 @@
+//! Benchmark of the audit's computation (`make bench-audit`): 100k synthetic clustered 128-d
+//! embeddings with planted duplicates and relabelled samples; the k-NN graph (k = 10) with the
+//! exact and the HNSW backend side by side, then the signals built on it (duplicate groups,
+//! label votes, outlier fence). Pixel hashing and file I/O, which scale linearly, are left out.
+//!
+//! Usage: bench_audit [N]
+
+use std::time::Instant;
+
+use tripmine::audit::signals::{duplicate_groups, label_vote, mean_knn_distance, upper_fence};
+use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points, Restriction};
+use tripmine::rng::Rng;
+
+const DIM: usize = 128;
+const CLASSES: usize = 1000;
+const PLANTED: usize = 500;
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    tch::set_num_threads(2);
+    let mut rng = Rng::new(7);
+    let centres: Vec<Vec<f32>> = (0..CLASSES)
+        .map(|_| (0..DIM).map(|_| rng.normal() as f32).collect())
+        .collect();
+    let mut data = Vec::with_capacity(n * DIM);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % CLASSES;
+        let v: Vec<f32> = centres[c]
+            .iter()
+            .map(|x| x + 0.9 * rng.normal() as f32)
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(v.iter().map(|x| x / norm));
+        labels.push(c as u32);
+    }
+    // Planted: the last PLANTED rows copy earlier rows (duplicates); every 200th sample gets the
+    // next class's label (mislabels).
+    for p in 0..PLANTED {
+        let (src, dst) = (p * 97, n - 1 - p);
+        let row: Vec<f32> = data[src * DIM..(src + 1) * DIM].to_vec();
+        data[dst * DIM..(dst + 1) * DIM].copy_from_slice(&row);
+    }
+    let mislabelled: Vec<usize> = (0..n - PLANTED).step_by(200).collect();
+    for &i in &mislabelled {
+        labels[i] = (labels[i] + 1) % CLASSES as u32;
+    }
+    let points = Points {
+        data: &data,
+        dim: DIM,
+        labels: &labels,
+    };
+    let hashes: Vec<Option<String>> = vec![None; n];
+    let queries: Vec<usize> = (0..n).collect();
+    println!("audit signals on {n} synthetic 128-d embeddings, {CLASSES} classes, {PLANTED} planted duplicates, {} relabelled, 2 threads", mislabelled.len());
+    println!("| backend | index build s | k-NN graph s | signals s | total s | peak RSS MiB | duplicates found | mislabels flagged (recall) | outliers |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for backend in ["exact", "hnsw"] {
+        reset_peak();
+        let start = Instant::now();
+        let (graph, build) = if backend == "exact" {
+            let index = ExactIndex::new(points, tch::Device::Cpu);
+            let build = start.elapsed().as_secs_f64();
+            (index.search(&queries, 10, Restriction::Any), build)
+        } else {
+            let index = HnswIndex::build(points, HnswParams::default());
+            let build = start.elapsed().as_secs_f64();
+            (index.search(&queries, 10, Restriction::Any), build)
+        };
+        let graph_s = start.elapsed().as_secs_f64() - build;
+        let signals_start = Instant::now();
+        let (groups, _) = duplicate_groups(&hashes, &graph, 0.995);
+        let flagged: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let v = label_vote(labels[i], &graph[i], &labels);
+                v.majority != labels[i] && v.agreement <= 0.2 && v.support >= 0.5
+            })
+            .collect();
+        let fence = upper_fence(&mean_knn_distance(&graph));
+        let outliers = graph
+            .iter()
+            .zip(mean_knn_distance(&graph))
+            .filter(|(_, d)| *d > fence)
+            .count();
+        let signals_s = signals_start.elapsed().as_secs_f64();
+        let planted_found = (0..PLANTED)
+            .filter(|p| {
+                groups
+                    .iter()
+                    .any(|g| g.contains(&(p * 97)) && g.contains(&(n - 1 - p)))
+            })
+            .count();
+        let recall = mislabelled.iter().filter(|i| flagged.contains(i)).count() as f64
+            / mislabelled.len() as f64;
+        println!(
+            "| {backend} | {build:.2} | {graph_s:.2} | {signals_s:.2} | {:.2} | {:.0} | {planted_found}/{PLANTED} | {} ({recall:.3}) | {outliers} |",
+            build + graph_s + signals_s,
+            peak_mib(),
+            flagged.len()
+        );
+    }
+}
