@@ -11,23 +11,13 @@ use tripmine::audit::signals::{duplicate_groups, label_vote, mean_knn_distance, 
 use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points, Restriction};
 use tripmine::rng::Rng;
 
+#[path = "support/memory.rs"]
+mod memory;
+use memory::{peak_mib, reset_peak};
+
 const DIM: usize = 128;
 const CLASSES: usize = 1000;
 const PLANTED: usize = 500;
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let n: usize = std::env::args()

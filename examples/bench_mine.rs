@@ -11,6 +11,10 @@ use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points};
 use tripmine::mine::{mine, MiningRules, Triplet};
 use tripmine::rng::Rng;
 
+#[path = "support/memory.rs"]
+mod memory;
+use memory::{peak_mib, reset_peak};
+
 const DIM: usize = 128;
 const CLASSES: usize = 1000;
 
@@ -32,21 +36,6 @@ fn clustered(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
         labels.push(c as u32);
     }
     (data, labels)
-}
-
-/// Resets the kernel's peak-RSS counter so each measurement starts afresh.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 struct Row {

@@ -167,14 +167,7 @@ pub fn run(cfg: &EvalConfig) -> Result<Metrics, crate::embed::EmbedError> {
     for p in &embedded.problems {
         eprintln!("warning: skipping {}: {}", p.path, p.reason);
     }
-    let mut names: Vec<&str> = embedded.samples.iter().map(|s| s.label.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let labels: Vec<u32> = embedded
-        .samples
-        .iter()
-        .map(|s| names.binary_search(&s.label.as_str()).expect("listed") as u32)
-        .collect();
+    let (_, labels) = crate::corpus::label_ids(embedded.samples.iter().map(|s| s.label.as_str()));
     let points = Points {
         data: &embedded.data,
         dim: embedded.dim,

@@ -31,6 +31,24 @@ pub struct TripletRow {
     pub kind: TripletKind,
 }
 
+impl TripletRow {
+    /// The row of a mined triplet; `sample(i)` gives sample i's (path, label).
+    pub fn new<'a>(t: &crate::mine::Triplet, sample: impl Fn(usize) -> (&'a str, &'a str)) -> Self {
+        let (anchor, anchor_label) = sample(t.anchor);
+        let (negative, negative_label) = sample(t.negative);
+        TripletRow {
+            anchor: anchor.to_string(),
+            positive: sample(t.positive).0.to_string(),
+            negative: negative.to_string(),
+            anchor_label: anchor_label.to_string(),
+            negative_label: negative_label.to_string(),
+            d_ap: t.d_ap,
+            d_an: t.d_an,
+            kind: t.kind,
+        }
+    }
+}
+
 /// Writes rows with the header to any writer (a file or stdout).
 pub fn write<W: io::Write>(w: W, rows: impl IntoIterator<Item = TripletRow>) -> io::Result<()> {
     let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(w);

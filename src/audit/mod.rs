@@ -222,14 +222,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     }
     let t = &cfg.thresholds;
     let n = set.len();
-    let mut names: Vec<&str> = set.samples.iter().map(|s| s.label.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let labels: Vec<u32> = set
-        .samples
-        .iter()
-        .map(|s| names.binary_search(&s.label.as_str()).expect("listed") as u32)
-        .collect();
+    let (names, labels) = corpus::label_ids(set.samples.iter().map(|s| s.label.as_str()));
     let points = Points {
         data: &set.data,
         dim: set.dim,
@@ -533,7 +526,7 @@ fn knn_graph(
 fn class_rows(
     set: &EmbeddingSet,
     labels: &[u32],
-    names: &[&str],
+    names: &[String],
     tiny: usize,
     device: Device,
 ) -> Vec<ClassRow> {

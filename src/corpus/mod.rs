@@ -66,6 +66,17 @@ impl Corpus {
     }
 }
 
+/// Dense label ids: the sorted distinct names, and each label's position among them.
+pub fn label_ids<'a>(labels: impl Iterator<Item = &'a str> + Clone) -> (Vec<String>, Vec<u32>) {
+    let mut names: Vec<&str> = labels.clone().collect();
+    names.sort_unstable();
+    names.dedup();
+    let ids = labels
+        .map(|l| names.binary_search(&l).expect("listed") as u32)
+        .collect();
+    (names.into_iter().map(String::from).collect(), ids)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
     #[error("corpus {0} does not exist")]

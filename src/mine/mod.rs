@@ -203,17 +203,10 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
         }
     };
     let rows = triplets.iter().map(|t| {
-        let sample = |i: usize| &set.samples[labelled.origin[i]];
-        TripletRow {
-            anchor: sample(t.anchor).path.clone(),
-            positive: sample(t.positive).path.clone(),
-            negative: sample(t.negative).path.clone(),
-            anchor_label: sample(t.anchor).label.clone(),
-            negative_label: sample(t.negative).label.clone(),
-            d_ap: t.d_ap,
-            d_an: t.d_an,
-            kind: t.kind,
-        }
+        TripletRow::new(t, |i| {
+            let s = &set.samples[labelled.origin[i]];
+            (&s.path, &s.label)
+        })
     });
     let summary = MineSummary {
         stats,

@@ -684,19 +684,9 @@ fn global_round(
         }
     };
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let rows = triplets.iter().map(|t| {
-        let s = |i: usize| &train.samples[i];
-        TripletRow {
-            anchor: s(t.anchor).path.clone(),
-            positive: s(t.positive).path.clone(),
-            negative: s(t.negative).path.clone(),
-            anchor_label: s(t.anchor).label.clone(),
-            negative_label: s(t.negative).label.clone(),
-            d_ap: t.d_ap,
-            d_an: t.d_an,
-            kind: t.kind,
-        }
-    });
+    let rows = triplets
+        .iter()
+        .map(|t| TripletRow::new(t, |i| (&train.samples[i].path, &train.samples[i].label)));
     write_atomic(&csv, |w| triplets::write(w, rows)).map_err(io_err(&csv))?;
     let sidecar = serde_json::json!({
         "round": round,
