@@ -31,11 +31,13 @@ demo: build
 	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 --epochs 4 \
 		--lr 0.003 --negatives-per-anchor 2 --batch-size 16 --no-augment --seed 7
 	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
+	$(BIN) audit --corpus fixtures/planted.csv --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/audit
 	@echo
 	@echo "embeddings:        $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
 	@echo "triplets:          $(DEMO_OUT)/triplets.csv (+ triplets.json)"
 	@echo "training run:      $(DEMO_OUT)/run (metrics.csv, best/, last/, config.json)"
 	@echo "round triplets:    $(DEMO_OUT)/run/rounds/000/triplets.csv ... (one per global mining round)"
+	@echo "audit:             $(DEMO_OUT)/audit (duplicates.csv, label_issues.csv, outliers.csv, leakage.csv, classes.csv, dedupe.csv, exclude.csv, audit.json)"
 
 test: $(LIBTORCH)
 	cargo fmt --check

@@ -41,14 +41,16 @@ fn main() {
         data.extend(v.iter().map(|x| x / norm));
         labels.push(c as u32);
     }
-    // Planted: the last PLANTED rows copy earlier rows (duplicates); every 200th sample gets the
-    // next class's label (mislabels).
+    // Planted: the last PLANTED rows become copies of earlier rows, label included
+    // (duplicates); every 199th sample gets the next class's label (mislabels; 199 is prime to
+    // the class count, so they are spread over the classes).
     for p in 0..PLANTED {
-        let (src, dst) = (p * 97, n - 1 - p);
+        let (src, dst) = ((p * 97) % (n - PLANTED), n - 1 - p);
         let row: Vec<f32> = data[src * DIM..(src + 1) * DIM].to_vec();
         data[dst * DIM..(dst + 1) * DIM].copy_from_slice(&row);
+        labels[dst] = labels[src];
     }
-    let mislabelled: Vec<usize> = (0..n - PLANTED).step_by(200).collect();
+    let mislabelled: Vec<usize> = (0..n - PLANTED).step_by(199).collect();
     for &i in &mislabelled {
         labels[i] = (labels[i] + 1) % CLASSES as u32;
     }
@@ -94,7 +96,7 @@ fn main() {
             .filter(|p| {
                 groups
                     .iter()
-                    .any(|g| g.contains(&(p * 97)) && g.contains(&(n - 1 - p)))
+                    .any(|g| g.contains(&((p * 97) % (n - PLANTED))) && g.contains(&(n - 1 - p)))
             })
             .count();
         let recall = mislabelled.iter().filter(|i| flagged.contains(i)).count() as f64
