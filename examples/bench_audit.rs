@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use tripmine::audit::signals::{duplicate_groups, label_vote, mean_knn_distance, upper_fence};
 use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points, Restriction};
-use tripmine::rng::Rng;
 
 #[path = "support/memory.rs"]
 mod memory;
+#[path = "support/synthetic.rs"]
+mod synthetic;
 use memory::{peak_mib, reset_peak};
 
 const DIM: usize = 128;
@@ -25,22 +26,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
     tch::set_num_threads(2);
-    let mut rng = Rng::new(7);
-    let centres: Vec<Vec<f32>> = (0..CLASSES)
-        .map(|_| (0..DIM).map(|_| rng.normal() as f32).collect())
-        .collect();
-    let mut data = Vec::with_capacity(n * DIM);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = i % CLASSES;
-        let v: Vec<f32> = centres[c]
-            .iter()
-            .map(|x| x + 0.9 * rng.normal() as f32)
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        data.extend(v.iter().map(|x| x / norm));
-        labels.push(c as u32);
-    }
+    let (mut data, mut labels) = synthetic::clustered(n, CLASSES, DIM, 7);
     // Planted: the last PLANTED rows become copies of earlier rows, label included
     // (duplicates); every 199th sample gets the next class's label (mislabels; 199 is prime to
     // the class count, so they are spread over the classes).

@@ -9,34 +9,15 @@ use std::time::Instant;
 
 use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points};
 use tripmine::mine::{mine, MiningRules, Triplet};
-use tripmine::rng::Rng;
 
 #[path = "support/memory.rs"]
 mod memory;
+#[path = "support/synthetic.rs"]
+mod synthetic;
 use memory::{peak_mib, reset_peak};
 
 const DIM: usize = 128;
 const CLASSES: usize = 1000;
-
-fn clustered(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = Rng::new(seed);
-    let centres: Vec<Vec<f32>> = (0..CLASSES)
-        .map(|_| (0..DIM).map(|_| rng.normal() as f32).collect())
-        .collect();
-    let mut data = Vec::with_capacity(n * DIM);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = i % CLASSES;
-        let v: Vec<f32> = centres[c]
-            .iter()
-            .map(|x| x + 0.9 * rng.normal() as f32)
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        data.extend(v.iter().map(|x| x / norm));
-        labels.push(c as u32);
-    }
-    (data, labels)
-}
 
 struct Row {
     backend: &'static str,
@@ -94,7 +75,7 @@ fn main() {
     println!("| N | backend | index build s | mining s | triplets | triplets/s | peak RSS MiB | recall vs exact |");
     println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        let (data, labels) = clustered(n, 42);
+        let (data, labels) = synthetic::clustered(n, CLASSES, DIM, 42);
         let points = Points {
             data: &data,
             dim: DIM,
