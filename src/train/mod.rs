@@ -153,24 +153,17 @@ struct ImageSet {
 }
 
 impl ImageSet {
-    fn new(
-        samples: &[Sample],
-        network: &ModelSpec,
-        label_ids: &BTreeMap<String, u32>,
-    ) -> (Self, usize) {
+    fn new(samples: &[Sample], network: &ModelSpec, label_ids: &BTreeMap<String, u32>) -> Self {
         let (pixels, kept, problems) = decode_samples(samples, &network.preprocess);
         for p in &problems {
             eprintln!("warning: skipping {}: {}", p.path, p.reason);
         }
         let labels = kept.iter().map(|s| label_ids[&s.label]).collect();
-        (
-            ImageSet {
-                pixels: pixel_tensor(&pixels, &network.preprocess),
-                samples: kept,
-                labels,
-            },
-            problems.len(),
-        )
+        ImageSet {
+            pixels: pixel_tensor(&pixels, &network.preprocess),
+            samples: kept,
+            labels,
+        }
     }
 
     fn len(&self) -> usize {
@@ -273,8 +266,8 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .map(|(i, l)| (l.clone(), i as u32))
         .collect();
     let (train_samples, val_samples) = split(samples, &cfg.validation, cfg.seed)?;
-    let (train, _) = ImageSet::new(&train_samples, &cfg.network, &label_ids);
-    let (val, _) = ImageSet::new(&val_samples, &cfg.network, &label_ids);
+    let train = ImageSet::new(&train_samples, &cfg.network, &label_ids);
+    let val = ImageSet::new(&val_samples, &cfg.network, &label_ids);
     check_trainable(&train.labels)?;
 
     let (mut model, mut optimizer, mut state, mut rows) = if resume {
@@ -302,7 +295,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             best_map_at_r: f64::NEG_INFINITY,
             best_epoch: 0,
         };
-        let before = validate(&model, &val, device)?;
+        let (before, _) = validate(&model, &val, device)?;
         let row = MetricsRow {
             epoch: 0,
             step: 0,
@@ -376,7 +369,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             active += step.active;
             total += step.total;
         }
-        let metrics = validate(&model, &val, device)?;
+        let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {
             epoch: epoch + 1,
@@ -404,7 +397,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
                 epoch + 1
             ));
         }
-        if let Some(spread) = mean_pairwise_distance(&val, &model)? {
+        if let Some(spread) = spread {
             if spread < 0.05 {
                 warnings.push(format!(
                     "epoch {}: embeddings are collapsing (mean pairwise distance {spread:.4}); try a lower --lr or a softer strategy",
@@ -464,36 +457,42 @@ fn check_trainable(labels: &[u32]) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn validate(model: &Embedder, val: &ImageSet, device: Device) -> Result<Metrics, ModelError> {
+/// Validation metrics and the mean pairwise distance (the collapse check), from one
+/// embedding pass over the validation split; both are absent below two samples.
+fn validate(
+    model: &Embedder,
+    val: &ImageSet,
+    device: Device,
+) -> Result<(Metrics, Option<f64>), ModelError> {
     if val.len() < 2 {
-        return Ok(eval::from_neighbours(&val.labels, &[], &[]));
-    }
-    let data = val.embed(model)?;
-    let points = Points {
-        data: &data,
-        dim: model.spec.dim as usize,
-        labels: &val.labels,
-    };
-    Ok(eval::evaluate(points, device))
-}
-
-/// Mean distance over up to 2,000 seeded random pairs of validation (or nothing to measure).
-fn mean_pairwise_distance(val: &ImageSet, model: &Embedder) -> Result<Option<f64>, ModelError> {
-    if val.len() < 2 {
-        return Ok(None);
+        return Ok((eval::from_neighbours(&val.labels, &[], &[]), None));
     }
     let data = val.embed(model)?;
     let dim = model.spec.dim as usize;
+    let points = Points {
+        data: &data,
+        dim,
+        labels: &val.labels,
+    };
+    Ok((
+        eval::evaluate(points, device),
+        Some(mean_pairwise_distance(&data, dim)),
+    ))
+}
+
+/// Mean distance over up to 2,000 seeded random pairs of rows.
+fn mean_pairwise_distance(data: &[f32], dim: usize) -> f64 {
+    let n = data.len() / dim;
     let mut rng = Rng::new(17);
-    let pairs = 2000.min(val.len() * (val.len() - 1) / 2);
+    let pairs = 2000.min(n * (n - 1) / 2);
     let mut sum = 0.0;
     for _ in 0..pairs {
-        let (i, j) = (rng.below(val.len()), rng.below(val.len()));
+        let (i, j) = (rng.below(n), rng.below(n));
         sum += crate::definitions::Distance::Euclidean
             .between(&data[i * dim..(i + 1) * dim], &data[j * dim..(j + 1) * dim])
             as f64;
     }
-    Ok(Some(sum / pairs as f64))
+    sum / pairs as f64
 }
 
 /// One optimisation step's input.
