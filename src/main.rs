@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tripmine::cli::{Cli, Command, UsageError};
 use tripmine::definitions::TripletKind;
-use tripmine::{audit, embed, eval, mine, train};
+use tripmine::{audit, embed, eval, mine, train, view};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -154,6 +154,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 a.decode_problems, a.excluded
             );
         }
+        Command::View(args) => {
+            let v = view::run(&args.to_config()?)?;
+            for (path, why) in &v.missing {
+                eprintln!("warning: {path}: {why}; drawn as a placeholder");
+            }
+            println!(
+                "rendered {} of {} triplets on {} page(s), margin {} -> {}",
+                v.shown,
+                v.rows,
+                v.pages,
+                v.margin,
+                v.index.display()
+            );
+        }
     }
     Ok(())
 }
@@ -175,6 +189,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_input_error())
             || cause
                 .downcast_ref::<audit::AuditError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<view::ViewError>()
                 .is_some_and(|e| e.is_input_error())
     });
     if input {

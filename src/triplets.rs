@@ -49,6 +49,15 @@ impl TripletRow {
     }
 }
 
+/// Hardest first: the smallest d(a,n) − d(a,p), ties broken by the paths so the order is total.
+pub fn harder_first(a: &TripletRow, b: &TripletRow) -> std::cmp::Ordering {
+    (a.d_an - a.d_ap)
+        .total_cmp(&(b.d_an - b.d_ap))
+        .then_with(|| {
+            (&a.anchor, &a.positive, &a.negative).cmp(&(&b.anchor, &b.positive, &b.negative))
+        })
+}
+
 /// Writes rows with the header to any writer (a file or stdout).
 pub fn write<W: io::Write>(w: W, rows: impl IntoIterator<Item = TripletRow>) -> io::Result<()> {
     let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(w);

@@ -6,6 +6,7 @@ mod embed;
 mod eval;
 mod mine;
 mod train;
+mod view;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -14,6 +15,7 @@ pub use embed::EmbedArgs;
 pub use eval::EvalArgs;
 pub use mine::MineArgs;
 pub use train::TrainArgs;
+pub use view::ViewArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Audit a corpus: duplicates, label conflicts, likely mislabels, outliers, split leakage
     Audit(AuditArgs),
+    /// Contact sheets of a triplet CSV: PNG pages and an index.html to page through them
+    View(ViewArgs),
 }
 
 /// Options every libtorch-using subcommand shares.
