@@ -39,6 +39,11 @@ impl Distance {
         }
     }
 
+    /// The largest distance two unit vectors can have (opposite directions).
+    pub fn max(self) -> f32 {
+        self.from_dot(-1.0)
+    }
+
     /// The distance between two unit vectors.
     pub fn between(self, a: &[f32], b: &[f32]) -> f32 {
         self.from_dot(dot(a, b))

@@ -2,7 +2,10 @@
 //! and class statistics, all from one k-NN graph over the embeddings plus exact pixel hashes.
 //! tripmine never deletes a file: `dedupe.csv` is a dry run and `exclude.csv` feeds `mine`.
 
+mod report;
 pub mod signals;
+
+pub use report::REPORT_HTML;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -251,6 +254,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     let mut leak_rows = Vec::new();
     let mut dedupe_rows = Vec::new();
     let mut excluded: BTreeMap<usize, &'static str> = BTreeMap::new();
+    let mut group_views = Vec::new();
     let (mut conflicts, mut leaks) = (0, 0);
     for (g, members) in dup_groups.iter().enumerate() {
         let group_labels: BTreeSet<&str> =
@@ -260,6 +264,10 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             .map(|&i| sample(i).split.as_str())
             .filter(|s| !s.is_empty())
             .collect();
+        let mut view = report::GroupView {
+            id: g,
+            members: Vec::new(),
+        };
         for &i in members {
             let similarity = members
                 .iter()
@@ -280,7 +288,9 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
                 split: &s.split,
                 similarity,
             });
+            view.members.push((i, similarity));
         }
+        group_views.push(view);
         if group_labels.len() > 1 {
             conflicts += 1;
             for &i in members {
@@ -502,6 +512,41 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         },
     });
     write("audit.json", write_json(&out("audit.json"), &report))?;
+    let counts = report["counts"].as_object().expect("counts object");
+    let mut facts = vec![
+        ("corpus".to_string(), cfg.corpus.display().to_string()),
+        ("samples".to_string(), n.to_string()),
+        (
+            "model".to_string(),
+            set.meta.model["origin"]
+                .as_str()
+                .unwrap_or("embeddings")
+                .to_string(),
+        ),
+        (
+            "neighbour backend".to_string(),
+            backend["backend"].as_str().unwrap_or("?").to_string(),
+        ),
+    ];
+    facts.extend(
+        counts
+            .iter()
+            .map(|(k, v)| (k.replace('_', " "), v.to_string())),
+    );
+    let index_of = |p: &str| path_index[p];
+    let input = report::ReportInput {
+        corpus: &cfg.corpus,
+        samples: &set.samples,
+        groups: &group_views,
+        label_issues: &summary.label_issues,
+        outliers: &summary.outliers,
+        graph: &graph,
+        index_of: &index_of,
+        thresholds: t,
+        facts,
+    };
+    let tiles = crate::report::Tiles::new(&corpus.samples, report::THUMB);
+    write(REPORT_HTML, report::write(&cfg.out, &input, &tiles))?;
     Ok(summary)
 }
 

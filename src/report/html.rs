@@ -94,13 +94,16 @@ pub fn figure(src: &str, size: u32, alt: &str, caption: &[String]) -> String {
     )
 }
 
-/// A table from a header and rows of cell text (escaped here).
+/// A table from a header (none when empty) and rows of cell text (escaped here).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = String::from("<table><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
+    let mut out = String::from("<table>");
+    if !header.is_empty() {
+        out += "<tr>";
+        for h in header {
+            let _ = write!(out, "<th>{}</th>", escape(h));
+        }
+        out += "</tr>";
     }
-    out += "</tr>";
     for row in rows {
         out += "<tr>";
         for cell in row {

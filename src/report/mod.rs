@@ -1,6 +1,7 @@
 //! Pictures and pages for people: contact sheets of triplets, thumbnail tiles, SVG charts and
 //! static HTML. `view`, the audit and the trainer build their reports from these pieces.
 
+pub mod gallery;
 pub mod html;
 pub mod plot;
 pub mod sheet;

@@ -15,6 +15,13 @@ pub struct Series<'a> {
     pub colour: RGBColor,
 }
 
+/// Where a line chart's legend goes: away from where the lines are expected to end.
+#[derive(Debug, Clone, Copy)]
+pub enum Legend {
+    Upper,
+    Lower,
+}
+
 /// Counts of values in equal-width bins over [lo, hi]; values outside fall in the end bins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
@@ -55,6 +62,7 @@ pub fn line_chart(
     title: &str,
     x: &str,
     y: &str,
+    legend: Legend,
     series: &[Series],
 ) -> std::io::Result<()> {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
@@ -65,32 +73,45 @@ pub fn line_chart(
     let x_range = padded(all.iter().map(|p| p.0), false);
     let y_range = padded(all.iter().map(|p| p.1), true);
     let mut svg = String::new();
-    draw_lines(&mut svg, title, x, y, series, x_range, y_range).map_err(std::io::Error::other)?;
+    let frame = Frame {
+        title,
+        x,
+        y,
+        legend,
+        x_range,
+        y_range,
+    };
+    draw_lines(&mut svg, &frame, series).map_err(std::io::Error::other)?;
     write_svg(path, &svg)
 }
 
-fn draw_lines(
-    svg: &mut String,
-    title: &str,
-    x: &str,
-    y: &str,
-    series: &[Series],
+struct Frame<'a> {
+    title: &'a str,
+    x: &'a str,
+    y: &'a str,
+    legend: Legend,
     x_range: Range<f64>,
     y_range: Range<f64>,
-) -> Result<(), String> {
+}
+
+fn draw_lines(svg: &mut String, f: &Frame, series: &[Series]) -> Result<(), String> {
     let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
+        .caption(f.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(x_range, y_range)
+        .build_cartesian_2d(f.x_range.clone(), f.y_range.clone())
         .map_err(|e| e.to_string())?;
+    // Epochs are whole numbers: at most one tick per unit.
+    let x_ticks = ((f.x_range.end - f.x_range.start).floor() as usize + 1).clamp(2, 10);
     chart
         .configure_mesh()
-        .x_desc(x)
-        .y_desc(y)
+        .x_desc(f.x)
+        .y_desc(f.y)
+        .x_labels(x_ticks)
+        .x_label_formatter(&|v| format!("{v}"))
         .draw()
         .map_err(|e| e.to_string())?;
     for s in series {
@@ -112,9 +133,13 @@ fn draw_lines(
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(|e| e.to_string())?;
     }
+    let position = match f.legend {
+        Legend::Upper => SeriesLabelPosition::UpperRight,
+        Legend::Lower => SeriesLabelPosition::LowerRight,
+    };
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
@@ -160,6 +185,7 @@ fn draw_histograms(
         .configure_mesh()
         .x_desc(x)
         .y_desc("triplets")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
     for &(name, hist, colour) in layers {
@@ -234,7 +260,7 @@ mod tests {
             points: vec![(0.0, 0.1), (1.0, f64::NAN), (2.0, 0.3)],
             colour: BLUE,
         };
-        line_chart(&path, "metrics", "epoch", "value", &[s]).unwrap();
+        line_chart(&path, "metrics", "epoch", "value", Legend::Lower, &[s]).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("MAP@R") && svg.contains("epoch"));
         let mut h = Histogram::new(0.0, 2.0, 10);

@@ -5,11 +5,13 @@
 mod augment;
 mod loss;
 mod optim;
+mod report;
 mod run_dir;
 mod sampler;
 
 pub use loss::LossConfig;
 pub use optim::{OptimConfig, OptimizerKind, ScheduleKind};
+pub use report::{RoundRecord, REPORT_HTML};
 pub use run_dir::{MetricsRow, RunState, CONFIG_JSON, METRICS_CSV};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,6 +28,7 @@ use crate::knn::{ExactIndex, HnswIndex, HnswParams, KnnChoice, NeighbourIndex, P
 use crate::mine::{self, MiningRules, NegativeOrder, PositiveRule, Strategy, Triplet};
 use crate::model::{parse_device, Embedder, ModelError, ModelSpec};
 use crate::output::{write_atomic, write_json};
+use crate::report::Tiles;
 use crate::rng::Rng;
 use crate::triplets::{self, TripletRow};
 use optim::{learning_rate, Optimizer};
@@ -285,6 +288,13 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         rows.retain(|r| r.epoch <= state.epoch);
         (model, optimizer, state, rows)
     } else {
+        if run.join(CONFIG_JSON).is_file() {
+            return Err(TrainError::Input(format!(
+                "{} already holds a training run; continue it with --resume {} or choose another --out",
+                run.display(),
+                run.display()
+            )));
+        }
         std::fs::create_dir_all(run).map_err(io_err(run))?;
         write_json(&run.join(CONFIG_JSON), cfg).map_err(io_err(run))?;
         let model = Embedder::init(cfg.network.clone(), device)?;
@@ -315,6 +325,14 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         Mining::Triplets(path) => Some(read_fixed_triplets(path, &train)?),
         _ => None,
     };
+    if let Some(triplets) = &fixed {
+        if !report::has_record(run, 0) {
+            let mut recorder = report::RoundRecorder::new(0, 1, "triplets", cfg.loss.distance);
+            recorder.add(triplets, &train.samples);
+            recorder.save(run).map_err(io_err(run))?;
+        }
+    }
+    let tiles = Tiles::new(&train.samples, report::THUMB);
     let steps_per_epoch = estimate_steps_per_epoch(cfg, &train, fixed.as_ref());
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut warnings = Vec::new();
@@ -330,7 +348,8 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             (Mining::Global, _) => {
                 let round = epoch / cfg.remine_every.max(1);
                 if epoch % cfg.remine_every.max(1) == 0 || round_triplets.is_none() {
-                    round_triplets = Some(global_round(cfg, &model, &train, round, device)?);
+                    round_triplets =
+                        Some(global_round(cfg, &model, &train, round, epoch + 1, device)?);
                 }
                 triplet_batches(round_triplets.as_ref().expect("mined above"), cfg, epoch)
             }
@@ -346,6 +365,12 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             .collect(),
         };
         let (mut loss_sum, mut active, mut total, mut lr) = (0.0, 0usize, 0usize, 0.0);
+        let mining_name = serde_json::to_value(&cfg.mining)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let mut in_batch =
+            report::RoundRecorder::new(epoch, epoch + 1, &mining_name, cfg.loss.distance);
         for (i, batch) in batches.iter().enumerate() {
             lr = learning_rate(&cfg.optim, state.step, total_steps, steps_per_epoch);
             let mut rng = Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), i as u64);
@@ -365,9 +390,15 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             step.loss.backward();
             optimizer.step(lr);
             state.step += 1;
+            if matches!(batch, StepBatch::Images(_)) {
+                in_batch.add(&step.mined, &train.samples);
+            }
             loss_sum += value * step.active as f64;
             active += step.active;
             total += step.total;
+        }
+        if batches.iter().any(|b| matches!(b, StepBatch::Images(_))) {
+            in_batch.save(run).map_err(io_err(run))?;
         }
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
@@ -415,6 +446,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         // Metrics first: rows past the checkpoint's epoch are dropped on resume, missing ones
         // could not be recovered.
         run_dir::write_metrics(run, &rows).map_err(io_err(run))?;
+        report::write(run, cfg, &rows, state.best_epoch, &tiles).map_err(io_err(run))?;
         run_dir::save_checkpoint(&run_dir::last(run), &model, &optimizer, &state)?;
         if improved {
             run_dir::save_checkpoint(&run_dir::best(run), &model, &optimizer, &state)?;
@@ -529,6 +561,8 @@ struct StepOutcome {
     loss: Tensor,
     active: usize,
     total: usize,
+    /// What an in-batch miner chose, as training-set indices (empty for given triplets).
+    mined: Vec<Triplet>,
 }
 
 /// Forward pass, mining (for in-batch miners) and the reduced loss of one batch.
@@ -565,20 +599,36 @@ fn train_step(
         x = augment::augment(&x, rng);
     }
     let emb = model.forward(&x, true)?;
-    let triplets: Vec<(i64, i64, i64)> = match batch {
-        StepBatch::Triplets(ts) => ts
-            .iter()
-            .map(|t| {
-                (
-                    position[&t.anchor],
-                    position[&t.positive],
-                    position[&t.negative],
-                )
-            })
-            .collect(),
+    let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match batch {
+        StepBatch::Triplets(ts) => (
+            ts.iter()
+                .map(|t| {
+                    (
+                        position[&t.anchor],
+                        position[&t.positive],
+                        position[&t.negative],
+                    )
+                })
+                .collect(),
+            Vec::new(),
+        ),
         StepBatch::Images(_) => {
             let labels: Vec<u32> = images.iter().map(|&i| train.labels[i]).collect();
-            mine_in_batch(cfg, &emb, &labels)?
+            let in_batch = mine_in_batch(cfg, &emb, &labels)?;
+            let positions = in_batch
+                .iter()
+                .map(|t| (t.anchor as i64, t.positive as i64, t.negative as i64))
+                .collect();
+            let mined = in_batch
+                .into_iter()
+                .map(|t| Triplet {
+                    anchor: images[t.anchor],
+                    positive: images[t.positive],
+                    negative: images[t.negative],
+                    ..t
+                })
+                .collect();
+            (positions, mined)
         }
     };
     if triplets.is_empty() {
@@ -599,15 +649,17 @@ fn train_step(
         loss: r.loss,
         active: r.active,
         total: r.total,
+        mined,
     }))
 }
 
 /// The in-batch miners are the corpus miner run on the batch: same definitions, same code.
+/// Indices are positions in the batch.
 fn mine_in_batch(
     cfg: &TrainConfig,
     emb: &Tensor,
     labels: &[u32],
-) -> Result<Vec<(i64, i64, i64)>, ModelError> {
+) -> Result<Vec<Triplet>, ModelError> {
     let data = Vec::<f32>::try_from(emb.detach().to_device(Device::Cpu).contiguous().view([-1]))?;
     let points = Points {
         data: &data,
@@ -633,11 +685,7 @@ fn mine_in_batch(
         max_depth: batch,
     };
     let index = ExactIndex::new(points, Device::Cpu);
-    let (triplets, _) = mine::mine(points, &index, &rules);
-    Ok(triplets
-        .iter()
-        .map(|t| (t.anchor as i64, t.positive as i64, t.negative as i64))
-        .collect())
+    Ok(mine::mine(points, &index, &rules).0)
 }
 
 /// Embeds the training split, mines it whole and saves the round's triplets.
@@ -646,13 +694,24 @@ fn global_round(
     model: &Embedder,
     train: &ImageSet,
     round: usize,
+    first_epoch: usize,
     device: Device,
 ) -> Result<Vec<Triplet>, TrainError> {
     let dir = run_dir::round_dir(&cfg.out, round);
     let csv = dir.join("triplets.csv");
+    let record = |triplets: &[Triplet]| {
+        let mut recorder =
+            report::RoundRecorder::new(round, first_epoch, "global", cfg.loss.distance);
+        recorder.add(triplets, &train.samples);
+        recorder.save(&cfg.out).map_err(io_err(&dir))
+    };
     if csv.is_file() {
         // Resuming inside a round: the triplets it trained on are the ones saved then.
-        return read_fixed_triplets(&csv, train);
+        let triplets = read_fixed_triplets(&csv, train)?;
+        if !report::has_record(&cfg.out, round) {
+            record(&triplets)?;
+        }
+        return Ok(triplets);
     }
     let data = train.embed(model)?;
     let points = Points {
@@ -701,6 +760,7 @@ fn global_round(
         "wall_seconds": started.elapsed().as_secs_f64(),
     });
     write_json(&dir.join("triplets.json"), &sidecar).map_err(io_err(&dir))?;
+    record(&triplets)?;
     Ok(triplets)
 }
 

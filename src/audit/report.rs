@@ -1,0 +1,206 @@
+//! `report.html`: the audit's findings as a gallery, worst first, one section per finding.
+
+use std::path::Path;
+
+use super::{LabelIssue, Outlier, Thresholds};
+use crate::definitions::Distance;
+use crate::knn::Neighbour;
+use crate::report::gallery::{Gallery, Item, Member, Section};
+use crate::report::Tiles;
+use crate::store::SampleRow;
+
+pub const REPORT_HTML: &str = "report.html";
+const NEIGHBOURS_SHOWN: usize = 5;
+pub const THUMB: u32 = 96;
+const ITEMS_PER_PAGE: usize = 40;
+
+/// A near-duplicate group: its id in duplicates.csv and each member with its similarity.
+pub struct GroupView {
+    pub id: usize,
+    pub members: Vec<(usize, f32)>,
+}
+
+pub struct ReportInput<'a> {
+    pub corpus: &'a Path,
+    pub samples: &'a [SampleRow],
+    pub groups: &'a [GroupView],
+    pub label_issues: &'a [LabelIssue],
+    pub outliers: &'a [Outlier],
+    pub graph: &'a [Vec<Neighbour>],
+    pub index_of: &'a dyn Fn(&str) -> usize,
+    pub thresholds: &'a Thresholds,
+    pub facts: Vec<(String, String)>,
+}
+
+pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<()> {
+    let samples = input.samples;
+    let group_item = |g: &GroupView, what: &str| {
+        let labels: std::collections::BTreeSet<&str> = g
+            .members
+            .iter()
+            .map(|&(i, _)| samples[i].label.as_str())
+            .collect();
+        Item {
+            heading: format!("{what} group {} ({} images)", g.id, g.members.len()),
+            lines: vec![format!(
+                "labels: {}",
+                labels.into_iter().collect::<Vec<_>>().join(", ")
+            )],
+            members: g
+                .members
+                .iter()
+                .map(|&(i, similarity)| {
+                    let s = &samples[i];
+                    let mut caption = vec![s.label.clone(), s.path.clone()];
+                    if !s.split.is_empty() {
+                        caption.push(format!("split: {}", s.split));
+                    }
+                    caption.push(if similarity >= 1.0 {
+                        "identical pixels".to_string()
+                    } else {
+                        format!("cosine {similarity:.4}")
+                    });
+                    Member {
+                        path: s.path.clone(),
+                        caption,
+                    }
+                })
+                .collect(),
+        }
+    };
+    let distinct = |g: &GroupView, field: fn(&SampleRow) -> &str| {
+        let values: std::collections::BTreeSet<&str> = g
+            .members
+            .iter()
+            .map(|&(i, _)| field(&samples[i]))
+            .filter(|v| !v.is_empty())
+            .collect();
+        values.len()
+    };
+    // Largest groups first, then the closest; ids keep the order total.
+    let mut ordered: Vec<&GroupView> = input.groups.iter().collect();
+    ordered.sort_by(|a, b| {
+        let tightest = |g: &GroupView| g.members.iter().map(|m| m.1).fold(f32::INFINITY, f32::min);
+        b.members
+            .len()
+            .cmp(&a.members.len())
+            .then(tightest(b).total_cmp(&tightest(a)))
+            .then(a.id.cmp(&b.id))
+    });
+    let conflicts: Vec<Item> = ordered
+        .iter()
+        .filter(|g| distinct(g, |s| &s.label) > 1)
+        .map(|g| group_item(g, "Conflict"))
+        .collect();
+    let leaks: Vec<Item> = ordered
+        .iter()
+        .filter(|g| distinct(g, |s| &s.split) > 1)
+        .map(|g| group_item(g, "Leak"))
+        .collect();
+    let duplicates: Vec<Item> = ordered.iter().map(|g| group_item(g, "Duplicate")).collect();
+    let with_neighbours = |i: usize, first: Vec<String>| {
+        let mut members = vec![Member {
+            path: samples[i].path.clone(),
+            caption: first,
+        }];
+        members.extend(input.graph[i].iter().take(NEIGHBOURS_SHOWN).map(|nb| {
+            let s = &samples[nb.index];
+            Member {
+                path: s.path.clone(),
+                caption: vec![
+                    s.label.clone(),
+                    s.path.clone(),
+                    format!("d {:.3}", Distance::Euclidean.from_dot(nb.dot)),
+                ],
+            }
+        }));
+        members
+    };
+    let mislabels: Vec<Item> = input
+        .label_issues
+        .iter()
+        .map(|issue| {
+            let i = (input.index_of)(&issue.path);
+            Item {
+                heading: format!("{:?} → {:?}?", issue.label, issue.suggested_label),
+                lines: vec![
+                    issue.path.clone(),
+                    format!("agreement {:.2}, support {:.2}", issue.score, issue.support),
+                    format!("then its {} nearest neighbours", NEIGHBOURS_SHOWN),
+                ],
+                members: with_neighbours(
+                    i,
+                    vec![
+                        format!("labelled {}", issue.label),
+                        format!("suggested {}", issue.suggested_label),
+                        issue.path.clone(),
+                    ],
+                ),
+            }
+        })
+        .collect();
+    let outliers: Vec<Item> = input
+        .outliers
+        .iter()
+        .map(|o| {
+            let i = (input.index_of)(&o.path);
+            Item {
+                heading: format!("Outlier in {:?}", o.label),
+                lines: vec![
+                    o.path.clone(),
+                    format!(
+                        "mean k-NN distance {:.4} (percentile {:.3})",
+                        o.mean_knn_distance, o.score
+                    ),
+                ],
+                members: with_neighbours(i, vec![o.label.clone(), o.path.clone()]),
+            }
+        })
+        .collect();
+    let t = input.thresholds;
+    let gallery = Gallery {
+        title: format!("Audit of {}", input.corpus.display()),
+        facts: input.facts.clone(),
+        sections: vec![
+            Section {
+                id: "conflicts",
+                title: "Label conflicts",
+                about: "Near-duplicate groups whose members carry different labels; largest first.".into(),
+                items: conflicts,
+            },
+            Section {
+                id: "mislabels",
+                title: "Likely mislabels",
+                about: format!(
+                    "At most {} of the {} nearest neighbours share the label and at least {} agree on another; lowest agreement first. The first tile is the sample, then its neighbours.",
+                    t.mislabel_agreement, t.k, t.mislabel_support
+                ),
+                items: mislabels,
+            },
+            Section {
+                id: "leakage",
+                title: "Split leakage",
+                about: "Near-duplicate groups that span more than one split; largest first.".into(),
+                items: leaks,
+            },
+            Section {
+                id: "duplicates",
+                title: "Duplicate groups",
+                about: format!(
+                    "Identical pixels, or cosine similarity ≥ {} in the embedding; largest first.",
+                    t.near_duplicate_similarity
+                ),
+                items: duplicates,
+            },
+            Section {
+                id: "outliers",
+                title: "Outliers",
+                about: "Mean distance to the k nearest neighbours above the Tukey fence; most isolated first. The first tile is the sample, then its neighbours.".into(),
+                items: outliers,
+            },
+        ],
+        per_page: ITEMS_PER_PAGE,
+        tiles,
+    };
+    gallery.write(out, REPORT_HTML)
+}
