@@ -116,6 +116,9 @@ pub fn read_records(run: &Path) -> Vec<RoundRecord> {
     records
 }
 
+/// One numeric column of `metrics.csv`.
+type Column = fn(&MetricsRow) -> f64;
+
 const METRIC_COLOURS: [RGBColor; 3] = [BLUE, GREEN, RGBColor(160, 60, 200)];
 
 /// Rewrites the report from the metrics so far and the saved round records.
@@ -129,7 +132,7 @@ pub fn write(
     let assets = run.join(ASSETS);
     fs::create_dir_all(&assets)?;
     let trained: Vec<&MetricsRow> = rows.iter().filter(|r| r.epoch > 0).collect();
-    let curve = |f: fn(&MetricsRow) -> f64, rows: &[&MetricsRow]| -> Vec<(f64, f64)> {
+    let curve = |f: Column, rows: &[&MetricsRow]| -> Vec<(f64, f64)> {
         rows.iter().map(|r| (r.epoch as f64, f(r))).collect()
     };
     plot::line_chart(
@@ -145,7 +148,7 @@ pub fn write(
         }],
     )?;
     let all: Vec<&MetricsRow> = rows.iter().collect();
-    let metrics: [(&str, fn(&MetricsRow) -> f64); 3] = [
+    let metrics: [(&str, Column); 3] = [
         ("P@1", |r| r.p_at_1),
         ("R-Precision", |r| r.r_precision),
         ("MAP@R", |r| r.map_at_r),
