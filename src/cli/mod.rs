@@ -61,19 +61,24 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// Applies the thread count and resolves the device.
     pub fn apply(&self) -> Result<tch::Device, UsageError> {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if threads == 0 {
-            return Err(UsageError("--threads must be at least 1".into()));
-        }
+        let threads = worker_threads(self.threads)?;
         tch::set_num_threads(threads as i32);
-        // Only the first call configures the global pool; later calls in one process are no-ops.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
         crate::model::parse_device(&self.device).map_err(UsageError)
     }
+}
+
+/// Sizes the thread pool for decoding and rendering (default: all cores); returns the count.
+pub fn worker_threads(threads: Option<usize>) -> Result<usize, UsageError> {
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err(UsageError("--threads must be at least 1".into()));
+    }
+    // Only the first call configures the global pool; later calls in one process are no-ops.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    Ok(threads)
 }
 
 /// A combination of options that cannot work; exits with status 2.

@@ -37,6 +37,9 @@ pub struct ViewArgs {
     /// Seed of --sort random
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Threads for decoding and drawing (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl ViewArgs {
@@ -47,6 +50,7 @@ impl ViewArgs {
         if !(16..=512).contains(&self.thumb_size) {
             return Err(UsageError("--thumb-size must be between 16 and 512".into()));
         }
+        super::worker_threads(self.threads)?;
         Ok(ViewConfig {
             triplets: self.triplets.clone(),
             corpus: self.corpus.clone(),

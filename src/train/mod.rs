@@ -288,14 +288,16 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         rows.retain(|r| r.epoch <= state.epoch);
         (model, optimizer, state, rows)
     } else {
-        if run.join(CONFIG_JSON).is_file() {
+        if run_dir::resumable(run).is_some() {
             return Err(TrainError::Input(format!(
                 "{} already holds a training run; continue it with --resume {} or choose another --out",
                 run.display(),
                 run.display()
             )));
         }
-        std::fs::create_dir_all(run).map_err(io_err(run))?;
+        // Without a checkpoint nothing there can be resumed; mined rounds of an earlier start
+        // would otherwise be taken for this run's.
+        run_dir::clear_unfinished(run).map_err(io_err(run))?;
         write_json(&run.join(CONFIG_JSON), cfg).map_err(io_err(run))?;
         let model = Embedder::init(cfg.network.clone(), device)?;
         let optimizer = Optimizer::new(&model.vs, cfg.optim.clone());

@@ -91,6 +91,24 @@ pub fn save_checkpoint(
     Ok(())
 }
 
+/// Creates the run directory, removing what a start that never completed an epoch left.
+pub fn clear_unfinished(run: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(run)?;
+    for dir in ["rounds", super::report::ASSETS] {
+        match fs::remove_dir_all(run.join(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    for file in [METRICS_CSV, super::report::REPORT_HTML] {
+        match fs::remove_file(run.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint to resume from: `last/`, or its previous version if a swap was interrupted.
 pub fn resumable(run: &Path) -> Option<PathBuf> {
     let last = last(run);

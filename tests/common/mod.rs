@@ -110,3 +110,47 @@ pub fn synthetic_embeddings(
     };
     store::write(dir, &npy, &samples, &[], &meta).unwrap();
 }
+
+/// Follows every `href` and `src` from the page `start`, recursively through linked pages, and
+/// returns every file reached (pages included). Fails the test on a link that is absolute or
+/// goes to the network, or a file that does not exist.
+pub fn linked_files(start: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut queue = vec![start.canonicalize().expect("start page exists")];
+    while let Some(page) = queue.pop() {
+        if !seen.insert(page.clone()) || page.extension().is_none_or(|e| e != "html") {
+            continue;
+        }
+        let html = std::fs::read_to_string(&page).unwrap();
+        for attr in ["href=\"", "src=\""] {
+            for piece in html.split(attr).skip(1) {
+                let link = piece.split('"').next().unwrap();
+                assert!(
+                    !link.contains(':') && !link.starts_with('/'),
+                    "{}: non-relative link {link}",
+                    page.display()
+                );
+                let file = page.parent().unwrap().join(percent_decode(link));
+                assert!(file.exists(), "{}: broken link {link}", page.display());
+                queue.push(file.canonicalize().unwrap());
+            }
+        }
+    }
+    seen
+}
+
+fn percent_decode(link: &str) -> String {
+    let bytes = link.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&link[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}

@@ -1,0 +1,270 @@
+//! `tripmine view` end to end: contact sheets of mined triplets, their HTML pages, missing
+//! images, and (when asked for) a look at the page in headless Chromium.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use tripmine::report::tiles::PLACEHOLDER;
+use tripmine::report::SheetLayout;
+
+/// Mines the fixtures (a fresh network, semi-hard and hard) into `dir/triplets.csv`.
+fn mined_triplets(dir: &Path) -> std::path::PathBuf {
+    let emb = dir.join("emb");
+    embed_fixtures(&emb, 5);
+    let csv = dir.join("triplets.csv");
+    ok(&[
+        "mine",
+        "--embeddings",
+        s(&emb),
+        "--out",
+        s(&csv),
+        "--strategy",
+        "semihard=0.5,hard=0.5",
+    ]);
+    csv
+}
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_rgb8()
+}
+
+fn distinct_colours(img: &image::RgbImage, x: u32, y: u32, size: u32) -> usize {
+    let mut colours = std::collections::HashSet::new();
+    for dy in 0..size {
+        for dx in 0..size {
+            colours.insert(img.get_pixel(x + dx, y + dy).0);
+        }
+    }
+    colours.len()
+}
+
+#[test]
+fn sheets_have_the_layout_size_and_every_link_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = mined_triplets(dir.path());
+    let rows = read_csv(&csv).len();
+    assert!(rows > 10, "{rows} triplets mined");
+    let out = dir.path().join("view");
+    let stdout = ok(&[
+        "view",
+        s(&csv),
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(&out),
+        "--per-page",
+        "4",
+        "--limit",
+        "10",
+        "--thumb-size",
+        "48",
+    ]);
+    assert!(
+        stdout.contains(&format!("rendered 10 of {rows} triplets on 3 page(s)")),
+        "{stdout}"
+    );
+    let layout = SheetLayout { thumb: 48 };
+    for (page, expected_rows) in [(1, 4), (2, 4), (3, 2)] {
+        let img = rgb(&out.join(format!("page-{page:03}.png")));
+        assert_eq!(
+            img.dimensions(),
+            (layout.width(), layout.height(expected_rows)),
+            "page {page}"
+        );
+        for row in 0..expected_rows {
+            for column in 0..3 {
+                let (x, y) = layout.tile_origin(row, column);
+                assert_ne!(
+                    *img.get_pixel(x + 24, y + 47),
+                    PLACEHOLDER,
+                    "page {page} row {row}"
+                );
+                // A real thumbnail: the fixtures' shapes on textured backgrounds.
+                assert!(
+                    distinct_colours(&img, x + 4, y + 4, 40) > 4,
+                    "page {page} row {row} tile {column}"
+                );
+            }
+        }
+    }
+    assert!(!out.join("page-004.png").exists());
+    let files = linked_files(&out.join("index.html"));
+    for page in 1..=3 {
+        for ext in ["png", "html"] {
+            let name = format!("page-{page:03}.{ext}");
+            assert!(
+                files.iter().any(|f| f.ends_with(&name)),
+                "{name} not reachable from index.html"
+            );
+        }
+    }
+
+    // A shorter listing into the same folder leaves no stale page behind.
+    ok(&[
+        "view",
+        s(&csv),
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(&out),
+        "--per-page",
+        "4",
+        "--limit",
+        "3",
+    ]);
+    assert!(out.join("page-001.png").is_file() && !out.join("page-002.png").exists());
+}
+
+#[test]
+fn a_path_missing_from_the_corpus_renders_a_placeholder_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    fs::write(
+        &csv,
+        "anchor,positive,negative,anchor_label,negative_label,d_ap,d_an,kind\n\
+         disc/disc_00.png,disc/disc_01.png,star/star_00.png,disc,star,0.5,0.9,easy\n\
+         disc/disc_02.png,disc/disc_03.png,gone/ghost.png,disc,gone,0.5,0.4,hard\n",
+    )
+    .unwrap();
+    let out = dir.path().join("view");
+    let (code, stdout, stderr) = tripmine(&[
+        "view",
+        s(&csv),
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(&out),
+        "--thumb-size",
+        "64",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("rendered 2 of 2"), "{stdout}");
+    assert!(
+        stderr.contains("gone/ghost.png: not in the corpus"),
+        "{stderr}"
+    );
+    let img = rgb(&out.join("page-001.png"));
+    let layout = SheetLayout { thumb: 64 };
+    assert_eq!(img.dimensions(), (layout.width(), layout.height(2)));
+    // Hardest first: the hard row (with the ghost) is row 0; its negative is the placeholder.
+    let (x, y) = layout.tile_origin(0, 2);
+    assert_eq!(*img.get_pixel(x + 60, y + 60), PLACEHOLDER);
+    let (x, y) = layout.tile_origin(1, 2);
+    assert_ne!(*img.get_pixel(x + 60, y + 60), PLACEHOLDER);
+    let index = fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(
+        index.contains("gone/ghost.png"),
+        "index names the missing file"
+    );
+    linked_files(&out.join("index.html"));
+}
+
+#[test]
+fn a_csv_without_the_tripmine_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    fs::write(&csv, "a,b,c\n1,2,3\n").unwrap();
+    let out = dir.path().join("view");
+    let (code, _, stderr) = tripmine(&[
+        "view",
+        s(&csv),
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("t.csv") && stderr.contains("header"),
+        "{stderr}"
+    );
+    assert!(!out.join("index.html").exists());
+}
+
+/// Opens the contact-sheet index and the audit report in headless Chromium and checks the
+/// screenshots show something. Runs when `TRIPMINE_CHROMIUM` names the browser, as
+/// `make test BROWSER=1` (and CI) does after installing Debian's chromium.
+#[test]
+fn pages_render_in_headless_chromium() {
+    let Some(chromium) = std::env::var_os("TRIPMINE_CHROMIUM") else {
+        eprintln!("skipped: set TRIPMINE_CHROMIUM (make test BROWSER=1) to run the browser check");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = mined_triplets(dir.path());
+    let out = dir.path().join("view");
+    ok(&[
+        "view",
+        s(&csv),
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--out",
+        s(&out),
+    ]);
+    let audit = dir.path().join("audit");
+    ok(&[
+        "audit",
+        "--corpus",
+        s(&fixtures().join("corpus")),
+        "--embeddings",
+        s(&dir.path().join("emb")),
+        "--out",
+        s(&audit),
+    ]);
+    for page in [out.join("index.html"), audit.join("report.html")] {
+        let shot = dir.path().join("shot.png");
+        let _ = fs::remove_file(&shot);
+        let status = std::process::Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1024,1400",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("start chromium");
+        assert!(status.success(), "chromium on {}: {status}", page.display());
+        let img = rgb(&shot);
+        assert_eq!(img.dimensions(), (1024, 1400));
+        let inked = img
+            .pixels()
+            .filter(|p| p.0.iter().any(|&c| c < 200))
+            .count();
+        let fraction = inked as f64 / (1024.0 * 1400.0);
+        eprintln!(
+            "{}: {:.1}% of the screenshot is drawn",
+            page.display(),
+            100.0 * fraction
+        );
+        // Text alone covers about 1%; the contact sheet's tiles and the gallery's thumbnails far more.
+        assert!(
+            fraction > 0.05,
+            "{}: blank screenshot ({fraction:.4})",
+            page.display()
+        );
+        assert!(
+            distinct_colours(&img, 0, 0, 1000) > 50,
+            "{}: screenshot lacks images",
+            page.display()
+        );
+    }
+}
