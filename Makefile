@@ -6,6 +6,8 @@ LIBTORCH := $(VENV)/libtorch
 TORCH_VERSION := 2.13.0
 BIN := target/debug/tripmine
 DEMO_OUT := out/demo
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-audit clean-venv
@@ -32,17 +34,28 @@ demo: build
 		--lr 0.003 --negatives-per-anchor 2 --batch-size 16 --no-augment --seed 7
 	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
 	$(BIN) audit --corpus fixtures/planted.csv --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/audit
+	$(BIN) view $(DEMO_OUT)/triplets.csv --corpus fixtures/corpus --out $(DEMO_OUT)/sheets --limit 100
 	@echo
 	@echo "embeddings:        $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
 	@echo "triplets:          $(DEMO_OUT)/triplets.csv (+ triplets.json)"
 	@echo "training run:      $(DEMO_OUT)/run (metrics.csv, best/, last/, config.json)"
 	@echo "round triplets:    $(DEMO_OUT)/run/rounds/000/triplets.csv ... (one per global mining round)"
 	@echo "audit:             $(DEMO_OUT)/audit (duplicates.csv, label_issues.csv, outliers.csv, leakage.csv, classes.csv, dedupe.csv, exclude.csv, audit.json)"
+	@echo
+	@echo "Open in a browser:"
+	@echo "triplet sheets:    $(DEMO_OUT)/sheets/index.html"
+	@echo "training report:   $(DEMO_OUT)/run/report.html"
+	@echo "audit report:      $(DEMO_OUT)/audit/report.html"
 
-test: $(LIBTORCH)
+# BROWSER=1 also installs Debian's chromium (when missing) and runs the headless-browser check.
+test: $(LIBTORCH) $(if $(BROWSER),$(CHROMIUM))
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	cargo test
+	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 bench-embed: $(LIBTORCH)
 	cargo run --release --example bench_embed

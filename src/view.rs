@@ -239,16 +239,7 @@ fn index_body(
     for r in rows {
         *kinds.entry(r.kind).or_default() += 1;
     }
-    let counts: Vec<String> = TripletKind::ALL
-        .iter()
-        .map(|k| {
-            format!(
-                "<span class=\"{0}\">{0}</span> {1}",
-                k.name(),
-                kinds.get(k).unwrap_or(&0)
-            )
-        })
-        .collect();
+
     let mut body = format!(
         "<p>{} of {total} triplets from <code>{}</code>, sorted by {}, {} per page; corpus <code>{}</code>; margin {margin}.</p>\n<p>{}</p>\n",
         rows.len(),
@@ -256,7 +247,7 @@ fn index_body(
         cfg.sort.name(),
         cfg.per_page.max(1),
         html::escape(&cfg.corpus.display().to_string()),
-        counts.join(", "),
+        html::kind_counts(&kinds),
     );
     if !missing.is_empty() {
         body += &format!(

@@ -160,6 +160,44 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
         .count();
     eprintln!("outliers: {noise} of 3 noise images flagged");
 
+    // The gallery: every page and thumbnail linked, every finding shown, conflicts first.
+    let files = linked_files(&out.join("report.html"));
+    let pages = |section: &str| -> String {
+        files
+            .iter()
+            .filter(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{section}-")))
+            })
+            .map(|f| fs::read_to_string(f).unwrap())
+            .collect()
+    };
+    let mislabel_pages = pages("mislabels");
+    assert_eq!(
+        mislabel_pages.matches("class=\"item\"").count(),
+        issues.len(),
+        "one gallery item per likely mislabel"
+    );
+    for p in MISLABELLED
+        .iter()
+        .filter(|p| issues.contains(&p.to_string()))
+    {
+        assert!(
+            mislabel_pages.contains(*p),
+            "{p} flagged but not in the gallery"
+        );
+    }
+    let conflicts = pages("conflicts");
+    assert!(conflicts.contains(COPIES[1].0) && conflicts.contains(COPIES[1].1));
+    assert!(pages("leakage").contains(COPIES[2].1));
+    let thumbs: Vec<_> = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert!(thumbs.len() >= issues.len());
+    let thumb = image::open(thumbs[0]).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (96, 96));
+
     // Mining with the audit's exclusions never uses a flagged sample.
     let emb = dir.path().join("emb");
     ok(&[

@@ -92,6 +92,7 @@ fn global_and_batch_hard_training_raise_validation_map_at_r() {
         assert!(
             run.join("best/model.safetensors").is_file() && run.join("last/model.json").is_file()
         );
+        check_report(&run, epochs.parse().unwrap());
         if mining == "global" {
             let round = read_csv(&run.join("rounds/000/triplets.csv"));
             assert!(!round.is_empty());
@@ -118,6 +119,58 @@ fn global_and_batch_hard_training_raise_validation_map_at_r() {
             );
         }
         assert!(m["recall_at_k"]["8"].as_f64().unwrap() >= m["recall_at_k"]["1"].as_f64().unwrap());
+    }
+}
+
+/// The training report links its charts and one histogram and contact sheet per round, and
+/// each round's histograms count every triplet it mined.
+fn check_report(run: &Path, epochs: usize) {
+    let files = linked_files(&run.join("report.html"));
+    for chart in ["loss.svg", "metrics.svg", "active.svg"] {
+        let svg = fs::read_to_string(run.join("report").join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("epoch"), "{chart}");
+    }
+    // Both the global miner (re-mining every epoch) and the in-batch miners record a round
+    // per epoch here.
+    for round in 0..epochs {
+        let record: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(run.join(format!("rounds/{round:03}/distances.json"))).unwrap(),
+        )
+        .unwrap();
+        let count = |h: &serde_json::Value| -> u64 {
+            h["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .sum()
+        };
+        let triplets = record["triplets"].as_u64().unwrap();
+        assert!(triplets > 0, "round {round}");
+        assert_eq!(count(&record["d_ap"]), triplets, "round {round}");
+        assert_eq!(count(&record["d_an"]), triplets, "round {round}");
+        let hardest = record["hardest"].as_array().unwrap();
+        let slack =
+            |t: &serde_json::Value| t["d_an"].as_f64().unwrap() - t["d_ap"].as_f64().unwrap();
+        assert!(
+            hardest.windows(2).all(|w| slack(&w[0]) <= slack(&w[1])),
+            "hardest first"
+        );
+        let sheet = run.join(format!("report/round-{round:03}-hardest.png"));
+        assert!(
+            files.contains(&sheet.canonicalize().unwrap()),
+            "{} not linked",
+            sheet.display()
+        );
+        let img = image::open(&sheet).unwrap();
+        let layout = tripmine::report::SheetLayout { thumb: 80 };
+        assert_eq!(
+            (img.width(), img.height()),
+            (layout.width(), layout.height(hardest.len()))
+        );
+        assert!(files
+            .iter()
+            .any(|f| f.ends_with(format!("report/round-{round:03}-distances.svg"))));
     }
 }
 
@@ -252,4 +305,16 @@ fn training_on_an_exported_triplet_csv() {
     args.extend(["--val-samples", "0"]);
     ok(&args);
     assert_eq!(metrics(&run).len(), 2);
+    // The given triplets are the run's one round.
+    assert!(run.join("rounds/000/distances.json").is_file());
+
+    // Starting again over a finished run would mix two runs: refused, nothing touched.
+    let before = fs::read(run.join("metrics.csv")).unwrap();
+    let (code, _, stderr) = tripmine(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("already holds a training run") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(run.join("metrics.csv")).unwrap(), before);
 }

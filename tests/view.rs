@@ -27,6 +27,14 @@ fn mined_triplets(dir: &Path) -> std::path::PathBuf {
     csv
 }
 
+/// `tripmine view CSV --corpus fixtures/corpus --out OUT EXTRA...`.
+fn view(csv: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let corpus = fixtures().join("corpus");
+    let mut args = vec!["view", s(csv), "--corpus", s(&corpus), "--out", s(out)];
+    args.extend_from_slice(extra);
+    tripmine(&args)
+}
+
 fn rgb(path: &Path) -> image::RgbImage {
     image::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -50,20 +58,12 @@ fn sheets_have_the_layout_size_and_every_link_resolves() {
     let rows = read_csv(&csv).len();
     assert!(rows > 10, "{rows} triplets mined");
     let out = dir.path().join("view");
-    let stdout = ok(&[
-        "view",
-        s(&csv),
-        "--corpus",
-        s(&fixtures().join("corpus")),
-        "--out",
-        s(&out),
-        "--per-page",
-        "4",
-        "--limit",
-        "10",
-        "--thumb-size",
-        "48",
-    ]);
+    let (code, stdout, stderr) = view(
+        &csv,
+        &out,
+        &["--per-page", "4", "--limit", "10", "--thumb-size", "48"],
+    );
+    assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(&format!("rendered 10 of {rows} triplets on 3 page(s)")),
         "{stdout}"
@@ -105,18 +105,7 @@ fn sheets_have_the_layout_size_and_every_link_resolves() {
     }
 
     // A shorter listing into the same folder leaves no stale page behind.
-    ok(&[
-        "view",
-        s(&csv),
-        "--corpus",
-        s(&fixtures().join("corpus")),
-        "--out",
-        s(&out),
-        "--per-page",
-        "4",
-        "--limit",
-        "3",
-    ]);
+    assert_eq!(view(&csv, &out, &["--per-page", "4", "--limit", "3"]).0, 0);
     assert!(out.join("page-001.png").is_file() && !out.join("page-002.png").exists());
 }
 
@@ -132,16 +121,7 @@ fn a_path_missing_from_the_corpus_renders_a_placeholder_naming_it() {
     )
     .unwrap();
     let out = dir.path().join("view");
-    let (code, stdout, stderr) = tripmine(&[
-        "view",
-        s(&csv),
-        "--corpus",
-        s(&fixtures().join("corpus")),
-        "--out",
-        s(&out),
-        "--thumb-size",
-        "64",
-    ]);
+    let (code, stdout, stderr) = view(&csv, &out, &["--thumb-size", "64"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("rendered 2 of 2"), "{stdout}");
     assert!(
@@ -170,14 +150,7 @@ fn a_csv_without_the_tripmine_header_is_refused() {
     let csv = dir.path().join("t.csv");
     fs::write(&csv, "a,b,c\n1,2,3\n").unwrap();
     let out = dir.path().join("view");
-    let (code, _, stderr) = tripmine(&[
-        "view",
-        s(&csv),
-        "--corpus",
-        s(&fixtures().join("corpus")),
-        "--out",
-        s(&out),
-    ]);
+    let (code, _, stderr) = view(&csv, &out, &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("t.csv") && stderr.contains("header"),
@@ -198,14 +171,8 @@ fn pages_render_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let csv = mined_triplets(dir.path());
     let out = dir.path().join("view");
-    ok(&[
-        "view",
-        s(&csv),
-        "--corpus",
-        s(&fixtures().join("corpus")),
-        "--out",
-        s(&out),
-    ]);
+    let (code, _, stderr) = view(&csv, &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
     let audit = dir.path().join("audit");
     ok(&[
         "audit",

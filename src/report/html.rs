@@ -114,6 +114,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out + "</table>"
 }
 
+/// "hard 3, semihard 5, easy 0", each kind in its colour.
+pub fn kind_counts(
+    counts: &std::collections::BTreeMap<crate::definitions::TripletKind, usize>,
+) -> String {
+    crate::definitions::TripletKind::ALL
+        .iter()
+        .map(|k| {
+            format!(
+                "<span class=\"{0}\">{0}</span> {1}",
+                k.name(),
+                counts.get(k).unwrap_or(&0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn write(path: &Path, html: &str) -> std::io::Result<()> {
     crate::output::write_atomic(path, |w| w.write_all(html.as_bytes()))
 }

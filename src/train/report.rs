@@ -299,16 +299,6 @@ fn page(
         body += "<p class=\"muted\">No round recorded yet.</p>\n";
     }
     for r in records {
-        let kinds: Vec<String> = TripletKind::ALL
-            .iter()
-            .map(|k| {
-                format!(
-                    "<span class=\"{0}\">{0}</span> {1}",
-                    k.name(),
-                    r.kinds.get(k).unwrap_or(&0)
-                )
-            })
-            .collect();
         let stem = format!("round-{:03}", r.round);
         body += &format!(
             "<h3>Round {} (from epoch {}, {}): {} triplets</h3>\n<p>{}</p>\n\
@@ -318,7 +308,7 @@ fn page(
             r.first_epoch,
             html::escape(&r.mining),
             r.triplets,
-            kinds.join(", "),
+            html::kind_counts(&r.kinds),
             r.round,
             r.round
         );
