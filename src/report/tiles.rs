@@ -2,7 +2,7 @@
 //! cannot be decoded becomes a placeholder tile that names it, so one bad row never fails a
 //! whole page.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,11 +23,16 @@ pub struct Tile {
     pub problem: Option<String>,
 }
 
-/// Thumbnails of one corpus at one size, decoded once per path and shared between threads.
+/// Memory the decoded thumbnails may hold before the cache starts over.
+const CACHE_BYTES: usize = 256 << 20;
+
+/// Thumbnails of one corpus at one size, shared between threads. Each path is decoded once
+/// while the cache has room; a long listing empties it now and then rather than grow.
 pub struct Tiles {
     files: HashMap<String, PathBuf>,
     size: u32,
     cache: Mutex<HashMap<String, Arc<Tile>>>,
+    problems: Mutex<BTreeMap<String, String>>,
 }
 
 impl Tiles {
@@ -39,6 +44,7 @@ impl Tiles {
                 .collect(),
             size: size.max(1),
             cache: Mutex::new(HashMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -61,24 +67,29 @@ impl Tiles {
                 Err(reason) => self.placeholder(path, &format!("unreadable: {reason}")),
             },
         });
-        self.cache
-            .lock()
-            .expect("tile cache")
-            .insert(path.to_string(), tile.clone());
+        if let Some(why) = &tile.problem {
+            self.problems
+                .lock()
+                .expect("tile problems")
+                .insert(path.to_string(), why.clone());
+        }
+        let mut cache = self.cache.lock().expect("tile cache");
+        let tile_bytes = (self.size as usize).pow(2) * 3;
+        if (cache.len() + 1) * tile_bytes > CACHE_BYTES {
+            cache.clear();
+        }
+        cache.insert(path.to_string(), tile.clone());
         tile
     }
 
     /// Every path whose tile is a placeholder so far, with the reason, sorted by path.
     pub fn problems(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .cache
+        self.problems
             .lock()
-            .expect("tile cache")
+            .expect("tile problems")
             .iter()
-            .filter_map(|(p, t)| t.problem.clone().map(|why| (p.clone(), why)))
-            .collect();
-        out.sort();
-        out
+            .map(|(p, why)| (p.clone(), why.clone()))
+            .collect()
     }
 
     /// Writes the tile of `path` as a PNG file (for HTML pages).

@@ -302,8 +302,8 @@ fn page(
         let stem = format!("round-{:03}", r.round);
         body += &format!(
             "<h3>Round {} (from epoch {}, {}): {} triplets</h3>\n<p>{}</p>\n\
-<img src=\"{ASSETS}/{stem}-distances.svg\" width=\"640\" height=\"360\" alt=\"distance histograms of round {}\">\n\
-<p><img src=\"{ASSETS}/{stem}-hardest.png\" alt=\"hardest triplets of round {}\"></p>\n",
+<img src=\"{ASSETS}/{stem}-distances.svg\" width=\"640\" height=\"360\" loading=\"lazy\" alt=\"distance histograms of round {}\">\n\
+<p><img src=\"{ASSETS}/{stem}-hardest.png\" loading=\"lazy\" alt=\"hardest triplets of round {}\"></p>\n",
             r.round,
             r.first_epoch,
             html::escape(&r.mining),
