@@ -71,7 +71,11 @@ pub fn line_chart(
         .flat_map(|s| s.points.iter().filter(finite).copied())
         .collect();
     let x_range = padded(all.iter().map(|p| p.0), false);
-    let y_range = padded(all.iter().map(|p| p.1), true);
+    let mut y_range = padded(all.iter().map(|p| p.1), true);
+    if let Legend::Upper = legend {
+        // Head room, so the legend box sits above the lines rather than on them.
+        y_range.end += 0.25 * (y_range.end - y_range.start);
+    }
     let mut svg = String::new();
     let frame = Frame {
         title,
