@@ -282,3 +282,26 @@ fn a_clean_corpus_has_no_duplicates_and_few_flags() {
     assert_eq!(classes.len(), 12);
     assert!(classes.iter().all(|r| &r[1] == "24"));
 }
+
+#[test]
+fn the_report_lists_unreadable_files_and_tiny_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("audit");
+    ok(&[
+        "audit",
+        "--corpus",
+        s(&fixtures().join("broken")),
+        "--model",
+        s(&trained_model()),
+        "--out",
+        s(&out),
+    ]);
+    let report = fs::read_to_string(out.join("report.html")).unwrap();
+    let skipped = read_csv(&out.join("skipped.csv"));
+    assert!(!skipped.is_empty());
+    for row in &skipped {
+        assert!(report.contains(&row[0]), "{} not in report.html", &row[0]);
+    }
+    assert!(report.contains("<td>tiny</td>"), "tiny classes are marked");
+    linked_files(&out.join("report.html"));
+}

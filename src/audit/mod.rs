@@ -149,7 +149,7 @@ pub struct Outlier {
 }
 
 #[derive(Debug, Serialize)]
-struct ClassRow {
+pub struct ClassRow {
     label: String,
     size: usize,
     singleton: bool,
@@ -544,6 +544,8 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         index_of: &index_of,
         thresholds: t,
         facts,
+        classes: &classes,
+        problems: &problems,
     };
     let tiles = crate::report::Tiles::new(&corpus.samples, report::THUMB);
     write(REPORT_HTML, report::write(&cfg.out, &input, &tiles))?;

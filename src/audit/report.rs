@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{LabelIssue, Outlier, Thresholds};
 use crate::definitions::Distance;
 use crate::knn::Neighbour;
-use crate::report::gallery::{Gallery, Item, Member, Section};
+use crate::report::gallery::{Gallery, Item, Member, Section, Table};
 use crate::report::Tiles;
 use crate::store::SampleRow;
 
@@ -30,7 +30,12 @@ pub struct ReportInput<'a> {
     pub index_of: &'a dyn Fn(&str) -> usize,
     pub thresholds: &'a Thresholds,
     pub facts: Vec<(String, String)>,
+    pub classes: &'a [super::ClassRow],
+    pub problems: &'a [crate::corpus::Problem],
 }
+
+/// Rows of the summary's tables; the CSV files have them all.
+const TABLE_ROWS: usize = 100;
 
 pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<()> {
     let samples = input.samples;
@@ -199,8 +204,76 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
                 items: outliers,
             },
         ],
+        tables: [classes_table(input.classes), problems_table(input.problems)]
+            .into_iter()
+            .filter(|t| !t.rows.is_empty())
+            .collect(),
         per_page: ITEMS_PER_PAGE,
         tiles,
     };
     gallery.write(out, REPORT_HTML)
+}
+
+/// "12" or "first 100 of 5000": how much of a listing a summary table shows.
+fn shown(count: usize) -> String {
+    if count > TABLE_ROWS {
+        format!("first {TABLE_ROWS} of {count}")
+    } else {
+        count.to_string()
+    }
+}
+
+/// Classes whose centroid lies nearest another class's first: the likeliest to be confused.
+fn classes_table(classes: &[super::ClassRow]) -> Table {
+    let mut ordered: Vec<&super::ClassRow> = classes.iter().collect();
+    ordered.sort_by(|a, b| {
+        a.closest_distance
+            .total_cmp(&b.closest_distance)
+            .then(a.label.cmp(&b.label))
+    });
+    Table {
+        heading: format!(
+            "Classes, closest pairs first ({}; all in classes.csv)",
+            shown(classes.len())
+        ),
+        header: vec![
+            "label",
+            "size",
+            "imbalance",
+            "spread",
+            "closest class",
+            "centroid distance",
+            "",
+        ],
+        rows: ordered
+            .iter()
+            .take(TABLE_ROWS)
+            .map(|c| {
+                vec![
+                    c.label.clone(),
+                    c.size.to_string(),
+                    format!("{:.2}", c.imbalance),
+                    format!("{:.3}", c.spread),
+                    c.closest_label.clone(),
+                    format!("{:.3}", c.closest_distance),
+                    if c.tiny { "tiny".into() } else { String::new() },
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn problems_table(problems: &[crate::corpus::Problem]) -> Table {
+    Table {
+        heading: format!(
+            "Unreadable files ({}; all in skipped.csv)",
+            shown(problems.len())
+        ),
+        header: vec!["path", "problem"],
+        rows: problems
+            .iter()
+            .take(TABLE_ROWS)
+            .map(|p| vec![p.path.clone(), p.reason.clone()])
+            .collect(),
+    }
 }

@@ -32,10 +32,18 @@ pub struct Section {
     pub items: Vec<Item>,
 }
 
+pub struct Table {
+    pub heading: String,
+    pub header: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+}
+
 pub struct Gallery<'a> {
     pub title: String,
     /// Facts shown on the summary page as a two-column table.
     pub facts: Vec<(String, String)>,
+    /// Tables shown after the sections on the summary page.
+    pub tables: Vec<Table>,
     pub sections: Vec<Section>,
     pub per_page: usize,
     pub tiles: &'a Tiles,
@@ -118,6 +126,13 @@ impl Gallery<'_> {
             for item in s.items.iter().take(3) {
                 body += &item_html(item, self.tiles.size(), ASSETS);
             }
+        }
+        for t in &self.tables {
+            body += &format!(
+                "<h2>{}</h2>\n{}\n",
+                html::escape(&t.heading),
+                html::table(&t.header, &t.rows)
+            );
         }
         html::page(&self.title, "", &body)
     }
