@@ -49,6 +49,27 @@ pub enum Mining {
     Triplets(PathBuf),
 }
 
+impl Mining {
+    /// The `--mining` spelling: global, batch-hard, ..., triplets:FILE.
+    pub fn name(&self) -> String {
+        match self {
+            Mining::Global => "global".into(),
+            Mining::BatchHard => "batch-hard".into(),
+            Mining::BatchSemihard => "batch-semihard".into(),
+            Mining::BatchAll => "batch-all".into(),
+            Mining::Triplets(path) => format!("triplets:{}", path.display()),
+        }
+    }
+
+    /// Whether triplets are mined inside each P×K batch.
+    pub fn is_in_batch(&self) -> bool {
+        matches!(
+            self,
+            Mining::BatchHard | Mining::BatchSemihard | Mining::BatchAll
+        )
+    }
+}
+
 impl std::str::FromStr for Mining {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -367,12 +388,10 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             .collect(),
         };
         let (mut loss_sum, mut active, mut total, mut lr) = (0.0, 0usize, 0usize, 0.0);
-        let mining_name = serde_json::to_value(&cfg.mining)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        let mut in_batch =
-            report::RoundRecorder::new(epoch, epoch + 1, &mining_name, cfg.loss.distance);
+        // Each epoch of an in-batch miner is a mining round of its own.
+        let mut in_batch = cfg.mining.is_in_batch().then(|| {
+            report::RoundRecorder::new(epoch, epoch + 1, &cfg.mining.name(), cfg.loss.distance)
+        });
         for (i, batch) in batches.iter().enumerate() {
             lr = learning_rate(&cfg.optim, state.step, total_steps, steps_per_epoch);
             let mut rng = Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), i as u64);
@@ -392,15 +411,15 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             step.loss.backward();
             optimizer.step(lr);
             state.step += 1;
-            if matches!(batch, StepBatch::Images(_)) {
-                in_batch.add(&step.mined, &train.samples);
+            if let Some(recorder) = in_batch.as_mut() {
+                recorder.add(&step.mined, &train.samples);
             }
             loss_sum += value * step.active as f64;
             active += step.active;
             total += step.total;
         }
-        if batches.iter().any(|b| matches!(b, StepBatch::Images(_))) {
-            in_batch.save(run).map_err(io_err(run))?;
+        if let Some(recorder) = in_batch {
+            recorder.save(run).map_err(io_err(run))?;
         }
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;

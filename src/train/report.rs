@@ -232,17 +232,10 @@ fn page(
     best_epoch: usize,
     records: &[RoundRecord],
 ) -> String {
-    let mining = match &cfg.mining {
-        super::Mining::Triplets(path) => format!("triplets from {}", path.display()),
-        other => serde_json::to_value(other)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-    };
     let done = rows.last().map_or(0, |r| r.epoch);
     let facts = vec![
         vec!["corpus".into(), cfg.corpus.display().to_string()],
-        vec!["mining".into(), mining],
+        vec!["mining".into(), cfg.mining.name()],
         vec![
             "margin".into(),
             format!(
