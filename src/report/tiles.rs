@@ -24,7 +24,7 @@ pub struct Tile {
 }
 
 /// Memory the decoded thumbnails may hold before the cache starts over.
-const CACHE_BYTES: usize = 256 << 20;
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Thumbnails of one corpus at one size, shared between threads. Each path is decoded once
 /// while the cache has room; a long listing empties it now and then rather than grow.
