@@ -28,13 +28,13 @@ fixtures: $(LIBTORCH)
 
 demo: build
 	@rm -rf $(DEMO_OUT)
-	$(BIN) embed --corpus fixtures/corpus --out $(DEMO_OUT)/embeddings --input-size 32 --seed 7
-	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
 	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 --epochs 4 \
 		--lr 0.003 --negatives-per-anchor 2 --batch-size 16 --no-augment --seed 7
 	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
-	$(BIN) audit --corpus fixtures/planted.csv --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/audit
+	$(BIN) embed --corpus fixtures/corpus --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/embeddings
+	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
 	$(BIN) view $(DEMO_OUT)/triplets.csv --corpus fixtures/corpus --out $(DEMO_OUT)/sheets --limit 100
+	$(BIN) audit --corpus fixtures/planted.csv --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/audit
 	@echo
 	@echo "embeddings:        $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
 	@echo "triplets:          $(DEMO_OUT)/triplets.csv (+ triplets.json)"

@@ -11,6 +11,9 @@ use crate::model::{Embedder, ModelError, ModelSpec};
 use crate::progress;
 use crate::store::{self, EmbeddingSet, EmbeddingsMeta, SampleRow, StoreError};
 
+/// The `checkpoint` recorded for a freshly initialised network.
+const NO_CHECKPOINT: &str = "none (freshly initialised)";
+
 /// Which network embeds the corpus.
 #[derive(Debug, Clone)]
 pub enum ModelChoice {
@@ -31,9 +34,19 @@ impl ModelChoice {
     pub fn describe(&self, model: &Embedder) -> serde_json::Value {
         let source = match self {
             ModelChoice::Checkpoint(dir) => dir.display().to_string(),
-            ModelChoice::Fresh(_) => "none (freshly initialised)".into(),
+            ModelChoice::Fresh(_) => NO_CHECKPOINT.into(),
         };
         serde_json::json!({ "checkpoint": source, "origin": model.spec.origin, "spec": model.spec })
+    }
+}
+
+/// One line about the model of a `describe` record: the checkpoint it was loaded from, or how
+/// a fresh network was initialised.
+pub fn model_summary(record: &serde_json::Value) -> String {
+    let origin = record["origin"].as_str().unwrap_or("unknown model");
+    match record["checkpoint"].as_str() {
+        Some(dir) if dir != NO_CHECKPOINT => format!("checkpoint {dir}"),
+        _ => origin.to_string(),
     }
 }
 
@@ -290,5 +303,18 @@ impl EmbedError {
             EmbedError::Model(e) => e.is_input_error(),
             EmbedError::Store(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_summary_names_the_checkpoint_when_there_is_one() {
+        let trained = serde_json::json!({"checkpoint": "run/best", "origin": "random initialisation (seed 7)"});
+        assert_eq!(model_summary(&trained), "checkpoint run/best");
+        let fresh = serde_json::json!({"checkpoint": NO_CHECKPOINT, "origin": "random initialisation (seed 7)"});
+        assert_eq!(model_summary(&fresh), "random initialisation (seed 7)");
     }
 }

@@ -38,7 +38,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "embedded {} images ({}-d, {}) into {}{skipped}",
                 done.set.len(),
                 done.set.dim,
-                done.set.meta.model["origin"].as_str().unwrap_or("model"),
+                embed::model_summary(&done.set.meta.model),
                 cfg.out.display()
             );
         }

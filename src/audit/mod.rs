@@ -518,10 +518,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         ("samples".to_string(), n.to_string()),
         (
             "model".to_string(),
-            set.meta.model["origin"]
-                .as_str()
-                .unwrap_or("embeddings")
-                .to_string(),
+            crate::embed::model_summary(&set.meta.model),
         ),
         (
             "neighbour backend".to_string(),
