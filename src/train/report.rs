@@ -185,6 +185,12 @@ pub fn write(
     let records = read_records(run);
     for record in &records {
         let stem = format!("round-{:03}", record.round);
+        let sheet_path = assets.join(format!("{stem}-hardest.png"));
+        // A round never changes once recorded, so its pictures are drawn once; the sheet is
+        // written last, so its presence means both are there.
+        if sheet_path.is_file() {
+            continue;
+        }
         plot::histogram_chart(
             &assets.join(format!("{stem}-distances.svg")),
             &format!(
@@ -197,11 +203,6 @@ pub fn write(
                 ("d(a,n)", &record.d_an, RED),
             ],
         )?;
-        let sheet_path = assets.join(format!("{stem}-hardest.png"));
-        // A round never changes once recorded, so its sheet is drawn once.
-        if sheet_path.is_file() {
-            continue;
-        }
         let numbered: Vec<(usize, &TripletRow)> = record
             .hardest
             .iter()
