@@ -5,12 +5,17 @@ PY := $(VENV)/bin/python
 LIBTORCH := $(VENV)/libtorch
 TORCH_VERSION := 2.13.0
 BIN := target/debug/tripmine
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_READY := $(BENCH_VENV)/.ready
+PML_VERSION := 2.9.0
+PILLOW_VERSION := 13.0.0
 DEMO_OUT := out/demo
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-audit clean-venv
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -66,12 +71,42 @@ bench-audit: $(LIBTORCH)
 bench-mine: $(LIBTORCH)
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
 
-# Fashion-MNIST (Debian's dataset-fashion-mnist, installed by the script): 1,000 training and
-# 200 test images per class; global mining vs batch-hard for the same epochs.
-bench-train: $(LIBTORCH)
+# The benchmark that decides the default training regime (scripts/bench_train.py: its docstring
+# lists corpora, sizes and contenders): tripmine's miners and pytorch-metric-learning on the
+# many-class synthetic corpus and a Fashion-MNIST subset (Debian's dataset-fashion-mnist,
+# installed by the script), 3 seeds each, scored on unseen test data. The corpora are generated
+# under out/corpora when missing. Finished runs accumulate in out/bench-train/results.jsonl
+# (out/bench-train-quick/ for the quick variant), so an interrupted benchmark resumes.
+# Full: about 50 minutes on 2 cores; quick: about 12 (estimates). EPOCHS=N overrides the epochs;
+# BENCH_TRAIN_ARGS passes more options, e.g. "--contenders batch-hard,pml-batch-hard".
+BENCH_TRAIN := $(PY) scripts/bench_train.py --bin target/release/tripmine --pml-python $(BENCH_PY) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(BENCH_TRAIN_ARGS)
+
+bench-train: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
-	python3 scripts/fashion_mnist.py out/fashion-mnist --per-class 1000
-	python3 scripts/bench_train.py target/release/tripmine out/fashion-mnist out/bench-train $(or $(EPOCHS),5)
+	$(BENCH_TRAIN)
+
+bench-train-quick: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
+	$(BENCH_TRAIN) --quick
+
+# The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
+# `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses
+# .venv's torch and numpy and pip counts them as installed; pip then adds only
+# pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm) and Pillow.
+bench-venv: $(BENCH_READY)
+
+$(BENCH_READY): $(LIBTORCH)
+	rm -rf $(BENCH_VENV)
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -c 'import os, sys, sysconfig; own = sysconfig.get_paths()["purelib"]; \
+		open(os.path.join(own, "tripmine-venv.pth"), "w").write(os.path.relpath(sys.argv[1], own) + "\n")' \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+	$(BENCH_PY) -c 'import torch, numpy'  # never let pip fetch its own torch
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
+		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION)
+	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image'
+	touch $@
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,9 +4,13 @@
 Usage: scripts/fashion_mnist.py OUT_DIR [--per-class N]
 
 Installs the Debian package with apt-get when it is missing, then writes
-OUT_DIR/images/<label>/<split>_<index>.pgm (28x28 grey, PNM, which tripmine decodes) and
-OUT_DIR/manifest.csv with columns path,label,split (split: train or test). --per-class N keeps
-the first N training and N/5 test images of each class, for quicker runs.
+OUT_DIR/images/<label>/<split>_<index>.pgm (28x28 grey, PNM, which tripmine decodes; <index> is
+the image's position in its IDX file) and OUT_DIR/manifest.csv with columns path,label,split.
+Splits: of the N training images kept per class, the last N/10 (in file order) are `val` and
+the others `train`, so validation never sees a training image; `test` is Fashion-MNIST's own
+test set (N/5 per class). --per-class N keeps the first N training images of each class
+(default: all 6,000, of which 600 are `val`), for quicker runs. tripmine's trainer validates
+on `val`; `test` is for the final evaluation only.
 """
 import argparse
 import csv
@@ -48,15 +52,24 @@ def main():
     args = parser.parse_args()
     ensure_installed()
     rows_out = []
-    for split, prefix in [("train", "train"), ("test", "t10k")]:
+    for source, prefix in [("train", "train"), ("test", "t10k")]:
         images, (h, w) = read_idx(f"{prefix}-images-idx3-ubyte.gz")
         labels, _ = read_idx(f"{prefix}-labels-idx1-ubyte.gz")
+        per_class = {}
+        for label in labels:
+            per_class[label] = per_class.get(label, 0) + 1
         kept = {}
-        limit = None if args.per_class is None else (args.per_class if split == "train" else args.per_class // 5)
         for i, (pixels, label) in enumerate(zip(images, labels)):
-            if limit is not None and kept.get(label, 0) >= limit:
+            available = per_class[label]
+            if args.per_class is not None:
+                available = min(available, args.per_class if source == "train" else args.per_class // 5)
+            rank = kept.get(label, 0)
+            if rank >= available:
                 continue
-            kept[label] = kept.get(label, 0) + 1
+            kept[label] = rank + 1
+            split = source
+            if source == "train" and rank >= available - available // 10:
+                split = "val"
             rel = f"images/{LABELS[label]}/{split}_{i:05d}.pgm"
             path = os.path.join(args.out, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -69,7 +82,9 @@ def main():
         writer.writerow(["path", "label", "split"])
         writer.writerows(rows_out)
     os.replace(tmp, os.path.join(args.out, "manifest.csv"))
-    print(f"wrote {len(rows_out)} images and {os.path.join(args.out, 'manifest.csv')}")
+    counts = {s: sum(1 for r in rows_out if r[2] == s) for s in ("train", "val", "test")}
+    print(f"wrote {len(rows_out)} images ({counts['train']} train, {counts['val']} val, {counts['test']} test) "
+          f"and {os.path.join(args.out, 'manifest.csv')}")
 
 
 if __name__ == "__main__":

@@ -79,13 +79,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 last.epoch, last.step, first.map_at_r, last.map_at_r, first.p_at_1, last.p_at_1, done.best_epoch
             );
             println!(
-                "run: {} (metrics.csv, best/, last/{})",
-                cfg.out.display(),
-                if matches!(cfg.mining, train::Mining::Global) {
-                    ", rounds/"
-                } else {
-                    ""
-                }
+                "run: {} (metrics.csv, best/, last/, rounds/, report.html)",
+                cfg.out.display()
             );
         }
         Command::Eval(args) => {

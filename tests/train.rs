@@ -42,11 +42,26 @@ fn map_at_r(row: &csv::StringRecord) -> f64 {
 }
 
 #[test]
-fn global_and_batch_hard_training_raise_validation_map_at_r() {
+fn every_regime_raises_validation_map_at_r() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = fixtures().join("corpus");
     // Settings measured to learn within seconds on the fixtures (see README, "Training").
-    let settings: [(&str, &str, &[&str]); 2] = [
+    let settings: [(&str, &str, &[&str]); 3] = [
+        (
+            "neighbour-batches",
+            "8",
+            &[
+                "--lr",
+                "0.01",
+                "--classes-per-batch",
+                "4",
+                "--samples-per-class",
+                "4",
+                "--memory-negatives",
+                "2",
+                "--no-augment",
+            ],
+        ),
         (
             "global",
             "4",
@@ -78,7 +93,14 @@ fn global_and_batch_hard_training_raise_validation_map_at_r() {
         let run = dir.path().join(mining);
         let mut args = train_args(s(&corpus), s(&run), mining, epochs);
         args.extend_from_slice(extra);
+        if mining == "neighbour-batches" {
+            // The default regime: no --mining option.
+            args.retain(|&a| a != "--mining" && a != mining);
+        }
         let stdout = ok(&args);
+        let config: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["mining"], mining);
         assert!(stdout.contains("validation MAP@R"), "{stdout}");
         let rows = metrics(&run);
         assert_eq!(
@@ -93,6 +115,14 @@ fn global_and_batch_hard_training_raise_validation_map_at_r() {
             run.join("best/model.safetensors").is_file() && run.join("last/model.json").is_file()
         );
         check_report(&run, epochs.parse().unwrap());
+        let last_lr: f64 = rows.last().unwrap()[8].parse().unwrap();
+        assert!(
+            last_lr.abs() < 1e-9,
+            "{mining}: the cosine ends at the last real step, got lr {last_lr}"
+        );
+        if mining == "neighbour-batches" {
+            check_composition(&run, epochs.parse().unwrap());
+        }
         if mining == "global" {
             let round = read_csv(&run.join("rounds/000/triplets.csv"));
             assert!(!round.is_empty());
@@ -118,8 +148,25 @@ fn global_and_batch_hard_training_raise_validation_map_at_r() {
                 "{key}: {m}"
             );
         }
-        assert!(m["recall_at_k"]["8"].as_f64().unwrap() >= m["recall_at_k"]["1"].as_f64().unwrap());
     }
+}
+
+/// Index-guided runs record which classes met in each epoch's batches, and show it.
+fn check_composition(run: &Path, epochs: usize) {
+    for epoch in 0..epochs {
+        let path = run.join(format!("rounds/{epoch:03}/batches.json"));
+        let c: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // 12 classes are fewer than 4·P = 16: batches are composed per image.
+        assert_eq!(c["level"], "image");
+        assert!(c["batches"].as_u64().unwrap() > 0);
+        assert!(!c["pairs"].as_array().unwrap().is_empty());
+    }
+    let html = fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        html.contains("batches composed at image level"),
+        "composition not in the report"
+    );
 }
 
 /// The training report links its charts and one histogram and contact sheet per round, and
@@ -206,7 +253,7 @@ fn completed_epochs(run: &Path) -> usize {
 fn a_run_killed_mid_training_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = fixtures().join("corpus");
-    for mining in ["global", "batch-semihard"] {
+    for mining in ["global", "neighbour-batches"] {
         let whole = dir.path().join(format!("{mining}-whole"));
         ok(&train_args(s(&corpus), s(&whole), mining, "4"));
 
@@ -229,6 +276,12 @@ fn a_run_killed_mid_training_resumes_to_the_same_weights() {
             (2..4).contains(&at_kill),
             "{mining}: the run was not interrupted (epoch {at_kill})"
         );
+
+        // A resumed run keeps its recorded options: changing one is refused, nothing touched.
+        let (code, _, stderr) = tripmine(&["train", "--resume", s(&killed), "--lr", "0.5"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("--lr"), "{stderr}");
+        assert_eq!(completed_epochs(&killed), at_kill);
 
         let stdout = ok(&["train", "--resume", s(&killed)]);
         assert!(stdout.contains("trained 4 epochs"), "{stdout}");
@@ -299,12 +352,24 @@ fn training_on_an_exported_triplet_csv() {
     ]);
     let mining = format!("triplets:{}", s(&csv));
     let run = dir.path().join("run");
-    // Validation on a quarter of each class would drop triplets that use held-out samples: use none.
-    let mut args = train_args(s(&corpus), s(&run), &mining, "1");
+    // Validation on a quarter of each class would drop triplets that use held-out samples: use
+    // none, which is said loudly, and best/ follows the last epoch.
+    let mut args = train_args(s(&corpus), s(&run), &mining, "2");
     args.truncate(args.len() - 2);
     args.extend(["--val-samples", "0"]);
-    ok(&args);
-    assert_eq!(metrics(&run).len(), 2);
+    let (code, _, stderr) = tripmine(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("validation split has 0 sample(s)"),
+        "{stderr}"
+    );
+    assert_eq!(metrics(&run).len(), 3);
+    let best: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("best/state.json")).unwrap()).unwrap();
+    assert_eq!(
+        best["epoch"], 2,
+        "best/ is the last epoch without validation"
+    );
     // The given triplets are the run's one round.
     assert!(run.join("rounds/000/distances.json").is_file());
 

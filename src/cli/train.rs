@@ -10,12 +10,21 @@ use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::knn::{HnswParams, KnnChoice};
 use crate::mine::{PositiveRule, Strategy};
 use crate::train::{
-    LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind, TrainConfig, Validation,
+    InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind, TrainConfig,
+    Validation, DEFAULT_RANDOM_CLASSES,
 };
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/ --epochs 20                  # global re-mining\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --resume run/                                           # continue after an interruption"
+    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # index-guided batches, batch-hard inside\n  tripmine train --corpus photos/ --out run/ --memory-negatives 4 --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
+    group(clap::ArgGroup::new("fresh").multiple(true).args([
+        "epochs", "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
+        "memory_warmup", "skip_nearest", "batch_size", "classes_per_batch", "samples_per_class",
+        "margin", "distance", "soft_margin", "swap", "optimizer", "lr", "weight_decay", "momentum",
+        "schedule", "warmup_epochs", "lr_step", "lr_gamma", "no_augment", "strategy", "positives",
+        "negatives_per_anchor", "knn", "val_classes", "val_samples", "exclude", "device", "seed",
+        "dim", "input_size", "channels", "backbone",
+    ]))
 )]
 pub struct TrainArgs {
     /// ImageFolder root or CSV manifest
@@ -24,19 +33,39 @@ pub struct TrainArgs {
     /// Run directory (metrics.csv, last/, best/, rounds/, config.json)
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this directory from last/ with its config.json
-    #[arg(long, conflicts_with_all = ["corpus", "out"])]
+    /// Continue the run in this directory from last/ with its config.json (its options cannot
+    /// be changed; --threads defaults to the recorded count)
+    #[arg(long, conflicts_with_all = ["corpus", "out", "fresh"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub network: NetworkArgs,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    /// global | batch-hard | batch-semihard | batch-all | triplets:FILE.csv
-    #[arg(long, default_value = "global")]
+    /// Epochs (default: enough for about 3,000 steps, between 10 and 60)
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// neighbour-batches | batch-hard | batch-semihard | batch-all | global | triplets:FILE.csv
+    #[arg(long, default_value = "neighbour-batches")]
     pub mining: String,
-    /// Epochs between global re-mining rounds
+    /// Epochs between refreshes of the neighbour graph (fractions such as 0.5 allowed) or
+    /// between global re-mining rounds
+    #[arg(long, default_value_t = 1.0)]
+    pub remine_every: f64,
+    /// Miner inside neighbour batches
+    #[arg(long, value_enum, default_value_t = InBatchMiner::Hard)]
+    pub batch_miner: InBatchMiner,
+    /// Share of a neighbour batch's classes (or seed images) drawn at random, not from the graph
+    #[arg(long, default_value_t = DEFAULT_RANDOM_CLASSES)]
+    pub random_classes: f64,
+    /// Neighbour batches: K extra negatives per anchor from the last refresh's stored
+    /// embeddings, by the --strategy bands (0: off)
+    #[arg(long, default_value_t = 0)]
+    pub memory_negatives: usize,
+    /// Epochs before memory negatives start
     #[arg(long, default_value_t = 1)]
-    pub remine_every: usize,
+    pub memory_warmup: usize,
+    /// Never take a sample's R nearest other-label neighbours as graph-chosen negatives
+    /// (they are often duplicates or mislabels)
+    #[arg(long, default_value_t = 0)]
+    pub skip_nearest: usize,
     /// Triplets per step (global and triplets:FILE)
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -79,7 +108,8 @@ pub struct TrainArgs {
     /// Turn off random resized crop and horizontal flip
     #[arg(long)]
     pub no_augment: bool,
-    /// Global mining: hard | semihard | easy | all, or a mix such as semihard=0.7,hard=0.3
+    /// Global mining and memory negatives: hard | semihard | easy | all | any, or a mix such as
+    /// semihard=0.7,hard=0.3
     #[arg(long, default_value = "semihard=0.5,hard=0.5")]
     pub strategy: Strategy,
     #[arg(long, value_enum, default_value_t = PositiveRule::Random)]
@@ -89,7 +119,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
     pub knn: KnnChoice,
     /// Hold out this fraction of the classes for validation (unseen classes). Default: the
-    /// corpus's split column if it has one, else 0.25 of the classes
+    /// corpus's split column if it has one, else 0.1 of every class's samples
     #[arg(long, conflicts_with = "val_samples")]
     pub val_classes: Option<f64>,
     /// Hold out this fraction of every class's samples for validation instead
@@ -106,7 +136,6 @@ impl TrainArgs {
     /// The run's config, or (with --resume) the saved one and `true`.
     pub fn to_config(&self) -> Result<(TrainConfig, bool), anyhow::Error> {
         let usage = |m: String| -> anyhow::Error { UsageError(m).into() };
-        self.runtime.apply()?;
         if let Some(run) = &self.resume {
             let path = run.join(crate::train::CONFIG_JSON);
             let text = std::fs::read_to_string(&path)
@@ -114,15 +143,28 @@ impl TrainArgs {
             let mut cfg: TrainConfig = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{}: {e}", path.display())))?;
             cfg.out = run.clone();
+            let runtime = RuntimeArgs {
+                threads: self.runtime.threads.or(cfg.threads),
+                ..self.runtime.clone()
+            };
+            runtime.apply()?;
             return Ok((cfg, true));
         }
+        self.runtime.apply()?;
         let mining: Mining = self.mining.parse().map_err(usage)?;
-        if self.epochs == 0
+        if self.epochs == Some(0)
             || self.batch_size == 0
             || self.classes_per_batch < 2
             || self.samples_per_class < 2
         {
             return Err(usage("--epochs and --batch-size must be positive; P×K needs at least 2 classes × 2 samples".into()));
+        }
+        let every_ok = self.remine_every.is_finite() && self.remine_every >= 0.05;
+        let share_ok = (0.0..=1.0).contains(&self.random_classes);
+        if !(every_ok && share_ok) {
+            return Err(usage(
+                "--remine-every must be at least 0.05 epochs and --random-classes in [0, 1]".into(),
+            ));
         }
         let lr_ok = self.lr.is_finite() && self.lr > 0.0;
         let margin_ok = self.margin.is_finite() && self.margin >= 0.0;
@@ -148,7 +190,7 @@ impl TrainArgs {
                 network: self.network.fresh_spec(self.runtime.seed)?,
                 device: self.runtime.device.clone(),
                 seed: self.runtime.seed,
-                epochs: self.epochs,
+                epochs: self.epochs.unwrap_or(0),
                 batch_size: self.batch_size,
                 classes_per_batch: self.classes_per_batch,
                 samples_per_class: self.samples_per_class,
@@ -170,7 +212,13 @@ impl TrainArgs {
                     lr_gamma: self.lr_gamma,
                 },
                 mining,
-                remine_every: self.remine_every.max(1),
+                remine_every: self.remine_every,
+                batch_miner: self.batch_miner,
+                random_classes: self.random_classes,
+                memory_negatives: self.memory_negatives,
+                memory_warmup: self.memory_warmup,
+                skip_nearest: self.skip_nearest,
+                threads: self.runtime.threads,
                 strategy: self.strategy.clone(),
                 positives: self.positives,
                 negatives_per_anchor: self.negatives_per_anchor.max(1),

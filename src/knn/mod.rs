@@ -121,6 +121,19 @@ impl KnnChoice {
     }
 }
 
+/// The backend `choice` names for `points` (`auto` decides by their number), built.
+pub fn build<'a>(
+    points: Points<'a>,
+    choice: KnnChoice,
+    hnsw: HnswParams,
+    device: tch::Device,
+) -> Box<dyn NeighbourIndex + 'a> {
+    match choice.resolve(points.len()) {
+        KnnChoice::Hnsw => Box::new(HnswIndex::build(points, hnsw)),
+        _ => Box::new(ExactIndex::new(points, device)),
+    }
+}
+
 /// Unit-vector embeddings with their labels: what every backend indexes.
 #[derive(Debug, Clone, Copy)]
 pub struct Points<'a> {

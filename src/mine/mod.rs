@@ -225,28 +225,35 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
                 })?,
             }
         }
-        Some(path) => {
-            write_atomic(path, |w| triplets::write(w, rows)).map_err(|source| {
-                MineError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            let sidecar = path.with_extension("json");
-            write_json(&sidecar, &sidecar_json(cfg, &set, &summary)).map_err(|source| {
-                MineError::Write {
-                    path: sidecar,
-                    source,
-                }
-            })?;
-        }
+        Some(path) => write_triplet_set(path, rows, &sidecar_json(cfg, &set, &summary))?,
     }
     let _ = std::io::stdout().flush();
     Ok(summary)
 }
 
-fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_json::Value {
-    let r = &cfg.rules;
+/// Writes a triplet CSV and its sidecar (`<name>.json`): what `tripmine mine` and every
+/// global training round export.
+pub fn write_triplet_set(
+    path: &Path,
+    rows: impl Iterator<Item = TripletRow>,
+    sidecar: &serde_json::Value,
+) -> Result<(), MineError> {
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MineError::Write { path, source }
+    };
+    write_atomic(path, |w| triplets::write(w, rows)).map_err(failed(path))?;
+    let json = path.with_extension("json");
+    write_json(&json, sidecar).map_err(failed(&json))
+}
+
+/// The sidecar fields that describe how triplets were mined: rules, backend and counts.
+pub fn rules_sidecar(
+    r: &MiningRules,
+    backend: &serde_json::Value,
+    stats: &MineStats,
+) -> serde_json::Value {
+    let count = |kind| stats.per_kind.get(&kind).copied().unwrap_or(0);
     serde_json::json!({
         "tripmine_version": env!("CARGO_PKG_VERSION"),
         "margin": crate::definitions::json_f32(r.margin),
@@ -258,24 +265,29 @@ fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_
         "anchors_per_class": r.anchors_per_class,
         "search_depth": { "start": r.start_depth, "max": r.max_depth },
         "seed": r.seed,
-        "model": set.meta.model,
-        "embeddings": { "corpus": set.meta.corpus, "count": set.len(), "dim": set.dim, "sha256": set.meta.sha256 },
-        "backend": s.backend,
-        "excluded_samples": s.excluded,
+        "backend": backend,
         "counts": {
-            "triplets": s.stats.triplets,
-            "hard": s.stats.per_kind.get(&crate::definitions::TripletKind::Hard).copied().unwrap_or(0),
-            "semihard": s.stats.per_kind.get(&crate::definitions::TripletKind::Semihard).copied().unwrap_or(0),
-            "easy": s.stats.per_kind.get(&crate::definitions::TripletKind::Easy).copied().unwrap_or(0),
+            "triplets": stats.triplets,
+            "hard": count(crate::definitions::TripletKind::Hard),
+            "semihard": count(crate::definitions::TripletKind::Semihard),
+            "easy": count(crate::definitions::TripletKind::Easy),
         },
         "anchors": {
-            "considered": s.stats.anchors,
-            "with_triplets": s.stats.anchors_with_triplets,
-            "short_of_negatives": s.stats.anchors_short,
-            "skipped": s.stats.skipped,
+            "considered": stats.anchors,
+            "with_triplets": stats.anchors_with_triplets,
+            "short_of_negatives": stats.anchors_short,
+            "skipped": stats.skipped,
         },
-        "wall_seconds": s.seconds,
     })
+}
+
+fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_json::Value {
+    let mut json = rules_sidecar(&cfg.rules, &s.backend, &s.stats);
+    json["model"] = set.meta.model.clone();
+    json["embeddings"] = serde_json::json!({ "corpus": set.meta.corpus, "count": set.len(), "dim": set.dim, "sha256": set.meta.sha256 });
+    json["excluded_samples"] = s.excluded.into();
+    json["wall_seconds"] = s.seconds.into();
+    json
 }
 
 /// A saved HNSW index next to the embeddings (`DIR/hnsw/`), reused while the embeddings,

@@ -28,12 +28,14 @@ pub enum NegativeOrder {
     Random,
 }
 
-/// One negative kind of the strategy; `All` is every margin-violating negative (t ≤ m).
+/// One negative kind of the strategy; `All` is every margin-violating negative (t ≤ m), `Any`
+/// every negative whatever its kind (what a soft margin trains on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
     Kind(TripletKind),
     All,
+    Any,
 }
 
 impl Selection {
@@ -41,6 +43,7 @@ impl Selection {
         match self {
             Selection::Kind(k) => k == kind,
             Selection::All => kind != TripletKind::Easy,
+            Selection::Any => true,
         }
     }
 
@@ -51,6 +54,7 @@ impl Selection {
             Selection::Kind(TripletKind::Semihard) => (d_ap, d_ap + margin),
             Selection::Kind(TripletKind::Easy) => (d_ap + margin, f32::INFINITY),
             Selection::All => (0.0, d_ap + margin),
+            Selection::Any => (0.0, f32::INFINITY),
         }
     }
 }
@@ -60,6 +64,7 @@ impl fmt::Display for Selection {
         match self {
             Selection::Kind(k) => f.write_str(k.name()),
             Selection::All => f.write_str("all"),
+            Selection::Any => f.write_str("any"),
         }
     }
 }
@@ -90,9 +95,10 @@ impl FromStr for Strategy {
                 "semihard" | "semi-hard" => Selection::Kind(TripletKind::Semihard),
                 "easy" => Selection::Kind(TripletKind::Easy),
                 "all" => Selection::All,
+                "any" => Selection::Any,
                 other => {
                     return Err(format!(
-                        "unknown kind {other:?}; expected hard, semihard, easy or all"
+                        "unknown kind {other:?}; expected hard, semihard, easy, all or any"
                     ))
                 }
             };

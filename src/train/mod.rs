@@ -1,18 +1,22 @@
-//! The triplet-loss trainer: global re-mining over the training split (FaceNet-style offline
-//! mining, with the same miner as `tripmine mine`), in-batch miners over P×K batches as
-//! baselines, or a fixed triplet CSV; validation metrics every epoch; resumable run dirs.
+//! The triplet-loss trainer: an epoch loop over batches from a [`source::BatchSource`] (one per
+//! `--mining` regime: index-guided batches, in-batch miners over P×K batches, global
+//! re-mining, a fixed triplet CSV); validation metrics every epoch; resumable run dirs.
 
 mod augment;
 mod loss;
+mod neighbour_batches;
 mod optim;
 mod report;
 mod run_dir;
 mod sampler;
+mod source;
 
 pub use loss::LossConfig;
+pub use neighbour_batches::{BatchComposition, BATCHES_JSON};
 pub use optim::{OptimConfig, OptimizerKind, ScheduleKind};
 pub use report::{RoundRecord, REPORT_HTML};
 pub use run_dir::{MetricsRow, RunState, CONFIG_JSON, METRICS_CSV};
+pub use source::{InBatchMiner, Mining};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,69 +28,14 @@ use tch::{Device, Tensor};
 use crate::corpus::{self, CorpusError, Sample};
 use crate::embed::{decode_samples, embed_pixels, pixel_tensor};
 use crate::eval::{self, Metrics};
-use crate::knn::{ExactIndex, HnswIndex, HnswParams, KnnChoice, NeighbourIndex, Points};
-use crate::mine::{self, MiningRules, NegativeOrder, PositiveRule, Strategy, Triplet};
+use crate::knn::{HnswParams, KnnChoice, Points};
+use crate::mine::{self, PositiveRule, Strategy, Triplet};
 use crate::model::{parse_device, Embedder, ModelError, ModelSpec};
-use crate::output::{write_atomic, write_json};
+use crate::output::write_json;
 use crate::report::Tiles;
 use crate::rng::Rng;
-use crate::triplets::{self, TripletRow};
-use optim::{learning_rate, Optimizer};
-
-/// How each step's triplets are found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mining {
-    /// Re-embed the training split and mine it whole every `remine_every` epochs.
-    Global,
-    /// Per anchor in a P×K batch: hardest positive, hardest negative.
-    BatchHard,
-    /// Per positive pair in a P×K batch: the nearest semi-hard negative.
-    BatchSemihard,
-    /// Every margin-violating triplet of a P×K batch.
-    BatchAll,
-    /// A triplet CSV exported by `tripmine mine`.
-    Triplets(PathBuf),
-}
-
-impl Mining {
-    /// The `--mining` spelling: global, batch-hard, ..., triplets:FILE.
-    pub fn name(&self) -> String {
-        match self {
-            Mining::Global => "global".into(),
-            Mining::BatchHard => "batch-hard".into(),
-            Mining::BatchSemihard => "batch-semihard".into(),
-            Mining::BatchAll => "batch-all".into(),
-            Mining::Triplets(path) => format!("triplets:{}", path.display()),
-        }
-    }
-
-    /// Whether triplets are mined inside each P×K batch.
-    pub fn is_in_batch(&self) -> bool {
-        matches!(
-            self,
-            Mining::BatchHard | Mining::BatchSemihard | Mining::BatchAll
-        )
-    }
-}
-
-impl std::str::FromStr for Mining {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "global" => Ok(Mining::Global),
-            "batch-hard" => Ok(Mining::BatchHard),
-            "batch-semihard" => Ok(Mining::BatchSemihard),
-            "batch-all" => Ok(Mining::BatchAll),
-            _ => match s.strip_prefix("triplets:") {
-                Some(path) if !path.is_empty() => Ok(Mining::Triplets(PathBuf::from(path))),
-                _ => Err(format!(
-                    "unknown mining {s:?}; expected global, batch-hard, batch-semihard, batch-all or triplets:FILE.csv"
-                )),
-            },
-        }
-    }
-}
+use optim::{learning_rate, Optimizer, RunPosition};
+use source::{BatchTriplets, MemoryNegatives, StepBatch};
 
 /// Which samples validate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,9 +45,10 @@ pub enum Validation {
     Classes(f64),
     /// Hold out this fraction of every class's samples.
     Samples(f64),
-    /// The corpus's split column: `train` trains, `val`/`valid`/`validation`/`test` validate.
+    /// The corpus's split column: `train` trains; `val`/`valid`/`validation` validate, or
+    /// `test` when there is no validation split (case-insensitive).
     SplitColumn,
-    /// The split column when the corpus has one, otherwise a quarter of the classes.
+    /// The split column when the corpus has one, otherwise a tenth of every class's samples.
     Auto,
 }
 
@@ -119,7 +69,28 @@ pub struct TrainConfig {
     pub loss: LossConfig,
     pub optim: OptimConfig,
     pub mining: Mining,
-    pub remine_every: usize,
+    /// Epochs between refreshes of the neighbour graph or global re-mining (fractions allowed
+    /// for neighbour batches).
+    pub remine_every: f64,
+    /// The miner inside index-guided batches.
+    #[serde(default)]
+    pub batch_miner: InBatchMiner,
+    /// Share of an index-guided batch's groups drawn at random.
+    #[serde(default = "default_random_classes")]
+    pub random_classes: f64,
+    /// Extra negatives per anchor from the last refresh's stored embeddings (0: off).
+    #[serde(default)]
+    pub memory_negatives: usize,
+    /// Epochs before memory negatives start.
+    #[serde(default)]
+    pub memory_warmup: usize,
+    /// Other-label neighbours of a sample never used as its negatives by the graph-guided
+    /// parts (likely duplicates or mislabels).
+    #[serde(default)]
+    pub skip_nearest: usize,
+    /// libtorch and decoding threads of the run (recorded so that `--resume` uses the same).
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// Rules of global mining (margin and distance follow the loss).
     pub strategy: Strategy,
     pub positives: PositiveRule,
@@ -128,6 +99,14 @@ pub struct TrainConfig {
     pub hnsw: HnswParams,
     pub validation: Validation,
     pub exclude: Option<PathBuf>,
+}
+
+/// Half of a neighbour batch's groups come from the graph, half at random
+/// (`make bench-train`, README).
+pub const DEFAULT_RANDOM_CLASSES: f64 = 0.5;
+
+fn default_random_classes() -> f64 {
+    DEFAULT_RANDOM_CLASSES
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,11 +152,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 struct ImageSet {
     samples: Vec<Sample>,
     labels: Vec<u32>,
+    /// Label names by id (shared by both splits).
+    label_names: Vec<String>,
     pixels: Tensor,
 }
 
 impl ImageSet {
     fn new(samples: &[Sample], network: &ModelSpec, label_ids: &BTreeMap<String, u32>) -> Self {
+        let mut label_names = vec![String::new(); label_ids.len()];
+        for (name, &id) in label_ids {
+            label_names[id as usize] = name.clone();
+        }
         let (pixels, kept, problems) = decode_samples(samples, &network.preprocess);
         for p in &problems {
             eprintln!("warning: skipping {}: {}", p.path, p.reason);
@@ -187,6 +172,7 @@ impl ImageSet {
             pixels: pixel_tensor(&pixels, &network.preprocess),
             samples: kept,
             labels,
+            label_names,
         }
     }
 
@@ -199,32 +185,52 @@ impl ImageSet {
     }
 }
 
-/// Splits the corpus into training and validation samples.
+/// Splits the corpus into training and validation samples; warnings name what was ignored.
 fn split(
     samples: Vec<Sample>,
     validation: &Validation,
     seed: u64,
-) -> Result<(Vec<Sample>, Vec<Sample>), TrainError> {
+) -> (Vec<Sample>, Vec<Sample>, Vec<String>) {
     let mut by_class: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for s in samples {
         by_class.entry(s.label.clone()).or_default().push(s);
     }
     let mut train = Vec::new();
     let mut val = Vec::new();
+    let mut warnings = Vec::new();
     let has_splits = by_class.values().flatten().any(|s| !s.split.is_empty());
     let validation = match validation {
         Validation::Auto if has_splits => &Validation::SplitColumn,
-        Validation::Auto => &Validation::Classes(0.25),
+        Validation::Auto => &Validation::Samples(0.1),
         other => other,
     };
     match validation {
         Validation::SplitColumn => {
+            let role = |split: &str| match split.trim().to_ascii_lowercase().as_str() {
+                "train" => Some(SplitRole::Train),
+                "val" | "valid" | "validation" => Some(SplitRole::Validate),
+                "test" => Some(SplitRole::Test),
+                _ => None,
+            };
+            let all = by_class.values().flatten();
+            let has_val = all
+                .clone()
+                .any(|s| role(&s.split) == Some(SplitRole::Validate));
+            let mut unknown: BTreeMap<String, usize> = BTreeMap::new();
             for s in by_class.into_values().flatten() {
-                match s.split.as_str() {
-                    "train" => train.push(s),
-                    "val" | "valid" | "validation" | "test" => val.push(s),
-                    _ => {}
+                match role(&s.split) {
+                    Some(SplitRole::Train) => train.push(s),
+                    Some(SplitRole::Validate) => val.push(s),
+                    // Test samples validate only when no validation split exists.
+                    Some(SplitRole::Test) if !has_val => val.push(s),
+                    Some(SplitRole::Test) => {}
+                    None => *unknown.entry(s.split.clone()).or_default() += 1,
                 }
+            }
+            for (name, count) in unknown {
+                warnings.push(format!(
+                    "{count} sample(s) have split {name:?}, which is neither train, val(idation) nor test: they are not used"
+                ));
             }
         }
         Validation::Classes(fraction) => {
@@ -254,7 +260,14 @@ fn split(
     }
     train.sort_by(|a, b| a.path.cmp(&b.path));
     val.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((train, val))
+    (train, val, warnings)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SplitRole {
+    Train,
+    Validate,
+    Test,
 }
 
 /// What a finished (or resumed and finished) run reports.
@@ -264,7 +277,21 @@ pub struct TrainSummary {
     pub warnings: Vec<String>,
 }
 
-/// Trains from scratch (`resume = false`) or continues the run in `cfg.out`.
+/// Steps the default epoch count aims for, and its bounds.
+const DEFAULT_STEPS: usize = 3000;
+const DEFAULT_EPOCHS: (usize, usize) = (10, 60);
+
+/// `--epochs` when not given (0): enough epochs for about [`DEFAULT_STEPS`] P×K batches, so a
+/// small corpus trains long enough to learn and a large one stops at the lower bound.
+pub fn default_epochs(train_images: usize, batch_images: usize) -> usize {
+    let steps = train_images.div_ceil(batch_images.max(1)).max(1);
+    DEFAULT_STEPS
+        .div_ceil(steps)
+        .clamp(DEFAULT_EPOCHS.0, DEFAULT_EPOCHS.1)
+}
+
+/// Trains from scratch (`resume = false`) or continues the run in `cfg.out`; an epoch count
+/// of 0 is replaced by [`default_epochs`] (and recorded so).
 pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> {
     let device = parse_device(&cfg.device).map_err(TrainError::Input)?;
     let run = &cfg.out;
@@ -289,10 +316,26 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .enumerate()
         .map(|(i, l)| (l.clone(), i as u32))
         .collect();
-    let (train_samples, val_samples) = split(samples, &cfg.validation, cfg.seed)?;
+    let (train_samples, val_samples, mut notices) = split(samples, &cfg.validation, cfg.seed);
     let train = ImageSet::new(&train_samples, &cfg.network, &label_ids);
     let val = ImageSet::new(&val_samples, &cfg.network, &label_ids);
     check_trainable(&train.labels)?;
+    let mut cfg = cfg.clone();
+    if cfg.epochs == 0 {
+        cfg.epochs = default_epochs(train.len(), cfg.classes_per_batch * cfg.samples_per_class);
+    }
+    let cfg = &cfg;
+    if val.len() < 2 {
+        notices.push(format!(
+            "the validation split has {} sample(s): no validation metrics, and best/ is simply the last epoch. Give the corpus a `val` split, or use --val-samples 0.1 or --val-classes 0.25",
+            val.len()
+        ));
+    }
+    // Said before training starts, where they can still save a wasted run.
+    for w in &notices {
+        eprintln!("warning: {w}");
+    }
+    let mut warnings = Vec::new();
 
     let (mut model, mut optimizer, mut state, mut rows) = if resume {
         let dir = run_dir::resumable(run).ok_or_else(|| {
@@ -344,58 +387,28 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         (model, optimizer, state, vec![row])
     };
 
-    let fixed = match &cfg.mining {
-        Mining::Triplets(path) => Some(read_fixed_triplets(path, &train)?),
-        _ => None,
-    };
-    if let Some(triplets) = &fixed {
-        if !report::has_record(run, 0) {
-            let mut recorder = report::RoundRecorder::new(0, 1, "triplets", cfg.loss.distance);
-            recorder.add(triplets, &train.samples);
-            recorder.save(run).map_err(io_err(run))?;
-        }
-    }
+    let mut source = source::for_config(cfg, &train, device)?;
     let tiles = Tiles::new(&train.samples, report::THUMB);
-    let steps_per_epoch = estimate_steps_per_epoch(cfg, &train, fixed.as_ref());
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let mut warnings = Vec::new();
-    let mut round_triplets: Option<Vec<Triplet>> = None;
     let bar = crate::progress::bar(
         (cfg.epochs - state.epoch.min(cfg.epochs)) as u64,
         "training",
     );
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
-        let batches: Vec<StepBatch> = match (&cfg.mining, &fixed) {
-            (_, Some(triplets)) => triplet_batches(triplets, cfg, epoch),
-            (Mining::Global, _) => {
-                let round = epoch / cfg.remine_every.max(1);
-                if epoch % cfg.remine_every.max(1) == 0 || round_triplets.is_none() {
-                    round_triplets =
-                        Some(global_round(cfg, &model, &train, round, epoch + 1, device)?);
-                }
-                triplet_batches(round_triplets.as_ref().expect("mined above"), cfg, epoch)
-            }
-            _ => sampler::pk_batches(
-                &train.labels,
-                cfg.classes_per_batch,
-                cfg.samples_per_class,
-                cfg.seed,
-                epoch,
-            )
-            .into_iter()
-            .map(StepBatch::Images)
-            .collect(),
-        };
+        let steps_in_epoch = source.begin_epoch(epoch, &model)?;
         let (mut loss_sum, mut active, mut total, mut lr) = (0.0, 0usize, 0usize, 0.0);
-        // Each epoch of an in-batch miner is a mining round of its own.
-        let mut in_batch = cfg.mining.is_in_batch().then(|| {
-            report::RoundRecorder::new(epoch, epoch + 1, &cfg.mining.name(), cfg.loss.distance)
-        });
-        for (i, batch) in batches.iter().enumerate() {
-            lr = learning_rate(&cfg.optim, state.step, total_steps, steps_per_epoch);
-            let mut rng = Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), i as u64);
-            let Some(step) = train_step(cfg, &model, &train, batch, &mut rng)? else {
+        let mut step_in_epoch = 0;
+        while let Some(batch) = source.next_batch(&model)? {
+            let at = RunPosition {
+                epoch,
+                step: step_in_epoch,
+                steps_in_epoch,
+                epochs: cfg.epochs,
+            };
+            step_in_epoch += 1;
+            lr = learning_rate(&cfg.optim, at);
+            let mut rng = Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), at.step as u64);
+            let Some(step) = train_step(cfg, &model, &train, &batch, &mut rng)? else {
                 continue;
             };
             let value = f64::try_from(&step.loss).unwrap_or(f64::NAN);
@@ -411,16 +424,12 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             step.loss.backward();
             optimizer.step(lr);
             state.step += 1;
-            if let Some(recorder) = in_batch.as_mut() {
-                recorder.add(&step.mined, &train.samples);
-            }
+            source.trained(&step.mined);
             loss_sum += value * step.active as f64;
             active += step.active;
             total += step.total;
         }
-        if let Some(recorder) = in_batch {
-            recorder.save(run).map_err(io_err(run))?;
-        }
+        source.end_epoch()?;
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {
@@ -458,7 +467,8 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             }
         }
         rows.push(row);
-        let improved = metrics.map_at_r > state.best_map_at_r;
+        // Without validation metrics the latest epoch is the best one known.
+        let improved = metrics.map_at_r > state.best_map_at_r || val.len() < 2;
         if improved {
             state.best_map_at_r = metrics.map_at_r;
             state.best_epoch = epoch + 1;
@@ -511,14 +521,20 @@ fn check_trainable(labels: &[u32]) -> Result<(), TrainError> {
 }
 
 /// Validation metrics and the mean pairwise distance (the collapse check), from one
-/// embedding pass over the validation split; both are absent below two samples.
+/// embedding pass over the validation split; both are absent below two samples (metrics NaN).
 fn validate(
     model: &Embedder,
     val: &ImageSet,
     device: Device,
 ) -> Result<(Metrics, Option<f64>), ModelError> {
     if val.len() < 2 {
-        return Ok((eval::from_neighbours(&val.labels, &[], &[]), None));
+        let none = Metrics {
+            p_at_1: f64::NAN,
+            r_precision: f64::NAN,
+            map_at_r: f64::NAN,
+            ..eval::from_neighbours(&val.labels, &[], &[])
+        };
+        return Ok((none, None));
     }
     let data = val.embed(model)?;
     let dim = model.spec.dim as usize;
@@ -548,45 +564,15 @@ fn mean_pairwise_distance(data: &[f32], dim: usize) -> f64 {
     sum / pairs as f64
 }
 
-/// One optimisation step's input.
-enum StepBatch {
-    /// Triplets given in advance (global round or a CSV), as training-set indices.
-    Triplets(Vec<Triplet>),
-    /// A P×K batch to mine inside.
-    Images(Vec<usize>),
-}
-
-fn triplet_batches(triplets: &[Triplet], cfg: &TrainConfig, epoch: usize) -> Vec<StepBatch> {
-    let mut order: Vec<usize> = (0..triplets.len()).collect();
-    Rng::for_item(cfg.seed ^ 0x7121, epoch as u64).shuffle(&mut order);
-    order
-        .chunks(cfg.batch_size.max(1))
-        .map(|c| StepBatch::Triplets(c.iter().map(|&i| triplets[i]).collect()))
-        .collect()
-}
-
-fn estimate_steps_per_epoch(
-    cfg: &TrainConfig,
-    train: &ImageSet,
-    fixed: Option<&Vec<Triplet>>,
-) -> usize {
-    let per = |n: usize, b: usize| n.div_ceil(b.max(1)).max(1);
-    match (&cfg.mining, fixed) {
-        (_, Some(t)) => per(t.len(), cfg.batch_size),
-        (Mining::Global, _) => per(train.len() * cfg.negatives_per_anchor, cfg.batch_size),
-        _ => per(train.len(), cfg.classes_per_batch * cfg.samples_per_class),
-    }
-}
-
 struct StepOutcome {
     loss: Tensor,
     active: usize,
     total: usize,
-    /// What an in-batch miner chose, as training-set indices (empty for given triplets).
+    /// The batch's in-batch triplets as training-set indices (empty for given triplets).
     mined: Vec<Triplet>,
 }
 
-/// Forward pass, mining (for in-batch miners) and the reduced loss of one batch.
+/// Forward pass, mining (for in-batch miners), memory negatives and the reduced loss.
 fn train_step(
     cfg: &TrainConfig,
     model: &Embedder,
@@ -594,18 +580,7 @@ fn train_step(
     batch: &StepBatch,
     rng: &mut Rng,
 ) -> Result<Option<StepOutcome>, ModelError> {
-    let images: Vec<usize> = match batch {
-        StepBatch::Images(ids) => ids.clone(),
-        StepBatch::Triplets(ts) => {
-            let mut ids: Vec<usize> = ts
-                .iter()
-                .flat_map(|t| [t.anchor, t.positive, t.negative])
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        }
-    };
+    let images = &batch.images;
     if images.len() < 3 {
         return Ok(None);
     }
@@ -620,8 +595,8 @@ fn train_step(
         x = augment::augment(&x, rng);
     }
     let emb = model.forward(&x, true)?;
-    let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match batch {
-        StepBatch::Triplets(ts) => (
+    let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match &batch.triplets {
+        BatchTriplets::Given(ts) => (
             ts.iter()
                 .map(|t| {
                     (
@@ -633,9 +608,11 @@ fn train_step(
                 .collect(),
             Vec::new(),
         ),
-        StepBatch::Images(_) => {
+        BatchTriplets::Mine(miner) => {
             let labels: Vec<u32> = images.iter().map(|&i| train.labels[i]).collect();
-            let in_batch = mine_in_batch(cfg, &emb, &labels)?;
+            let data =
+                Vec::<f32>::try_from(emb.detach().to_device(Device::Cpu).contiguous().view([-1]))?;
+            let in_batch = miner.mine(&data, cfg.network.dim as usize, &labels, cfg);
             let positions = in_batch
                 .iter()
                 .map(|t| (t.anchor as i64, t.positive as i64, t.negative as i64))
@@ -655,16 +632,19 @@ fn train_step(
     if triplets.is_empty() {
         return Ok(None);
     }
-    let column = |f: fn(&(i64, i64, i64)) -> i64| {
-        Tensor::from_slice(&triplets.iter().map(f).collect::<Vec<_>>()).to_device(emb.device())
-    };
-    let losses = loss::per_triplet(
+    let column = |values: Vec<i64>| Tensor::from_slice(&values).to_device(emb.device());
+    let mut losses = loss::per_triplet(
         &emb,
-        &column(|t| t.0),
-        &column(|t| t.1),
-        &column(|t| t.2),
+        &column(triplets.iter().map(|t| t.0).collect()),
+        &column(triplets.iter().map(|t| t.1).collect()),
+        &column(triplets.iter().map(|t| t.2).collect()),
         &cfg.loss,
     );
+    if let Some(memory) = &batch.memory {
+        if let Some(extra) = memory_losses(cfg, &emb, &triplets, &position, memory) {
+            losses = Tensor::cat(&[losses, extra], 0);
+        }
+    }
     let r = loss::reduce(&losses);
     Ok(Some(StepOutcome {
         loss: r.loss,
@@ -674,157 +654,86 @@ fn train_step(
     }))
 }
 
-/// The in-batch miners are the corpus miner run on the batch: same definitions, same code.
-/// Indices are positions in the batch.
-fn mine_in_batch(
+/// Losses of the memory negatives: each anchor's in-batch positive (from its first mined
+/// triplet) against its stored negatives. Anchors without an in-batch triplet are left out.
+fn memory_losses(
     cfg: &TrainConfig,
     emb: &Tensor,
-    labels: &[u32],
-) -> Result<Vec<Triplet>, ModelError> {
-    let data = Vec::<f32>::try_from(emb.detach().to_device(Device::Cpu).contiguous().view([-1]))?;
-    let points = Points {
-        data: &data,
-        dim: cfg.network.dim as usize,
-        labels,
-    };
-    let batch = labels.len();
-    let (positives, strategy, k) = match cfg.mining {
-        Mining::BatchHard => (PositiveRule::Hardest, "all", 1),
-        Mining::BatchSemihard => (PositiveRule::All, "semihard", 1),
-        _ => (PositiveRule::All, "all", batch),
-    };
-    let rules = MiningRules {
-        margin: cfg.loss.margin,
-        distance: cfg.loss.distance,
-        strategy: strategy.parse().expect("valid strategy"),
-        positives,
-        negatives_per_anchor: k,
-        negative_order: NegativeOrder::Nearest,
-        anchors_per_class: None,
-        seed: cfg.seed,
-        start_depth: batch,
-        max_depth: batch,
-    };
-    let index = ExactIndex::new(points, Device::Cpu);
-    Ok(mine::mine(points, &index, &rules).0)
-}
-
-/// Embeds the training split, mines it whole and saves the round's triplets.
-fn global_round(
-    cfg: &TrainConfig,
-    model: &Embedder,
-    train: &ImageSet,
-    round: usize,
-    first_epoch: usize,
-    device: Device,
-) -> Result<Vec<Triplet>, TrainError> {
-    let dir = run_dir::round_dir(&cfg.out, round);
-    let csv = dir.join("triplets.csv");
-    let record = |triplets: &[Triplet]| {
-        let mut recorder =
-            report::RoundRecorder::new(round, first_epoch, "global", cfg.loss.distance);
-        recorder.add(triplets, &train.samples);
-        recorder.save(&cfg.out).map_err(io_err(&dir))
-    };
-    if csv.is_file() {
-        // Resuming inside a round: the triplets it trained on are the ones saved then.
-        let triplets = read_fixed_triplets(&csv, train)?;
-        if !report::has_record(&cfg.out, round) {
-            record(&triplets)?;
-        }
-        return Ok(triplets);
+    triplets: &[(i64, i64, i64)],
+    position: &HashMap<usize, i64>,
+    memory: &MemoryNegatives,
+) -> Option<Tensor> {
+    let mut positive_of: HashMap<i64, i64> = HashMap::new();
+    for &(a, p, _) in triplets {
+        positive_of.entry(a).or_insert(p);
     }
-    let data = train.embed(model)?;
-    let points = Points {
-        data: &data,
-        dim: cfg.network.dim as usize,
-        labels: &train.labels,
-    };
-    let rules = MiningRules {
-        margin: cfg.loss.margin,
-        distance: cfg.loss.distance,
-        strategy: cfg.strategy.clone(),
-        positives: cfg.positives,
-        negatives_per_anchor: cfg.negatives_per_anchor,
-        seed: cfg.seed ^ round as u64,
-        ..MiningRules::default()
-    };
-    let started = Instant::now();
-    let (triplets, stats, backend) = match cfg.knn.resolve(points.len()) {
-        KnnChoice::Hnsw => {
-            let index = HnswIndex::build(points, cfg.hnsw);
-            let (t, s) = mine::mine(points, &index, &rules);
-            (t, s, index.describe())
+    let dim = cfg.network.dim as usize;
+    let (mut a, mut p, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, &(anchor, _)) in memory.pairs.iter().enumerate() {
+        let at = position[&anchor];
+        if let Some(&pos) = positive_of.get(&at) {
+            a.push(at);
+            p.push(pos);
+            rows.push(row as i64);
         }
-        _ => {
-            let index = ExactIndex::new(points, device);
-            let (t, s) = mine::mine(points, &index, &rules);
-            (t, s, index.describe())
-        }
-    };
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let rows = triplets
-        .iter()
-        .map(|t| TripletRow::new(t, |i| (&train.samples[i].path, &train.samples[i].label)));
-    write_atomic(&csv, |w| triplets::write(w, rows)).map_err(io_err(&csv))?;
-    let sidecar = serde_json::json!({
-        "round": round,
-        "margin": crate::definitions::json_f32(rules.margin),
-        "distance": rules.distance,
-        "strategy": rules.strategy.to_string(),
-        "positives": rules.positives,
-        "negatives_per_anchor": rules.negatives_per_anchor,
-        "seed": rules.seed,
-        "backend": backend,
-        "counts": stats.per_kind,
-        "anchors": { "considered": stats.anchors, "with_triplets": stats.anchors_with_triplets, "skipped": stats.skipped },
-        "wall_seconds": started.elapsed().as_secs_f64(),
-    });
-    write_json(&dir.join("triplets.json"), &sidecar).map_err(io_err(&dir))?;
-    record(&triplets)?;
-    Ok(triplets)
+    }
+    if a.is_empty() {
+        return None;
+    }
+    let vectors = Tensor::from_slice(&memory.vectors)
+        .view([-1, dim as i64])
+        .index_select(0, &Tensor::from_slice(&rows))
+        .to_device(emb.device());
+    let column = |values: &[i64]| Tensor::from_slice(values).to_device(emb.device());
+    Some(loss::per_triplet_to(
+        emb,
+        &column(&a),
+        &column(&p),
+        &vectors,
+        &cfg.loss,
+    ))
 }
 
-/// Triplets of a CSV as training-set indices; unknown paths are an error naming a few.
-fn read_fixed_triplets(path: &Path, train: &ImageSet) -> Result<Vec<Triplet>, TrainError> {
-    let rows = triplets::read(path).map_err(TrainError::Input)?;
-    let index: HashMap<&str, usize> = train
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.path.as_str(), i))
-        .collect();
-    let mut unknown: Vec<&str> = Vec::new();
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let ids: Vec<Option<usize>> = [&r.anchor, &r.positive, &r.negative]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus(splits: &[&str]) -> Vec<Sample> {
+        splits
             .iter()
-            .map(|p| index.get(p.as_str()).copied())
-            .collect();
-        for (p, id) in [&r.anchor, &r.positive, &r.negative].iter().zip(&ids) {
-            if id.is_none() && !unknown.contains(&p.as_str()) {
-                unknown.push(p);
-            }
-        }
-        if let [Some(a), Some(p), Some(n)] = ids[..] {
-            out.push(Triplet {
-                anchor: a,
-                positive: p,
-                negative: n,
-                d_ap: r.d_ap,
-                d_an: r.d_an,
-                kind: r.kind,
-            });
-        }
+            .enumerate()
+            .map(|(i, split)| Sample {
+                path: format!("c{}/{i}.png", i % 2),
+                file: PathBuf::from(format!("{i}.png")),
+                label: format!("c{}", i % 2),
+                split: split.to_string(),
+            })
+            .collect()
     }
-    if !unknown.is_empty() {
-        let first: Vec<&str> = unknown.iter().take(5).copied().collect();
-        return Err(TrainError::Input(format!(
-            "{}: {} path(s) are not in the training split of the corpus, e.g. {}",
-            path.display(),
-            unknown.len(),
-            first.join(", ")
-        )));
+
+    #[test]
+    fn split_column_is_case_insensitive_prefers_val_over_test_and_names_unknown_values() {
+        let samples = corpus(&["Train", "TRAIN", "Val", "test", "holdout", "train "]);
+        let (train, val, warnings) = split(samples, &Validation::SplitColumn, 0);
+        assert_eq!(train.len(), 3);
+        assert_eq!(
+            val.len(),
+            1,
+            "test samples stay out when a val split exists"
+        );
+        assert_eq!(val[0].split, "Val");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("\"holdout\""), "{warnings:?}");
+
+        let (_, val, warnings) = split(corpus(&["train", "train", "Test"]), &Validation::Auto, 0);
+        assert_eq!(val.len(), 1, "test validates when there is no val split");
+        assert!(warnings.is_empty());
     }
-    Ok(out)
+
+    #[test]
+    fn default_epochs_aim_at_a_step_budget_within_bounds() {
+        assert_eq!(default_epochs(200, 32), DEFAULT_EPOCHS.1);
+        assert_eq!(default_epochs(1_000_000, 32), DEFAULT_EPOCHS.0);
+        assert_eq!(default_epochs(12_800, 64), DEFAULT_STEPS.div_ceil(200));
+    }
 }

@@ -41,26 +41,46 @@ pub struct OptimConfig {
     pub lr_gamma: f64,
 }
 
-/// The learning rate at `step` of `total` (steps_per_epoch converts epochs to steps): a linear
-/// warm-up, then the schedule. A plain function of the step, so resuming needs only the step.
-pub fn learning_rate(cfg: &OptimConfig, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
-    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    if step < warmup {
-        return cfg.lr * (step + 1) as f64 / warmup as f64;
+/// Where a step falls in the run: `epoch` (0-based) and the step's place in that epoch's true
+/// number of steps. Every batch source yields its epochs' real step counts, so the schedule
+/// reaches its end at the last step that actually runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunPosition {
+    pub epoch: usize,
+    /// 0-based step within the epoch.
+    pub step: usize,
+    pub steps_in_epoch: usize,
+    pub epochs: usize,
+}
+
+impl RunPosition {
+    /// Epochs completed once this step has run: in (0, epochs].
+    fn epochs_done(&self) -> f64 {
+        let within = (self.step + 1) as f64 / self.steps_in_epoch.max(self.step + 1) as f64;
+        self.epoch as f64 + within
+    }
+}
+
+/// The learning rate of one step: a linear warm-up over `warmup_epochs`, then the schedule. A
+/// plain function of the position, so resuming needs nothing else; the cosine reaches 0 at the
+/// last step of the last epoch.
+pub fn learning_rate(cfg: &OptimConfig, at: RunPosition) -> f64 {
+    let done = at.epochs_done();
+    if done < cfg.warmup_epochs {
+        return cfg.lr * done / cfg.warmup_epochs;
     }
     match cfg.schedule {
         ScheduleKind::Constant => cfg.lr,
         ScheduleKind::Cosine => {
-            let span = total.saturating_sub(warmup).max(1) as f64;
-            let progress = (step - warmup) as f64 / span;
-            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+            let span = (at.epochs as f64 - cfg.warmup_epochs).max(f64::EPSILON);
+            let progress = ((done - cfg.warmup_epochs) / span).clamp(0.0, 1.0);
+            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * progress).cos())
         }
         ScheduleKind::Step => {
-            let epoch = step / steps_per_epoch.max(1);
             cfg.lr
                 * cfg
                     .lr_gamma
-                    .powi((epoch / cfg.lr_step_epochs.max(1)) as i32)
+                    .powi((at.epoch / cfg.lr_step_epochs.max(1)) as i32)
         }
     }
 }
@@ -201,16 +221,42 @@ mod tests {
         }
     }
 
+    fn at(epoch: usize, step: usize, steps_in_epoch: usize) -> RunPosition {
+        RunPosition {
+            epoch,
+            step,
+            steps_in_epoch,
+            epochs: 10,
+        }
+    }
+
     #[test]
     fn warmup_then_schedule() {
         let c = cfg(ScheduleKind::Cosine);
-        assert_eq!(learning_rate(&c, 0, 100, 10), 0.1);
-        assert_eq!(learning_rate(&c, 9, 100, 10), 1.0);
-        assert!((learning_rate(&c, 10, 100, 10) - 1.0).abs() < 1e-12);
-        assert!(learning_rate(&c, 99, 100, 10) < 0.01);
+        assert_eq!(learning_rate(&c, at(0, 0, 10)), 0.1);
+        assert_eq!(learning_rate(&c, at(0, 9, 10)), 1.0);
+        assert!(learning_rate(&c, at(5, 0, 10)) < 1.0);
         let s = cfg(ScheduleKind::Step);
-        assert_eq!(learning_rate(&s, 15, 100, 10), 1.0);
-        assert!((learning_rate(&s, 25, 100, 10) - 0.1).abs() < 1e-12);
+        assert_eq!(learning_rate(&s, at(1, 5, 10)), 1.0);
+        assert!((learning_rate(&s, at(2, 5, 10)) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cosine_reaches_its_floor_at_the_last_real_step_whatever_the_epoch_lengths() {
+        let c = cfg(ScheduleKind::Cosine);
+        // Epochs of unequal length, as a global round with skipped anchors gives.
+        for steps in [3usize, 17, 250] {
+            assert!(learning_rate(&c, at(9, steps - 1, steps)).abs() < 1e-12);
+            assert!(learning_rate(&c, at(9, steps - 2, steps.max(2))) > 0.0);
+        }
+        let mut last = f64::INFINITY;
+        for epoch in 1..10 {
+            for step in 0..7 {
+                let lr = learning_rate(&c, at(epoch, step, 7));
+                assert!(lr <= last, "the cosine never rises after the warm-up");
+                last = lr;
+            }
+        }
     }
 
     #[test]

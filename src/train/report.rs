@@ -12,7 +12,7 @@ use plotters::style::{RGBColor, BLUE, GREEN, RED};
 use serde::{Deserialize, Serialize};
 
 use super::run_dir::{self, MetricsRow};
-use super::TrainConfig;
+use super::{BatchComposition, TrainConfig, BATCHES_JSON};
 use crate::corpus::Sample;
 use crate::definitions::{Distance, TripletKind};
 use crate::mine::Triplet;
@@ -26,6 +26,7 @@ pub const DISTANCES_JSON: &str = "distances.json";
 pub const THUMB: u32 = 80;
 const HARDEST: usize = 8;
 const BINS: usize = 40;
+const COMPOSITION_ROWS: usize = 10;
 
 /// What one mining round produced, in summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +227,31 @@ pub fn write(
     )
 }
 
+/// Which classes met in the round's batches, when its regime composes batches from the graph.
+fn composition_section(run: &Path, round: usize) -> String {
+    let path = run_dir::round_dir(run, round).join(BATCHES_JSON);
+    let Some(c) = fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<BatchComposition>(&text).ok())
+    else {
+        return String::new();
+    };
+    let rows: Vec<Vec<String>> = c
+        .pairs
+        .iter()
+        .take(COMPOSITION_ROWS)
+        .map(|(a, b, n)| vec![a.clone(), b.clone(), n.to_string()])
+        .collect();
+    format!(
+        "<p>{} batches composed at {} level from {} refresh(es) of the neighbour graph; {:.0}% of the class pairs that met are graph neighbours. The pairs that met most:</p>\n{}",
+        c.batches,
+        html::escape(&c.level),
+        c.refreshes,
+        100.0 * c.neighbour_pair_share,
+        html::table(&["class", "class", "batches together"], &rows)
+    )
+}
+
 fn page(
     run: &Path,
     cfg: &TrainConfig,
@@ -306,6 +332,7 @@ fn page(
             r.round,
             r.round
         );
+        body += &composition_section(run, r.round);
     }
     html::page(&format!("Training run {}", run.display()), "", &body)
 }

@@ -1,0 +1,751 @@
+//! Index-guided batches (`--mining neighbour-batches`): the whole-corpus neighbour graph
+//! decides which samples meet in a P×K batch, and an in-batch miner mines inside it (HTL,
+//! Doppelganger mining, BatchSampler). Optionally, stored embeddings of the last refresh serve
+//! as extra negatives (XBM, ANCE).
+//!
+//! Every `remine_every` epochs (fractions allowed) the training split is embedded and the
+//! neighbour layer gives each sample its nearest other-label samples. With many classes a
+//! batch is a seed class, the classes whose samples are most often its samples' neighbours,
+//! and a share of random classes; with few classes (fewer than 4·P) a batch is built at image
+//! level: seed images, their other-label neighbours from a rank window that skips the nearest
+//! few, each with same-label samples near it. Every sample is still trained once per epoch.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::Serialize;
+use tch::Device;
+
+use super::source::{BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch};
+use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
+use crate::knn::{self, Points, Restriction};
+use crate::mine::{self, MiningRules, PositiveRule, Triplet};
+use crate::model::Embedder;
+use crate::output::write_json;
+use crate::rng::Rng;
+
+/// Other-label neighbours kept per sample: enough for the rank window and class affinities.
+const GRAPH_DEPTH: usize = 16;
+/// Below this many classes per batch slot (classes < 4·P), batches are composed per image.
+const IMAGE_LEVEL_BELOW: usize = 4;
+/// Class pairs listed in a round's `batches.json`.
+const PAIRS_RECORDED: usize = 50;
+
+/// The neighbour graph of one refresh, as training-set indices.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    /// Per sample, its nearest other-label samples, nearest first.
+    pub other: Vec<Vec<usize>>,
+    /// Per sample, its nearest same-label samples (image-level composition only).
+    pub same: Vec<Vec<usize>>,
+    /// Per class, the other classes by how many graph edges reach them, most first.
+    pub class_neighbours: Vec<Vec<u32>>,
+}
+
+/// How a batch is put together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Composition {
+    /// P: groups per batch (a class's chunk, or an image with same-label samples near it).
+    pub groups: usize,
+    /// K: samples per group.
+    pub group_size: usize,
+    /// Share of a batch's groups drawn at random rather than from the graph.
+    pub random_share: f64,
+    /// Other-label neighbours of a seed image passed over (likely duplicates or mislabels).
+    pub skip_nearest: usize,
+}
+
+impl Composition {
+    pub fn image_level(&self, classes: usize) -> bool {
+        classes < IMAGE_LEVEL_BELOW * self.groups
+    }
+
+    /// Groups per batch chosen from the seed's neighbours (the seed's own group aside).
+    fn neighbour_groups(&self) -> usize {
+        let guided = (self.groups as f64 * (1.0 - self.random_share)).round() as usize;
+        guided.saturating_sub(1).min(self.groups.saturating_sub(1))
+    }
+}
+
+/// Class affinities from the graph's edges: per class, the classes its samples' neighbours
+/// belong to, most frequent first (ties by class id, so the order is deterministic).
+pub fn class_neighbours(labels: &[u32], other: &[Vec<usize>], classes: usize) -> Vec<Vec<u32>> {
+    let mut counts: Vec<HashMap<u32, usize>> = vec![HashMap::new(); classes];
+    for (i, list) in other.iter().enumerate() {
+        for &j in list {
+            if labels[j] != labels[i] {
+                *counts[labels[i] as usize].entry(labels[j]).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .map(|c| {
+            let mut ranked: Vec<(u32, usize)> = c.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            ranked.into_iter().map(|(c, _)| c).collect()
+        })
+        .collect()
+}
+
+/// Batches covering every sample of `available` exactly once. `labels` is indexed by sample.
+pub fn compose(
+    labels: &[u32],
+    available: &[usize],
+    graph: &Graph,
+    how: &Composition,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+    let present = {
+        let mut seen = vec![false; classes];
+        available
+            .iter()
+            .for_each(|&i| seen[labels[i] as usize] = true);
+        seen.iter().filter(|&&s| s).count()
+    };
+    if how.image_level(present) {
+        compose_images(labels, available, graph, how, rng)
+    } else {
+        compose_classes(labels, available, graph, how, rng)
+    }
+}
+
+/// Class level: chunks of K samples per class; a batch is a seed chunk, chunks of the seed
+/// class's graph neighbours, and random chunks.
+fn compose_classes(
+    labels: &[u32],
+    available: &[usize],
+    graph: &Graph,
+    how: &Composition,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let mut by_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &i in available {
+        by_class.entry(labels[i]).or_default().push(i);
+    }
+    let mut chunks: HashMap<u32, VecDeque<Vec<usize>>> = HashMap::new();
+    let mut tickets: Vec<u32> = Vec::new();
+    for (label, mut members) in by_class {
+        rng.shuffle(&mut members);
+        let mut parts: Vec<Vec<usize>> = members
+            .chunks(how.group_size.max(2))
+            .map(<[usize]>::to_vec)
+            .collect();
+        // A lone leftover joins the previous chunk so that it has a positive.
+        if parts.len() > 1 && parts.last().is_some_and(|c| c.len() == 1) {
+            let last = parts.pop().expect("checked");
+            parts.last_mut().expect("checked").extend(last);
+        }
+        tickets.extend(std::iter::repeat_n(label, parts.len()));
+        chunks.insert(label, parts.into());
+    }
+    let mut seeds = tickets.clone();
+    rng.shuffle(&mut seeds);
+    let mut fill = tickets;
+    rng.shuffle(&mut fill);
+    let mut fill_from = 0;
+    let near = how.neighbour_groups();
+    let mut batches = Vec::new();
+    for seed in seeds {
+        if chunks[&seed].is_empty() {
+            continue;
+        }
+        let mut chosen = vec![seed];
+        let neighbours = graph
+            .class_neighbours
+            .get(seed as usize)
+            .map_or(&[][..], Vec::as_slice);
+        for &c in neighbours {
+            if chosen.len() > near {
+                break;
+            }
+            if chunks.get(&c).is_some_and(|q| !q.is_empty()) && !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        let mut j = fill_from;
+        while chosen.len() < how.groups && j < fill.len() {
+            let c = fill[j];
+            if chunks[&c].is_empty() {
+                if j == fill_from {
+                    fill_from += 1;
+                }
+            } else if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+            j += 1;
+        }
+        let batch: Vec<usize> = chosen
+            .iter()
+            .flat_map(|c| chunks.get_mut(c).and_then(VecDeque::pop_front))
+            .flatten()
+            .collect();
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Image level: a group is an image with up to K−1 unused same-label samples nearest to it; a
+/// batch is a seed image's group, the groups of its other-label neighbours past the nearest
+/// `skip_nearest`, and groups of random images.
+fn compose_images(
+    labels: &[u32],
+    available: &[usize],
+    graph: &Graph,
+    how: &Composition,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let n = labels.len();
+    let mut unused = vec![false; n];
+    available.iter().for_each(|&i| unused[i] = true);
+    let mut spare: HashMap<u32, Vec<usize>> = HashMap::new();
+    for &i in available {
+        spare.entry(labels[i]).or_default().push(i);
+    }
+    for members in spare.values_mut() {
+        rng.shuffle(members);
+    }
+    let mut seeds = available.to_vec();
+    rng.shuffle(&mut seeds);
+    let mut fill = seeds.clone();
+    rng.shuffle(&mut fill);
+    let mut fill_from = 0;
+    let near = how.neighbour_groups();
+    let k = how.group_size.max(2);
+    let mut group = |x: usize, unused: &mut Vec<bool>, batch: &mut Vec<usize>| {
+        unused[x] = false;
+        batch.push(x);
+        let mut taken = 1;
+        for &j in graph.same.get(x).map_or(&[][..], Vec::as_slice) {
+            if taken == k {
+                break;
+            }
+            if unused[j] {
+                unused[j] = false;
+                batch.push(j);
+                taken += 1;
+            }
+        }
+        let pool = spare.get_mut(&labels[x]).expect("every label has a pool");
+        while taken < k {
+            match pool.pop() {
+                Some(j) if unused[j] => {
+                    unused[j] = false;
+                    batch.push(j);
+                    taken += 1;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    };
+    let mut batches = Vec::new();
+    for seed in seeds {
+        if !unused[seed] {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(how.groups * k);
+        let mut groups = 1;
+        group(seed, &mut unused, &mut batch);
+        let window = graph.other.get(seed).map_or(&[][..], Vec::as_slice);
+        for &j in window.iter().skip(how.skip_nearest) {
+            if groups > near {
+                break;
+            }
+            if unused[j] {
+                group(j, &mut unused, &mut batch);
+                groups += 1;
+            }
+        }
+        while groups < how.groups && fill_from < fill.len() {
+            let j = fill[fill_from];
+            fill_from += 1;
+            if unused[j] {
+                group(j, &mut unused, &mut batch);
+                groups += 1;
+            }
+        }
+        batches.push(batch);
+    }
+    batches
+}
+
+/// What a refresh computed from the stored embeddings.
+struct Refresh {
+    embeddings: Vec<f32>,
+    graph: Graph,
+    /// Per sample, its memory negatives (empty when memory negatives are off or warming up).
+    memory: Vec<Vec<usize>>,
+}
+
+/// Which classes met in an epoch's batches: `rounds/NNN/batches.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct BatchComposition {
+    pub level: String,
+    pub batches: usize,
+    /// Refreshes of the neighbour graph during the epoch.
+    pub refreshes: usize,
+    /// Class pairs that shared the most batches: (label, label, batches together).
+    pub pairs: Vec<(String, String, usize)>,
+    /// Share of the class pairs in batches that the graph lists as neighbours.
+    pub neighbour_pair_share: f64,
+}
+
+pub const BATCHES_JSON: &str = "batches.json";
+
+pub struct NeighbourBatches<'a> {
+    cfg: &'a TrainConfig,
+    train: &'a ImageSet,
+    device: Device,
+    eligible: Vec<usize>,
+    classes: usize,
+    epoch: usize,
+    refresh: Option<Refresh>,
+    plan: VecDeque<Vec<usize>>,
+    unused: Vec<bool>,
+    /// Steps of the epoch after which the graph is refreshed, soonest first.
+    refresh_steps: VecDeque<usize>,
+    step: usize,
+    refreshes: usize,
+    met: HashMap<(u32, u32), usize>,
+    recorder: EpochRecorder<'a>,
+}
+
+impl<'a> NeighbourBatches<'a> {
+    pub fn new(cfg: &'a TrainConfig, train: &'a ImageSet, device: Device) -> Self {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for &l in &train.labels {
+            *counts.entry(l).or_default() += 1;
+        }
+        // A class with a single sample can form no positive pair (as in the P×K sampler).
+        let eligible = (0..train.len())
+            .filter(|&i| counts[&train.labels[i]] >= 2)
+            .collect();
+        let name = format!("neighbour-batches ({})", cfg.batch_miner.name());
+        NeighbourBatches {
+            cfg,
+            train,
+            device,
+            eligible,
+            classes: train
+                .labels
+                .iter()
+                .map(|&l| l as usize + 1)
+                .max()
+                .unwrap_or(0),
+            epoch: 0,
+            refresh: None,
+            plan: VecDeque::new(),
+            unused: Vec::new(),
+            refresh_steps: VecDeque::new(),
+            step: 0,
+            refreshes: 0,
+            met: HashMap::new(),
+            recorder: EpochRecorder::new(cfg, train, name),
+        }
+    }
+
+    fn composition(&self) -> Composition {
+        Composition {
+            groups: self.cfg.classes_per_batch,
+            group_size: self.cfg.samples_per_class,
+            random_share: self.cfg.random_classes,
+            skip_nearest: self.cfg.skip_nearest,
+        }
+    }
+
+    /// Embeds the training split and rebuilds the graph (and the memory negatives).
+    fn refresh(&mut self, model: &Embedder) -> Result<(), TrainError> {
+        let cfg = self.cfg;
+        let embeddings = self.train.embed(model)?;
+        let points = Points {
+            data: &embeddings,
+            dim: cfg.network.dim as usize,
+            labels: &self.train.labels,
+        };
+        let index = knn::build(points, cfg.knn, cfg.hnsw, self.device);
+        let all: Vec<usize> = (0..points.len()).collect();
+        let depth = GRAPH_DEPTH + cfg.skip_nearest;
+        let as_indices = |lists: Vec<Vec<knn::Neighbour>>| -> Vec<Vec<usize>> {
+            lists
+                .into_iter()
+                .map(|l| l.into_iter().map(|n| n.index).collect())
+                .collect()
+        };
+        let other = as_indices(index.search(&all, depth, Restriction::OtherLabels));
+        let how = self.composition();
+        let same = if how.image_level(self.classes) {
+            let k = cfg.samples_per_class.saturating_sub(1).max(1);
+            as_indices(index.search(&all, k, Restriction::SameLabel))
+        } else {
+            Vec::new()
+        };
+        let class_neighbours = class_neighbours(&self.train.labels, &other, self.classes);
+        let memory = if cfg.memory_negatives > 0 && self.epoch >= cfg.memory_warmup {
+            let rules = MiningRules {
+                margin: cfg.loss.margin,
+                distance: cfg.loss.distance,
+                strategy: cfg.strategy.clone(),
+                positives: PositiveRule::Hardest,
+                negatives_per_anchor: cfg.memory_negatives + cfg.skip_nearest,
+                seed: cfg.seed ^ (self.epoch as u64) << 8,
+                ..MiningRules::default()
+            };
+            let (triplets, _) = mine::mine(points, index.as_ref(), &rules);
+            memory_lists(
+                &triplets,
+                &other,
+                points.len(),
+                cfg.skip_nearest,
+                cfg.memory_negatives,
+            )
+        } else {
+            Vec::new()
+        };
+        drop(index);
+        self.refreshes += 1;
+        self.refresh = Some(Refresh {
+            embeddings,
+            graph: Graph {
+                other,
+                same,
+                class_neighbours,
+            },
+            memory,
+        });
+        Ok(())
+    }
+
+    /// Composes batches of the samples not yet trained this epoch.
+    fn compose_rest(&mut self) {
+        let available: Vec<usize> = self
+            .eligible
+            .iter()
+            .copied()
+            .filter(|&i| self.unused[i])
+            .collect();
+        let graph = &self.refresh.as_ref().expect("refreshed").graph;
+        let mut rng = Rng::for_item(
+            self.cfg.seed ^ 0x4E1B_BA7C,
+            ((self.epoch as u64) << 20) + self.step as u64,
+        );
+        self.plan = compose(
+            &self.train.labels,
+            &available,
+            graph,
+            &self.composition(),
+            &mut rng,
+        )
+        .into();
+    }
+
+    fn memory_for(&self, images: &[usize]) -> Option<MemoryNegatives> {
+        let refresh = self.refresh.as_ref()?;
+        if refresh.memory.is_empty() {
+            return None;
+        }
+        let dim = self.cfg.network.dim as usize;
+        let mut pairs = Vec::new();
+        let mut vectors = Vec::new();
+        for &a in images {
+            for &n in &refresh.memory[a] {
+                pairs.push((a, n));
+                vectors.extend_from_slice(&refresh.embeddings[n * dim..(n + 1) * dim]);
+            }
+        }
+        (!pairs.is_empty()).then_some(MemoryNegatives { pairs, vectors })
+    }
+
+    fn note_meetings(&mut self, images: &[usize]) {
+        let mut labels: Vec<u32> = images.iter().map(|&i| self.train.labels[i]).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for (x, &a) in labels.iter().enumerate() {
+            for &b in &labels[x + 1..] {
+                *self.met.entry((a, b)).or_default() += 1;
+            }
+        }
+    }
+
+    fn save_composition(&mut self, batches: usize) -> Result<(), TrainError> {
+        let graph = &self.refresh.as_ref().expect("refreshed").graph;
+        let neighbours_of = |a: u32, b: u32| {
+            graph
+                .class_neighbours
+                .get(a as usize)
+                .is_some_and(|l| l.iter().take(self.cfg.classes_per_batch).any(|&c| c == b))
+        };
+        let total: usize = self.met.values().sum();
+        let near: usize = self
+            .met
+            .iter()
+            .filter(|((a, b), _)| neighbours_of(*a, *b) || neighbours_of(*b, *a))
+            .map(|(_, n)| n)
+            .sum();
+        let mut pairs: Vec<((u32, u32), usize)> = self.met.drain().collect();
+        pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let name = |l: u32| self.train.label_names[l as usize].clone();
+        let record = BatchComposition {
+            level: if self.composition().image_level(self.classes) {
+                "image".into()
+            } else {
+                "class".into()
+            },
+            batches,
+            refreshes: self.refreshes,
+            pairs: pairs
+                .into_iter()
+                .take(PAIRS_RECORDED)
+                .map(|((a, b), n)| (name(a), name(b), n))
+                .collect(),
+            neighbour_pair_share: if total == 0 {
+                0.0
+            } else {
+                near as f64 / total as f64
+            },
+        };
+        let dir = run_dir::round_dir(&self.cfg.out, self.epoch);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_json(&dir.join(BATCHES_JSON), &record).map_err(io_err(&dir))
+    }
+}
+
+/// Per anchor, its memory negatives: the mined ones, minus the anchor's `skip` nearest
+/// other-label neighbours, at most `k`.
+fn memory_lists(
+    triplets: &[Triplet],
+    other: &[Vec<usize>],
+    n: usize,
+    skip: usize,
+    k: usize,
+) -> Vec<Vec<usize>> {
+    let mut lists: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for t in triplets {
+        let list = &mut lists[t.anchor];
+        let nearest = &other[t.anchor][..skip.min(other[t.anchor].len())];
+        if list.len() < k && !list.contains(&t.negative) && !nearest.contains(&t.negative) {
+            list.push(t.negative);
+        }
+    }
+    lists
+}
+
+/// Refresh points (in epochs) that fall inside epoch `epoch`, as offsets in [0, 1).
+fn refreshes_in(epoch: usize, every: f64) -> Vec<f64> {
+    let every = every.max(1e-3);
+    let mut points = Vec::new();
+    let mut j = ((epoch as f64) / every - 1e-9).ceil().max(0.0);
+    loop {
+        let t = j * every - epoch as f64;
+        if t >= 1.0 - 1e-9 {
+            break;
+        }
+        if t > -1e-9 {
+            points.push(t.max(0.0));
+        }
+        j += 1.0;
+    }
+    points
+}
+
+impl BatchSource for NeighbourBatches<'_> {
+    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError> {
+        self.epoch = epoch;
+        self.step = 0;
+        self.refreshes = 0;
+        self.met.clear();
+        self.unused = vec![true; self.train.len()];
+        let mut points: VecDeque<f64> = refreshes_in(epoch, self.cfg.remine_every).into();
+        // A resumed run has no graph yet and refreshes at once (so it continues bit for bit
+        // only when refreshing at every epoch start); memory negatives start with a refresh.
+        let warmup_ends = self.cfg.memory_negatives > 0 && epoch == self.cfg.memory_warmup;
+        if points.front() == Some(&0.0) || self.refresh.is_none() || warmup_ends {
+            points.pop_front();
+            self.refresh(model)?;
+        }
+        self.compose_rest();
+        let steps = self.plan.len();
+        self.refresh_steps = points
+            .into_iter()
+            .map(|t| ((t * steps as f64).round() as usize).max(1))
+            .collect();
+        self.recorder.begin(epoch);
+        Ok(steps)
+    }
+
+    fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError> {
+        if self.refresh_steps.front() == Some(&self.step) {
+            self.refresh_steps.pop_front();
+            self.refresh(model)?;
+            self.compose_rest();
+        }
+        let Some(images) = self.plan.pop_front() else {
+            return Ok(None);
+        };
+        self.step += 1;
+        images.iter().for_each(|&i| self.unused[i] = false);
+        self.note_meetings(&images);
+        let memory = self.memory_for(&images);
+        Ok(Some(StepBatch {
+            images,
+            triplets: BatchTriplets::Mine(self.cfg.batch_miner),
+            memory,
+        }))
+    }
+
+    fn trained(&mut self, triplets: &[Triplet]) {
+        self.recorder.add(triplets);
+    }
+
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        self.save_composition(self.step)?;
+        self.recorder.save()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 classes of 6 on a ring: a sample's graph neighbours lie in the classes one and two
+    /// steps away.
+    fn ring_of_classes() -> (Vec<u32>, Graph) {
+        let labels: Vec<u32> = (0..240).map(|i| (i / 6) as u32).collect();
+        let other: Vec<Vec<usize>> = (0..240)
+            .map(|i| {
+                let c = labels[i] as usize;
+                [c + 1, c + 39, c + 2]
+                    .iter()
+                    .flat_map(|d| {
+                        let n = d % 40;
+                        [n * 6 + i % 6, n * 6 + (i + 1) % 6]
+                    })
+                    .collect()
+            })
+            .collect();
+        let class_neighbours = class_neighbours(&labels, &other, 40);
+        let graph = Graph {
+            other,
+            same: Vec::new(),
+            class_neighbours,
+        };
+        (labels, graph)
+    }
+
+    fn ring_distance(a: u32, b: u32) -> u32 {
+        let d = a.abs_diff(b);
+        d.min(40 - d)
+    }
+
+    fn how(random_share: f64) -> Composition {
+        Composition {
+            groups: 4,
+            group_size: 3,
+            random_share,
+            skip_nearest: 0,
+        }
+    }
+
+    fn every_sample_once(batches: &[Vec<usize>], available: &[usize]) {
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, available);
+    }
+
+    #[test]
+    fn class_level_batches_cover_every_sample_once_and_are_seeded() {
+        let (labels, graph) = ring_of_classes();
+        let all: Vec<usize> = (0..240).collect();
+        let batches = compose(&labels, &all, &graph, &how(0.5), &mut Rng::new(3));
+        every_sample_once(&batches, &all);
+        assert_eq!(
+            batches,
+            compose(&labels, &all, &graph, &how(0.5), &mut Rng::new(3))
+        );
+        assert_ne!(
+            batches,
+            compose(&labels, &all, &graph, &how(0.5), &mut Rng::new(4))
+        );
+    }
+
+    #[test]
+    fn graph_neighbours_share_batches_and_random_ones_rarely_do() {
+        let (labels, graph) = ring_of_classes();
+        let all: Vec<usize> = (0..240).collect();
+        // Share of the class pairs in batches that are graph neighbours.
+        let neighbour_pairs = |share: f64| {
+            let batches = compose(&labels, &all, &graph, &how(share), &mut Rng::new(9));
+            let (mut near, mut total) = (0usize, 0usize);
+            for b in &batches {
+                let mut classes: Vec<u32> = b.iter().map(|&i| labels[i]).collect();
+                classes.dedup();
+                for (x, &a) in classes.iter().enumerate() {
+                    for &c in &classes[x + 1..] {
+                        total += 1;
+                        near += (ring_distance(a, c) <= 2) as usize;
+                    }
+                }
+            }
+            near as f64 / total as f64
+        };
+        let guided = neighbour_pairs(0.25);
+        let random = neighbour_pairs(1.0);
+        assert!(guided > 0.35, "{guided} of guided pairs are neighbours");
+        assert!(random < 0.2, "{random} of random pairs are neighbours");
+    }
+
+    #[test]
+    fn image_level_groups_neighbours_past_the_skipped_ranks() {
+        // 3 classes of 30: fewer than 4·P classes, so batches are built per image.
+        let labels: Vec<u32> = (0..90).map(|i| (i % 3) as u32).collect();
+        let other: Vec<Vec<usize>> = (0..90)
+            .map(|i| (1..=8).map(|d| (i + d * 3 + 1) % 90).collect())
+            .collect();
+        let same: Vec<Vec<usize>> = (0..90).map(|i| vec![(i + 3) % 90, (i + 6) % 90]).collect();
+        let graph = Graph {
+            class_neighbours: class_neighbours(&labels, &other, 3),
+            other,
+            same,
+        };
+        let how = Composition {
+            groups: 3,
+            group_size: 3,
+            random_share: 0.0,
+            skip_nearest: 2,
+        };
+        assert!(how.image_level(3));
+        let all: Vec<usize> = (0..90).collect();
+        let batches = compose(&labels, &all, &graph, &how, &mut Rng::new(1));
+        every_sample_once(&batches, &all);
+        let seed = batches[0][0];
+        assert_eq!(&batches[0][1..3], &graph.same[seed][..]);
+        // The next group starts at the first neighbour past the two skipped ones.
+        assert_eq!(batches[0][3], graph.other[seed][2]);
+    }
+
+    #[test]
+    fn refresh_points_follow_fractional_periods() {
+        assert_eq!(refreshes_in(0, 1.0), vec![0.0]);
+        assert_eq!(refreshes_in(3, 0.5), vec![0.0, 0.5]);
+        assert_eq!(refreshes_in(1, 2.0), Vec::<f64>::new());
+        assert_eq!(refreshes_in(2, 2.0), vec![0.0]);
+        let mid = refreshes_in(1, 1.5);
+        assert_eq!(mid.len(), 1);
+        assert!((mid[0] - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn memory_lists_skip_the_nearest_and_cap_at_k() {
+        let t = |a, n| Triplet {
+            anchor: a,
+            positive: 1,
+            negative: n,
+            d_ap: 0.5,
+            d_an: 0.6,
+            kind: crate::definitions::TripletKind::Semihard,
+        };
+        let other = vec![vec![5, 6, 7, 8], vec![], vec![]];
+        let lists = memory_lists(&[t(0, 5), t(0, 7), t(0, 8), t(0, 9)], &other, 3, 1, 2);
+        assert_eq!(lists[0], vec![7, 8]);
+    }
+}

@@ -1,0 +1,515 @@
+//! Batch sources: where each epoch's training batches come from. Every `--mining` regime is
+//! one type behind [`BatchSource`]; the training loop only plans an epoch, takes batches and
+//! reports what each step trained on. Adding a regime means adding one type here and one arm
+//! to [`for_config`].
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::neighbour_batches::NeighbourBatches;
+use super::report::{self, RoundRecorder};
+use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
+use crate::knn::{self, Points};
+use crate::mine::{self, MiningRules, NegativeOrder, PositiveRule, Selection, Strategy, Triplet};
+use crate::model::Embedder;
+use crate::rng::Rng;
+use crate::triplets::{self, TripletRow};
+
+/// How each step's triplets are found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mining {
+    /// P×K batches composed from the whole-corpus neighbour graph (classes or images that
+    /// confuse each other meet), re-indexed every `remine_every` epochs, mined inside.
+    NeighbourBatches,
+    /// Re-embed the training split and mine it whole every `remine_every` epochs.
+    Global,
+    /// Per anchor in a P×K batch: hardest positive, hardest negative.
+    BatchHard,
+    /// Per positive pair in a P×K batch: the nearest semi-hard negative.
+    BatchSemihard,
+    /// Every margin-violating triplet of a P×K batch.
+    BatchAll,
+    /// A triplet CSV exported by `tripmine mine`.
+    Triplets(PathBuf),
+}
+
+impl Mining {
+    /// The `--mining` spelling: neighbour-batches, global, batch-hard, ..., triplets:FILE.
+    pub fn name(&self) -> String {
+        match self {
+            Mining::NeighbourBatches => "neighbour-batches".into(),
+            Mining::Global => "global".into(),
+            Mining::BatchHard => "batch-hard".into(),
+            Mining::BatchSemihard => "batch-semihard".into(),
+            Mining::BatchAll => "batch-all".into(),
+            Mining::Triplets(path) => format!("triplets:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for Mining {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "neighbour-batches" | "neighbor-batches" => Ok(Mining::NeighbourBatches),
+            "global" => Ok(Mining::Global),
+            "batch-hard" => Ok(Mining::BatchHard),
+            "batch-semihard" => Ok(Mining::BatchSemihard),
+            "batch-all" => Ok(Mining::BatchAll),
+            _ => match s.strip_prefix("triplets:") {
+                Some(path) if !path.is_empty() => Ok(Mining::Triplets(PathBuf::from(path))),
+                _ => Err(format!(
+                    "unknown mining {s:?}; expected neighbour-batches, global, batch-hard, batch-semihard, batch-all or triplets:FILE.csv"
+                )),
+            },
+        }
+    }
+}
+
+/// One optimisation step's input.
+pub struct StepBatch {
+    /// Training-set indices of the images to embed, in batch order.
+    pub images: Vec<usize>,
+    pub triplets: BatchTriplets,
+    /// Extra negatives from stored embeddings (constants, no gradient).
+    pub memory: Option<MemoryNegatives>,
+}
+
+/// How the batch's triplets are found.
+pub enum BatchTriplets {
+    /// Given in advance (a global round or a CSV), as training-set indices.
+    Given(Vec<Triplet>),
+    /// Mined inside the batch's embeddings.
+    Mine(InBatchMiner),
+}
+
+/// Negatives for anchors of a batch, taken from the embeddings stored at the last refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryNegatives {
+    /// (anchor, negative) as training-set indices; the anchor is in the batch.
+    pub pairs: Vec<(usize, usize)>,
+    /// The stored embedding of each pair's negative, one row per pair.
+    pub vectors: Vec<f32>,
+}
+
+impl StepBatch {
+    /// A batch of given triplets: its images are every sample they name, once.
+    pub fn given(triplets: Vec<Triplet>) -> Self {
+        let mut images: Vec<usize> = triplets
+            .iter()
+            .flat_map(|t| [t.anchor, t.positive, t.negative])
+            .collect();
+        images.sort_unstable();
+        images.dedup();
+        StepBatch {
+            images,
+            triplets: BatchTriplets::Given(triplets),
+            memory: None,
+        }
+    }
+}
+
+/// The miner run inside a batch's embeddings: the corpus miner with batch-sized searches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum InBatchMiner {
+    /// Per anchor: hardest positive, nearest margin-violating negative.
+    #[default]
+    Hard,
+    /// Per positive pair: the nearest semi-hard negative.
+    Semihard,
+    /// Every margin-violating triplet.
+    All,
+}
+
+impl InBatchMiner {
+    pub fn name(self) -> &'static str {
+        match self {
+            InBatchMiner::Hard => "batch-hard",
+            InBatchMiner::Semihard => "batch-semihard",
+            InBatchMiner::All => "batch-all",
+        }
+    }
+
+    /// Triplets of a batch as positions in it. With a soft margin no triplet has zero loss,
+    /// so every kind of negative stays a candidate.
+    pub fn mine(self, data: &[f32], dim: usize, labels: &[u32], cfg: &TrainConfig) -> Vec<Triplet> {
+        let points = Points { data, dim, labels };
+        let batch = labels.len();
+        let (positives, selection, k) = match self {
+            InBatchMiner::Hard => (PositiveRule::Hardest, Selection::All, 1),
+            InBatchMiner::Semihard => (
+                PositiveRule::All,
+                Selection::Kind(crate::definitions::TripletKind::Semihard),
+                1,
+            ),
+            InBatchMiner::All => (PositiveRule::All, Selection::All, batch),
+        };
+        let selection = if cfg.loss.soft_margin {
+            Selection::Any
+        } else {
+            selection
+        };
+        let rules = MiningRules {
+            margin: cfg.loss.margin,
+            distance: cfg.loss.distance,
+            strategy: Strategy {
+                parts: vec![(selection, 1.0)],
+            },
+            positives,
+            negatives_per_anchor: k,
+            negative_order: NegativeOrder::Nearest,
+            anchors_per_class: None,
+            seed: cfg.seed,
+            start_depth: batch,
+            max_depth: batch,
+        };
+        let index = knn::ExactIndex::new(points, Device::Cpu);
+        mine::mine(points, &index, &rules).0
+    }
+}
+
+/// Where an epoch's batches come from.
+pub trait BatchSource {
+    /// Plans epoch `epoch` (0-based), embedding and mining or indexing the training split
+    /// first when the regime refreshes then; returns the epoch's number of steps.
+    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError>;
+
+    /// The epoch's next batch, `None` after its last.
+    fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError>;
+
+    /// What a step trained on (training-set indices), for the round record.
+    fn trained(&mut self, triplets: &[Triplet]);
+
+    /// Closes the epoch: saves the round record of a regime that mines every epoch.
+    fn end_epoch(&mut self) -> Result<(), TrainError>;
+}
+
+/// The batch source of `cfg.mining`: the one place that looks at the regime.
+pub fn for_config<'a>(
+    cfg: &'a TrainConfig,
+    train: &'a ImageSet,
+    device: Device,
+) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
+    Ok(match &cfg.mining {
+        Mining::Global => Box::new(GlobalTriplets::new(cfg, train, device)),
+        Mining::BatchHard => Box::new(InBatch::new(cfg, train, InBatchMiner::Hard)),
+        Mining::BatchSemihard => Box::new(InBatch::new(cfg, train, InBatchMiner::Semihard)),
+        Mining::BatchAll => Box::new(InBatch::new(cfg, train, InBatchMiner::All)),
+        Mining::NeighbourBatches => Box::new(NeighbourBatches::new(cfg, train, device)),
+        Mining::Triplets(path) => Box::new(FixedTriplets::new(cfg, train, path)?),
+    })
+}
+
+/// Shuffled chunks of `batch_size` triplets, drawn from the seed and the epoch.
+fn triplet_batches(triplets: &[Triplet], cfg: &TrainConfig, epoch: usize) -> VecDeque<StepBatch> {
+    let mut order: Vec<usize> = (0..triplets.len()).collect();
+    Rng::for_item(cfg.seed ^ 0x7121, epoch as u64).shuffle(&mut order);
+    order
+        .chunks(cfg.batch_size.max(1))
+        .map(|c| StepBatch::given(c.iter().map(|&i| triplets[i]).collect()))
+        .collect()
+}
+
+/// Records each epoch of an in-batch miner as a round of its own.
+pub(super) struct EpochRecorder<'a> {
+    cfg: &'a TrainConfig,
+    train: &'a ImageSet,
+    name: String,
+    current: Option<RoundRecorder>,
+}
+
+impl<'a> EpochRecorder<'a> {
+    pub(super) fn new(cfg: &'a TrainConfig, train: &'a ImageSet, name: String) -> Self {
+        EpochRecorder {
+            cfg,
+            train,
+            name,
+            current: None,
+        }
+    }
+
+    pub(super) fn begin(&mut self, epoch: usize) {
+        self.current = Some(RoundRecorder::new(
+            epoch,
+            epoch + 1,
+            &self.name,
+            self.cfg.loss.distance,
+        ));
+    }
+
+    pub(super) fn add(&mut self, triplets: &[Triplet]) {
+        if let Some(r) = self.current.as_mut() {
+            r.add(triplets, &self.train.samples);
+        }
+    }
+
+    pub(super) fn save(&mut self) -> Result<(), TrainError> {
+        match self.current.take() {
+            Some(r) => r
+                .save(&self.cfg.out)
+                .map(drop)
+                .map_err(io_err(&self.cfg.out)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// P×K batches of random classes, mined inside (batch-hard, batch-semihard, batch-all).
+struct InBatch<'a> {
+    cfg: &'a TrainConfig,
+    train: &'a ImageSet,
+    miner: InBatchMiner,
+    batches: VecDeque<Vec<usize>>,
+    recorder: EpochRecorder<'a>,
+}
+
+impl<'a> InBatch<'a> {
+    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, miner: InBatchMiner) -> Self {
+        InBatch {
+            cfg,
+            train,
+            miner,
+            batches: VecDeque::new(),
+            recorder: EpochRecorder::new(cfg, train, miner.name().into()),
+        }
+    }
+}
+
+impl BatchSource for InBatch<'_> {
+    fn begin_epoch(&mut self, epoch: usize, _: &Embedder) -> Result<usize, TrainError> {
+        let cfg = self.cfg;
+        self.batches = super::sampler::pk_batches(
+            &self.train.labels,
+            cfg.classes_per_batch,
+            cfg.samples_per_class,
+            cfg.seed,
+            epoch,
+        )
+        .into();
+        self.recorder.begin(epoch);
+        Ok(self.batches.len())
+    }
+
+    fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
+        Ok(self.batches.pop_front().map(|images| StepBatch {
+            images,
+            triplets: BatchTriplets::Mine(self.miner),
+            memory: None,
+        }))
+    }
+
+    fn trained(&mut self, triplets: &[Triplet]) {
+        self.recorder.add(triplets);
+    }
+
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        self.recorder.save()
+    }
+}
+
+/// FaceNet-style offline mining: every `remine_every` epochs the training split is embedded
+/// and mined whole with `tripmine mine`'s rules; the round's triplets are exported.
+struct GlobalTriplets<'a> {
+    cfg: &'a TrainConfig,
+    train: &'a ImageSet,
+    device: Device,
+    round: Option<(usize, Vec<Triplet>)>,
+    batches: VecDeque<StepBatch>,
+}
+
+impl<'a> GlobalTriplets<'a> {
+    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, device: Device) -> Self {
+        GlobalTriplets {
+            cfg,
+            train,
+            device,
+            round: None,
+            batches: VecDeque::new(),
+        }
+    }
+
+    /// Embeds the training split, mines it whole and saves the round's triplets.
+    fn mine_round(
+        &self,
+        model: &Embedder,
+        round: usize,
+        first_epoch: usize,
+    ) -> Result<Vec<Triplet>, TrainError> {
+        let (cfg, train) = (self.cfg, self.train);
+        let dir = run_dir::round_dir(&cfg.out, round);
+        let csv = dir.join("triplets.csv");
+        let record = |triplets: &[Triplet]| {
+            let mut recorder = RoundRecorder::new(round, first_epoch, "global", cfg.loss.distance);
+            recorder.add(triplets, &train.samples);
+            recorder.save(&cfg.out).map(drop).map_err(io_err(&dir))
+        };
+        if csv.is_file() {
+            // Resuming inside a round: the triplets it trained on are the ones saved then.
+            let triplets = read_fixed_triplets(&csv, train)?;
+            if !report::has_record(&cfg.out, round) {
+                record(&triplets)?;
+            }
+            return Ok(triplets);
+        }
+        let data = train.embed(model)?;
+        let points = Points {
+            data: &data,
+            dim: cfg.network.dim as usize,
+            labels: &train.labels,
+        };
+        let rules = MiningRules {
+            margin: cfg.loss.margin,
+            distance: cfg.loss.distance,
+            strategy: cfg.strategy.clone(),
+            positives: cfg.positives,
+            negatives_per_anchor: cfg.negatives_per_anchor,
+            seed: cfg.seed ^ round as u64,
+            ..MiningRules::default()
+        };
+        let started = Instant::now();
+        let index = knn::build(points, cfg.knn, cfg.hnsw, self.device);
+        let (triplets, stats) = mine::mine(points, index.as_ref(), &rules);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let rows = triplets
+            .iter()
+            .map(|t| TripletRow::new(t, |i| (&train.samples[i].path, &train.samples[i].label)));
+        let mut sidecar = mine::rules_sidecar(&rules, &index.describe(), &stats);
+        sidecar["round"] = round.into();
+        sidecar["wall_seconds"] = started.elapsed().as_secs_f64().into();
+        mine::write_triplet_set(&csv, rows, &sidecar)
+            .map_err(|e| TrainError::Input(e.to_string()))?;
+        record(&triplets)?;
+        Ok(triplets)
+    }
+}
+
+impl BatchSource for GlobalTriplets<'_> {
+    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError> {
+        let every = (self.cfg.remine_every.ceil() as usize).max(1);
+        let round = epoch / every;
+        if self.round.as_ref().map(|(r, _)| *r) != Some(round) {
+            let triplets = self.mine_round(model, round, round * every + 1)?;
+            self.round = Some((round, triplets));
+        }
+        let (_, triplets) = self.round.as_ref().expect("mined above");
+        self.batches = triplet_batches(triplets, self.cfg, epoch);
+        Ok(self.batches.len())
+    }
+
+    fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
+        Ok(self.batches.pop_front())
+    }
+
+    fn trained(&mut self, _: &[Triplet]) {}
+
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// A triplet CSV given in advance (`triplets:FILE`), recorded once as round 0.
+struct FixedTriplets<'a> {
+    cfg: &'a TrainConfig,
+    triplets: Vec<Triplet>,
+    batches: VecDeque<StepBatch>,
+}
+
+impl<'a> FixedTriplets<'a> {
+    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, path: &Path) -> Result<Self, TrainError> {
+        let triplets = read_fixed_triplets(path, train)?;
+        if !report::has_record(&cfg.out, 0) {
+            let mut recorder = RoundRecorder::new(0, 1, "triplets", cfg.loss.distance);
+            recorder.add(&triplets, &train.samples);
+            recorder.save(&cfg.out).map_err(io_err(&cfg.out))?;
+        }
+        Ok(FixedTriplets {
+            cfg,
+            triplets,
+            batches: VecDeque::new(),
+        })
+    }
+}
+
+impl BatchSource for FixedTriplets<'_> {
+    fn begin_epoch(&mut self, epoch: usize, _: &Embedder) -> Result<usize, TrainError> {
+        self.batches = triplet_batches(&self.triplets, self.cfg, epoch);
+        Ok(self.batches.len())
+    }
+
+    fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
+        Ok(self.batches.pop_front())
+    }
+
+    fn trained(&mut self, _: &[Triplet]) {}
+
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// Triplets of a CSV as training-set indices; unknown paths are an error naming a few.
+fn read_fixed_triplets(path: &Path, train: &ImageSet) -> Result<Vec<Triplet>, TrainError> {
+    let rows = triplets::read(path).map_err(TrainError::Input)?;
+    let index: HashMap<&str, usize> = train
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.path.as_str(), i))
+        .collect();
+    let mut unknown: Vec<&str> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let ids: Vec<Option<usize>> = [&r.anchor, &r.positive, &r.negative]
+            .iter()
+            .map(|p| index.get(p.as_str()).copied())
+            .collect();
+        for (p, id) in [&r.anchor, &r.positive, &r.negative].iter().zip(&ids) {
+            if id.is_none() && !unknown.contains(&p.as_str()) {
+                unknown.push(p);
+            }
+        }
+        if let [Some(a), Some(p), Some(n)] = ids[..] {
+            out.push(Triplet {
+                anchor: a,
+                positive: p,
+                negative: n,
+                d_ap: r.d_ap,
+                d_an: r.d_an,
+                kind: r.kind,
+            });
+        }
+    }
+    if !unknown.is_empty() {
+        let first: Vec<&str> = unknown.iter().take(5).copied().collect();
+        return Err(TrainError::Input(format!(
+            "{}: {} path(s) are not in the training split of the corpus, e.g. {}",
+            path.display(),
+            unknown.len(),
+            first.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The regime is looked at in one place: the trainer's other modules never branch on it.
+    #[test]
+    fn only_the_source_factory_branches_on_the_mining_regime() {
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("neighbour_batches.rs", include_str!("neighbour_batches.rs")),
+            ("report.rs", include_str!("report.rs")),
+            ("loss.rs", include_str!("loss.rs")),
+            ("run_dir.rs", include_str!("run_dir.rs")),
+        ] {
+            assert!(!text.contains("Mining::"), "{file} branches on the regime");
+        }
+    }
+}
