@@ -33,8 +33,8 @@ fixtures: $(LIBTORCH)
 
 demo: build
 	@rm -rf $(DEMO_OUT)
-	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 --epochs 4 \
-		--lr 0.003 --negatives-per-anchor 2 --batch-size 16 --no-augment --seed 7
+	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 \
+		--classes-per-batch 4 --samples-per-class 4 --lr 0.003 --seed 7
 	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
 	$(BIN) embed --corpus fixtures/corpus --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/embeddings
 	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
@@ -44,7 +44,7 @@ demo: build
 	@echo "embeddings:        $(DEMO_OUT)/embeddings/embeddings.npy (+ samples.csv, embeddings.json, skipped.csv)"
 	@echo "triplets:          $(DEMO_OUT)/triplets.csv (+ triplets.json)"
 	@echo "training run:      $(DEMO_OUT)/run (metrics.csv, best/, last/, config.json)"
-	@echo "round triplets:    $(DEMO_OUT)/run/rounds/000/triplets.csv ... (one per global mining round)"
+	@echo "batch composition: $(DEMO_OUT)/run/rounds/000/batches.json ... (which classes met, one per epoch)"
 	@echo "audit:             $(DEMO_OUT)/audit (duplicates.csv, label_issues.csv, outliers.csv, leakage.csv, classes.csv, dedupe.csv, exclude.csv, audit.json)"
 	@echo
 	@echo "Open in a browser:"

@@ -35,7 +35,7 @@ use crate::output::write_json;
 use crate::report::Tiles;
 use crate::rng::Rng;
 use optim::{learning_rate, Optimizer, RunPosition};
-use source::{BatchTriplets, MemoryNegatives, StepBatch};
+use source::{BatchTriplets, MemoryNegatives, StepBatch, TrainedStep};
 
 /// Which samples validate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +388,11 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     };
 
     let mut source = source::for_config(cfg, &train, device)?;
+    if resume {
+        if let Some(dir) = run_dir::resumable(run) {
+            source.load_state(&dir)?;
+        }
+    }
     let tiles = Tiles::new(&train.samples, report::THUMB);
     let bar = crate::progress::bar(
         (cfg.epochs - state.epoch.min(cfg.epochs)) as u64,
@@ -424,7 +429,11 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             step.loss.backward();
             optimizer.step(lr);
             state.step += 1;
-            source.trained(&step.mined);
+            source.trained(&TrainedStep {
+                images: &batch.images,
+                embeddings: &step.embeddings,
+                mined: &step.mined,
+            });
             loss_sum += value * step.active as f64;
             active += step.active;
             total += step.total;
@@ -478,9 +487,22 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         // could not be recovered.
         run_dir::write_metrics(run, &rows).map_err(io_err(run))?;
         report::write(run, cfg, &rows, state.best_epoch, &tiles).map_err(io_err(run))?;
-        run_dir::save_checkpoint(&run_dir::last(run), &model, &optimizer, &state)?;
+        let source_state = |dir: &Path| source.save_state(dir);
+        run_dir::save_checkpoint(
+            &run_dir::last(run),
+            &model,
+            &optimizer,
+            &state,
+            &source_state,
+        )?;
         if improved {
-            run_dir::save_checkpoint(&run_dir::best(run), &model, &optimizer, &state)?;
+            run_dir::save_checkpoint(
+                &run_dir::best(run),
+                &model,
+                &optimizer,
+                &state,
+                &source_state,
+            )?;
         }
         bar.inc(1);
     }
@@ -570,6 +592,8 @@ struct StepOutcome {
     total: usize,
     /// The batch's in-batch triplets as training-set indices (empty for given triplets).
     mined: Vec<Triplet>,
+    /// The batch's embeddings, detached, when they were fetched for mining.
+    embeddings: Vec<f32>,
 }
 
 /// Forward pass, mining (for in-batch miners), memory negatives and the reduced loss.
@@ -595,6 +619,7 @@ fn train_step(
         x = augment::augment(&x, rng);
     }
     let emb = model.forward(&x, true)?;
+    let mut embeddings = Vec::new();
     let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match &batch.triplets {
         BatchTriplets::Given(ts) => (
             ts.iter()
@@ -610,9 +635,9 @@ fn train_step(
         ),
         BatchTriplets::Mine(miner) => {
             let labels: Vec<u32> = images.iter().map(|&i| train.labels[i]).collect();
-            let data =
+            embeddings =
                 Vec::<f32>::try_from(emb.detach().to_device(Device::Cpu).contiguous().view([-1]))?;
-            let in_batch = miner.mine(&data, cfg.network.dim as usize, &labels, cfg);
+            let in_batch = miner.mine(&embeddings, cfg.network.dim as usize, &labels, cfg);
             let positions = in_batch
                 .iter()
                 .map(|t| (t.anchor as i64, t.positive as i64, t.negative as i64))
@@ -651,6 +676,7 @@ fn train_step(
         active: r.active,
         total: r.total,
         mined,
+        embeddings,
     }))
 }
 

@@ -3,24 +3,30 @@
 //! Doppelganger mining, BatchSampler). Optionally, stored embeddings of the last refresh serve
 //! as extra negatives (XBM, ANCE).
 //!
-//! Every `remine_every` epochs (fractions allowed) the training split is embedded and the
-//! neighbour layer gives each sample its nearest other-label samples. With many classes a
+//! Every `remine_every` epochs (fractions allowed) the neighbour layer gives each sample its
+//! nearest other-label samples, over a bank of embeddings that every training step updates
+//! for its images (slightly stale, like XBM's memory, and free: no extra forward pass; only the
+//! first refresh embeds the training split). With many classes a
 //! batch is a seed class, the classes whose samples are most often its samples' neighbours,
 //! and a share of random classes; with few classes (fewer than 4·P) a batch is built at image
 //! level: seed images, their other-label neighbours from a rank window that skips the nearest
 //! few, each with same-label samples near it. Every sample is still trained once per epoch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 
 use serde::Serialize;
 use tch::Device;
 
-use super::source::{BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch};
+use super::source::{
+    BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch, TrainedStep,
+};
 use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
 use crate::knn::{self, Points, Restriction};
 use crate::mine::{self, MiningRules, PositiveRule, Triplet};
 use crate::model::Embedder;
-use crate::output::write_json;
+use crate::npy;
+use crate::output::{write_atomic, write_json};
 use crate::rng::Rng;
 
 /// Other-label neighbours kept per sample: enough for the rank window and class affinities.
@@ -35,8 +41,6 @@ const PAIRS_RECORDED: usize = 50;
 pub struct Graph {
     /// Per sample, its nearest other-label samples, nearest first.
     pub other: Vec<Vec<usize>>,
-    /// Per sample, its nearest same-label samples (image-level composition only).
-    pub same: Vec<Vec<usize>>,
     /// Per class, the other classes by how many graph edges reach them, most first.
     pub class_neighbours: Vec<Vec<u32>>,
 }
@@ -185,8 +189,9 @@ fn compose_classes(
     batches
 }
 
-/// Image level: a group is an image with up to K−1 unused same-label samples nearest to it; a
-/// batch is a seed image's group, the groups of its other-label neighbours past the nearest
+/// Image level: a group is an image with up to K−1 random unused samples of its label (random,
+/// not nearest: near positives would leave batch-hard nothing to pull together); a batch is a
+/// seed image's group, the groups of its other-label neighbours past the nearest
 /// `skip_nearest`, and groups of random images.
 fn compose_images(
     labels: &[u32],
@@ -198,7 +203,7 @@ fn compose_images(
     let n = labels.len();
     let mut unused = vec![false; n];
     available.iter().for_each(|&i| unused[i] = true);
-    let mut spare: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut spare: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for &i in available {
         spare.entry(labels[i]).or_default().push(i);
     }
@@ -215,18 +220,8 @@ fn compose_images(
     let mut group = |x: usize, unused: &mut Vec<bool>, batch: &mut Vec<usize>| {
         unused[x] = false;
         batch.push(x);
-        let mut taken = 1;
-        for &j in graph.same.get(x).map_or(&[][..], Vec::as_slice) {
-            if taken == k {
-                break;
-            }
-            if unused[j] {
-                unused[j] = false;
-                batch.push(j);
-                taken += 1;
-            }
-        }
         let pool = spare.get_mut(&labels[x]).expect("every label has a pool");
+        let mut taken = 1;
         while taken < k {
             match pool.pop() {
                 Some(j) if unused[j] => {
@@ -293,8 +288,14 @@ pub struct BatchComposition {
 
 pub const BATCHES_JSON: &str = "batches.json";
 
+/// The bank of embeddings in a checkpoint directory.
+const BANK_NPY: &str = "bank.npy";
+
 pub struct NeighbourBatches<'a> {
     cfg: &'a TrainConfig,
+    /// Each training sample's embedding from its latest training step (or from the first
+    /// refresh's embedding pass): what refreshes index, so they cost no extra forward pass.
+    bank: Option<Vec<f32>>,
     train: &'a ImageSet,
     device: Device,
     eligible: Vec<usize>,
@@ -324,6 +325,7 @@ impl<'a> NeighbourBatches<'a> {
         let name = format!("neighbour-batches ({})", cfg.batch_miner.name());
         NeighbourBatches {
             cfg,
+            bank: None,
             train,
             device,
             eligible,
@@ -354,10 +356,18 @@ impl<'a> NeighbourBatches<'a> {
         }
     }
 
-    /// Embeds the training split and rebuilds the graph (and the memory negatives).
+    /// Rebuilds the graph (and the memory negatives) from the bank of embeddings, embedding
+    /// the training split first when there is no bank yet.
     fn refresh(&mut self, model: &Embedder) -> Result<(), TrainError> {
         let cfg = self.cfg;
-        let embeddings = self.train.embed(model)?;
+        let embeddings = match &self.bank {
+            Some(bank) => bank.clone(),
+            None => {
+                let fresh = self.train.embed(model)?;
+                self.bank = Some(fresh.clone());
+                fresh
+            }
+        };
         let points = Points {
             data: &embeddings,
             dim: cfg.network.dim as usize,
@@ -373,13 +383,6 @@ impl<'a> NeighbourBatches<'a> {
                 .collect()
         };
         let other = as_indices(index.search(&all, depth, Restriction::OtherLabels));
-        let how = self.composition();
-        let same = if how.image_level(self.classes) {
-            let k = cfg.samples_per_class.saturating_sub(1).max(1);
-            as_indices(index.search(&all, k, Restriction::SameLabel))
-        } else {
-            Vec::new()
-        };
         let class_neighbours = class_neighbours(&self.train.labels, &other, self.classes);
         let memory = if cfg.memory_negatives > 0 && self.epoch >= cfg.memory_warmup {
             let rules = MiningRules {
@@ -408,7 +411,6 @@ impl<'a> NeighbourBatches<'a> {
             embeddings,
             graph: Graph {
                 other,
-                same,
                 class_neighbours,
             },
             memory,
@@ -593,8 +595,47 @@ impl BatchSource for NeighbourBatches<'_> {
         }))
     }
 
-    fn trained(&mut self, triplets: &[Triplet]) {
-        self.recorder.add(triplets);
+    fn trained(&mut self, step: &TrainedStep) {
+        let dim = self.cfg.network.dim as usize;
+        if let Some(bank) = self.bank.as_mut() {
+            for (row, &i) in step.images.iter().enumerate() {
+                if let Some(v) = step.embeddings.get(row * dim..(row + 1) * dim) {
+                    bank[i * dim..(i + 1) * dim].copy_from_slice(v);
+                }
+            }
+        }
+        self.recorder.add(step.mined);
+    }
+
+    fn save_state(&self, dir: &Path) -> std::io::Result<()> {
+        match &self.bank {
+            Some(bank) => {
+                let dim = self.cfg.network.dim as usize;
+                write_atomic(&dir.join(BANK_NPY), |w| {
+                    npy::write_f32_matrix(w, bank.len() / dim, dim, bank)
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join(BANK_NPY);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let (rows, cols, data) = npy::read_f32_matrix(&bytes)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+        if (rows, cols) != (self.train.len(), self.cfg.network.dim as usize) {
+            return Err(TrainError::Input(format!(
+                "{}: {rows}×{cols} embeddings, but the training split has {} samples of dimension {}",
+                path.display(),
+                self.train.len(),
+                self.cfg.network.dim
+            )));
+        }
+        self.bank = Some(data);
+        Ok(())
     }
 
     fn end_epoch(&mut self) -> Result<(), TrainError> {
@@ -626,7 +667,6 @@ mod tests {
         let class_neighbours = class_neighbours(&labels, &other, 40);
         let graph = Graph {
             other,
-            same: Vec::new(),
             class_neighbours,
         };
         (labels, graph)
@@ -701,11 +741,9 @@ mod tests {
         let other: Vec<Vec<usize>> = (0..90)
             .map(|i| (1..=8).map(|d| (i + d * 3 + 1) % 90).collect())
             .collect();
-        let same: Vec<Vec<usize>> = (0..90).map(|i| vec![(i + 3) % 90, (i + 6) % 90]).collect();
         let graph = Graph {
             class_neighbours: class_neighbours(&labels, &other, 3),
             other,
-            same,
         };
         let how = Composition {
             groups: 3,
@@ -717,10 +755,18 @@ mod tests {
         let all: Vec<usize> = (0..90).collect();
         let batches = compose(&labels, &all, &graph, &how, &mut Rng::new(1));
         every_sample_once(&batches, &all);
+        assert_eq!(
+            batches,
+            compose(&labels, &all, &graph, &how, &mut Rng::new(1)),
+            "deterministic for a seed"
+        );
         let seed = batches[0][0];
-        assert_eq!(&batches[0][1..3], &graph.same[seed][..]);
+        let label_of = |g: &[usize]| g.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+        assert_eq!(label_of(&batches[0][..3]), vec![labels[seed]; 3]);
         // The next group starts at the first neighbour past the two skipped ones.
-        assert_eq!(batches[0][3], graph.other[seed][2]);
+        let neighbour = graph.other[seed][2];
+        assert_eq!(batches[0][3], neighbour);
+        assert_eq!(label_of(&batches[0][3..6]), vec![labels[neighbour]; 3]);
     }
 
     #[test]

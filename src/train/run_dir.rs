@@ -65,12 +65,14 @@ pub fn round_dir(run: &Path, round: usize) -> PathBuf {
     run.join("rounds").join(format!("{round:03}"))
 }
 
-/// Writes model, optimiser and state into `dir`, replacing it whole.
+/// Writes model, optimiser, state and what the batch source keeps (`source_state` writes into
+/// the staged directory) into `dir`, replacing it whole.
 pub fn save_checkpoint(
     dir: &Path,
     model: &Embedder,
     optimizer: &Optimizer,
     state: &RunState,
+    source_state: &dyn Fn(&Path) -> std::io::Result<()>,
 ) -> Result<(), ModelError> {
     let name = dir
         .file_name()
@@ -82,6 +84,7 @@ pub fn save_checkpoint(
     model.save(&fresh)?;
     optimizer.save(&fresh.join(OPTIMIZER_WEIGHTS))?;
     write_json(&fresh.join(STATE_JSON), state)?;
+    source_state(&fresh)?;
     let _ = fs::remove_dir_all(&old);
     if dir.exists() {
         fs::rename(dir, &old)?;

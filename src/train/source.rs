@@ -183,11 +183,32 @@ pub trait BatchSource {
     /// The epoch's next batch, `None` after its last.
     fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError>;
 
-    /// What a step trained on (training-set indices), for the round record.
-    fn trained(&mut self, triplets: &[Triplet]);
+    /// What a step trained on: its images' embeddings (for sources that keep them) and the
+    /// triplets, for the round record.
+    fn trained(&mut self, step: &TrainedStep);
 
     /// Closes the epoch: saves the round record of a regime that mines every epoch.
     fn end_epoch(&mut self) -> Result<(), TrainError>;
+
+    /// Writes what the source keeps between epochs into a checkpoint directory being staged,
+    /// so that a resumed run continues bit for bit.
+    fn save_state(&self, _dir: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Restores what [`BatchSource::save_state`] wrote.
+    fn load_state(&mut self, _dir: &Path) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// One step's report to its source, as training-set indices.
+pub struct TrainedStep<'a> {
+    pub images: &'a [usize],
+    /// The images' embeddings from the step's forward pass (detached), one row per image;
+    /// empty for given triplets.
+    pub embeddings: &'a [f32],
+    pub mined: &'a [Triplet],
 }
 
 /// The batch source of `cfg.mining`: the one place that looks at the regime.
@@ -304,8 +325,8 @@ impl BatchSource for InBatch<'_> {
         }))
     }
 
-    fn trained(&mut self, triplets: &[Triplet]) {
-        self.recorder.add(triplets);
+    fn trained(&mut self, step: &TrainedStep) {
+        self.recorder.add(step.mined);
     }
 
     fn end_epoch(&mut self) -> Result<(), TrainError> {
@@ -406,7 +427,7 @@ impl BatchSource for GlobalTriplets<'_> {
         Ok(self.batches.pop_front())
     }
 
-    fn trained(&mut self, _: &[Triplet]) {}
+    fn trained(&mut self, _: &TrainedStep) {}
 
     fn end_epoch(&mut self) -> Result<(), TrainError> {
         Ok(())
@@ -446,7 +467,7 @@ impl BatchSource for FixedTriplets<'_> {
         Ok(self.batches.pop_front())
     }
 
-    fn trained(&mut self, _: &[Triplet]) {}
+    fn trained(&mut self, _: &TrainedStep) {}
 
     fn end_epoch(&mut self) -> Result<(), TrainError> {
         Ok(())
