@@ -241,6 +241,8 @@ pub fn embed_corpus(
         skipped: problems.len(),
         model: model.describe(&network),
         sha256: store::sha256_hex(&npy),
+        samples_sha256: None,
+        corpus_root: corpus::root_of(corpus).map(|r| r.display().to_string()),
     };
     let kept = Corpus {
         samples: embedded.samples,
@@ -267,6 +269,7 @@ pub fn embed_corpus(
         data: embedded.data,
         samples,
         meta,
+        loaded: None,
     };
     Ok(CorpusEmbedding {
         set,
@@ -301,7 +304,7 @@ impl EmbedError {
         match self {
             EmbedError::Corpus(_) | EmbedError::Strict(_) | EmbedError::NothingDecoded(_) => true,
             EmbedError::Model(e) => e.is_input_error(),
-            EmbedError::Store(_) => false,
+            EmbedError::Store(e) => e.is_input_error(),
         }
     }
 }

@@ -17,11 +17,10 @@ use tch::Device;
 use crate::corpus::{self, decode_image, CorpusError, Problem, PROBLEM_HEADER};
 use crate::definitions::{dot, Distance};
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
-use crate::knn::{
-    ExactIndex, HnswIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction,
-};
+use crate::knn::{ExactIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction};
 use crate::output::{write_csv, write_json};
-use crate::store::{self, sha256_hex, EmbeddingSet, StoreError};
+use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
+use crate::store::{self, sha256_hex, EmbeddingSet, EmbeddingsInput, StoreError};
 use signals::{duplicate_groups, label_vote, mean_knn_distance, percentile_ranks, upper_fence};
 
 /// Documented defaults, in plain units.
@@ -55,7 +54,10 @@ impl Default for Thresholds {
 #[derive(Debug, Clone)]
 pub enum AuditSource {
     Model(PathBuf),
-    Embeddings(PathBuf),
+    Embeddings {
+        input: EmbeddingsInput,
+        normalise: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,17 +87,23 @@ pub enum AuditError {
         count: usize,
         example: String,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to replace {0}: it is not empty and holds no audit.json; choose another --out \
+         or empty it"
+    )]
+    NotOurs(PathBuf),
 }
 
 impl AuditError {
     pub fn is_input_error(&self) -> bool {
         match self {
-            AuditError::Corpus(_) | AuditError::Store(_) | AuditError::Mismatch { .. } => true,
+            AuditError::Corpus(_) | AuditError::Mismatch { .. } | AuditError::NotOurs(_) => true,
+            AuditError::Store(e) => e.is_input_error(),
             AuditError::Embed(e) => e.is_input_error(),
             AuditError::Write { .. } => false,
         }
@@ -196,11 +204,14 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             )?;
             (e.set, e.problems)
         }
-        AuditSource::Embeddings(dir) => {
-            let set = store::read(dir)?;
-            let problems: Vec<Problem> = csv::Reader::from_path(dir.join(store::SKIPPED_CSV))
-                .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
-                .unwrap_or_default();
+        AuditSource::Embeddings { input, normalise } => {
+            let set = store::open(input, *normalise)?;
+            let problems: Vec<Problem> = match input {
+                EmbeddingsInput::Dir(dir) => csv::Reader::from_path(dir.join(store::SKIPPED_CSV))
+                    .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
+                    .unwrap_or_default(),
+                EmbeddingsInput::Files { .. } => Vec::new(),
+            };
             (set, problems)
         }
     };
@@ -215,9 +226,9 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         .map(|s| s.path.as_str())
         .filter(|p| !files.contains_key(p))
         .collect();
-    if let (Some(first), AuditSource::Embeddings(dir)) = (missing.first(), &cfg.source) {
+    if let (Some(first), AuditSource::Embeddings { input, .. }) = (missing.first(), &cfg.source) {
         return Err(AuditError::Mismatch {
-            dir: dir.clone(),
+            dir: input.path().to_path_buf(),
             corpus: cfg.corpus.clone(),
             count: missing.len(),
             example: first.to_string(),
@@ -393,17 +404,26 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     }
 
     let classes = class_rows(&set, &labels, &names, t.tiny_class, cfg.device);
+    // The files are one set: they are written into a staging folder beside --out and swapped
+    // in whole, so a reader (or `mine --exclude`) never meets an exclude.csv of another run,
+    // and a failed or killed re-run leaves the earlier set as it was.
+    if is_foreign(&cfg.out, "audit.json") {
+        return Err(AuditError::NotOurs(cfg.out.clone()));
+    }
+    let staging = staging_dir(&cfg.out);
+    let _ = std::fs::remove_dir_all(&staging);
+    let written = (|| -> Result<AuditSummary, AuditError> {
     let write = |name: &str, result: std::io::Result<()>| {
         result.map_err(|source| AuditError::Write {
             path: cfg.out.join(name),
             source,
         })
     };
-    std::fs::create_dir_all(&cfg.out).map_err(|source| AuditError::Write {
-        path: cfg.out.clone(),
+    std::fs::create_dir_all(&staging).map_err(|source| AuditError::Write {
+        path: staging.clone(),
         source,
     })?;
-    let out = |name: &str| cfg.out.join(name);
+    let out = |name: &str| staging.join(name);
     write(
         "duplicates.csv",
         write_csv(
@@ -498,6 +518,8 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         "outlier_fence_mean_knn_distance": fence,
         "model": set.meta.model,
         "embeddings_sha256": set.meta.sha256,
+        "embeddings": set.describe(),
+        "corpus_root": corpus::root_of(&cfg.corpus),
         "backend": backend,
         "counts": {
             "duplicate_groups": summary.duplicate_groups,
@@ -511,6 +533,18 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             "excluded": summary.excluded,
         },
     });
+    // audit.json names each CSV's hash: `mine --exclude` checks that exclude.csv is its own.
+    let mut files = serde_json::Map::new();
+    for name in CSV_FILES {
+        let bytes = std::fs::read(out(name)).map_err(|source| AuditError::Write {
+            path: cfg.out.join(name),
+            source,
+        })?;
+        files.insert(name.to_string(), sha256_hex(&bytes).into());
+    }
+    let mut report = report;
+    report["files"] = files.into();
+    crash_point("audit:half-staged");
     write("audit.json", write_json(&out("audit.json"), &report))?;
     let counts = report["counts"].as_object().expect("counts object");
     let mut facts = vec![
@@ -545,9 +579,35 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         problems: &problems,
     };
     let tiles = crate::report::Tiles::new(&corpus.samples, report::THUMB);
-    write(REPORT_HTML, report::write(&cfg.out, &input, &tiles))?;
+    write(REPORT_HTML, report::write(&staging, &input, &tiles))?;
     Ok(summary)
+    })();
+    let published = written.and_then(|summary| {
+        crash_point("audit:staged");
+        publish_dir(&staging, &cfg.out)
+            .map(|()| summary)
+            .map_err(|source| AuditError::Write {
+                path: cfg.out.clone(),
+                source,
+            })
+    });
+    if published.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    published
 }
+
+/// The CSV files of an audit directory (hashed in `audit.json`).
+pub const CSV_FILES: [&str; 8] = [
+    "duplicates.csv",
+    "leakage.csv",
+    "dedupe.csv",
+    "label_issues.csv",
+    "outliers.csv",
+    "classes.csv",
+    "exclude.csv",
+    "skipped.csv",
+];
 
 fn knn_graph(
     points: Points,
@@ -555,16 +615,8 @@ fn knn_graph(
     k: usize,
     cfg: &AuditConfig,
 ) -> (Vec<Vec<Neighbour>>, serde_json::Value) {
-    match cfg.knn.resolve(points.len()) {
-        KnnChoice::Hnsw => {
-            let index = HnswIndex::build(points, cfg.hnsw);
-            (index.search(queries, k, Restriction::Any), index.describe())
-        }
-        _ => {
-            let index = ExactIndex::new(points, cfg.device);
-            (index.search(queries, k, Restriction::Any), index.describe())
-        }
-    }
+    let index = crate::knn::build(points, cfg.knn, cfg.hnsw, cfg.device);
+    (index.search(queries, k, Restriction::Any), index.describe())
 }
 
 fn class_rows(
