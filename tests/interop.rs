@@ -25,8 +25,9 @@ fn readme_snippet() -> String {
 }
 
 /// Runs the README snippet on a small "model" (a linear map of noisy one-hot class codes) over
-/// the fixture manifest's rows, in `dir`; also writes variants of the same vectors.
-fn write_external(dir: &Path) {
+/// the fixture manifest's rows, in `dir`; also writes variants of the same vectors. Returns
+/// numpy's P@1 of the vectors (the oracle for `tripmine eval`).
+fn write_external(dir: &Path) -> f64 {
     let script = format!(
         "import csv, os, sys, numpy, torch\n\
          os.chdir(sys.argv[1])\n\
@@ -44,7 +45,12 @@ fn write_external(dir: &Path) {
          numpy.save('raw64.npy', raw.double().numpy())\n\
          numpy.save('half_fortran.npy', numpy.asfortranarray(emb.detach().numpy().astype(numpy.float16)))\n\
          numpy.save('ints.npy', numpy.zeros((len(paths), 4), dtype=numpy.int32))\n\
-         csv.writer(open('labels.csv', 'w', newline='')).writerows([('label',), *[(l,) for l in labels]])\n",
+         csv.writer(open('labels.csv', 'w', newline='')).writerows([('label', 'split'), *[(l, r['split']) for l, r in zip(labels, rows)]])\n\
+         e = numpy.load('emb/embeddings.npy').astype(numpy.float64)\n\
+         sims = e @ e.T\n\
+         numpy.fill_diagonal(sims, -numpy.inf)\n\
+         nearest = sims.argmax(axis=1)\n\
+         print(numpy.mean([labels[i] == labels[j] for i, j in enumerate(nearest)]))\n",
         readme_snippet()
     );
     let made = Command::new(python())
@@ -58,6 +64,7 @@ fn write_external(dir: &Path) {
         "python failed:\n{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    String::from_utf8_lossy(&made.stdout).trim().parse().unwrap()
 }
 
 fn sidecar(csv: &Path) -> serde_json::Value {
@@ -68,7 +75,7 @@ fn sidecar(csv: &Path) -> serde_json::Value {
 fn pytorch_embeddings_are_mined_audited_evaluated_and_viewed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_external(d);
+    let numpy_p1 = write_external(d);
     let emb = d.join("emb");
     assert!(!emb.join("embeddings.json").exists());
     let manifest = fixtures().join("manifest.csv");
@@ -83,15 +90,13 @@ fn pytorch_embeddings_are_mined_audited_evaluated_and_viewed() {
     assert_eq!(json["embeddings"]["loaded"]["dtype"], "<f4");
     assert_eq!(json["embeddings"]["loaded"]["normalised_on_load"], false);
 
-    // Retrieval on these vectors: the classes are separable, so P@1 is high.
+    // Retrieval on these vectors agrees with numpy's brute-force nearest neighbour.
     let out = ok(&["eval", "--embeddings", s(&emb), "--json"]);
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let p1 = m["p_at_1"].as_f64().unwrap();
-    assert!(p1 > 0.9, "P@1 {p1}");
+    assert!((p1 - numpy_p1).abs() < 1e-9, "P@1 {p1}, numpy {numpy_p1}");
+    assert!(p1 > 0.5, "the clusters are visible: P@1 {p1}");
     assert_eq!(m["queries"], 288);
-    let out = ok(&["eval", "--embeddings", s(&emb), "--split", "test", "--json"]);
-    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(m["queries"], 72, "6 test images in each of 12 classes");
 
     let audit = d.join("audit");
     ok(&[
@@ -179,6 +184,21 @@ fn other_dtypes_layouts_and_unnormalised_rows() {
         .as_f64()
         .unwrap();
     assert!((p1(&half) - p1(&full)).abs() < 0.02, "{half} vs {full}");
+
+    // --split filters on the labels' split column.
+    let out = ok(&[
+        "eval",
+        "--embeddings",
+        s(&d.join("raw64.npy")),
+        "--labels",
+        s(&labels),
+        "--normalise",
+        "--split",
+        "test",
+        "--json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(m["queries"], 72, "6 test images in each of 12 classes");
 
     // Integers, a missing --labels, and a row count that disagrees: exit 2, named.
     let (code, _, stderr) = mine("ints.npy", &[]);
