@@ -64,12 +64,55 @@ where
 }
 
 /// A sibling of `target` to build a new version of it in: `.<name>.tmp-<pid>`.
+/// Also sweeps the staging folders of killed runs (see [`sweep_stale`]).
 pub fn staging_dir(target: &Path) -> PathBuf {
+    sweep_stale(target);
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
     target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Removes staging folders of `target` (`.<name>.tmp-<pid>`, `.<name>.old-<pid>`) left by
+/// processes that no longer run (killed mid-write); best effort.
+pub fn sweep_stale(target: &Path) {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp-", ".old-"].iter().find_map(|kind| {
+            file.strip_prefix(&format!(".{name}{kind}"))
+                .and_then(|p| p.parse::<u32>().ok())
+        });
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !alive(pid) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn alive(_: u32) -> bool {
+    true
 }
 
 /// True when `dir` exists, is not empty and lacks `marker`: not an output set of ours, so it

@@ -85,7 +85,15 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".emb."))
         .collect();
-    eprintln!("left behind by the killed runs (hidden, ignored): {leftovers:?}");
+    assert!(!leftovers.is_empty(), "a killed run cannot clean up");
+    // The next run sweeps the staging folders of dead processes.
+    ok(&embed_args(s(&emb), "2"));
+    let leftovers: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".emb."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Triplet CSV + sidecar: the old pair, then a run killed between the two renames.
     let t = d.join("t.csv");
