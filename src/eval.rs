@@ -216,7 +216,11 @@ pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
         EvalSource::Embeddings { input, normalise } => {
             let set = crate::store::open(input, *normalise)?;
             let keep: Vec<usize> = (0..set.len())
-                .filter(|&i| cfg.split.as_ref().is_none_or(|s| &set.samples[i].split == s))
+                .filter(|&i| {
+                    cfg.split
+                        .as_ref()
+                        .is_none_or(|s| &set.samples[i].split == s)
+                })
                 .collect();
             if keep.is_empty() {
                 return Err(no_split(input.path(), cfg.split.as_deref().unwrap_or("")));

@@ -250,7 +250,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(m.data, [1.0, -2.0, 0.5, 2f32.powi(-24)]);
-        let body: Vec<u8> = [1.5f32, -3.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let body: Vec<u8> = [1.5f32, -3.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
         let m = read_matrix(&with_header(
             "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 2), }\n",
             &body,

@@ -12,7 +12,9 @@ use crate::definitions::Distance;
 use crate::npy;
 use std::io::Write;
 
-use crate::output::{crash_point, is_foreign, publish_dir, staging_dir, write_atomic, write_csv, write_json};
+use crate::output::{
+    crash_point, is_foreign, publish_dir, staging_dir, write_atomic, write_csv, write_json,
+};
 
 pub const EMBEDDINGS_NPY: &str = "embeddings.npy";
 pub const SAMPLES_CSV: &str = "samples.csv";
@@ -266,7 +268,12 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
         EmbeddingsInput::Files { npy, labels } => {
             let json = npy.with_file_name(EMBEDDINGS_JSON);
             let own = npy.file_name().is_some_and(|n| n == EMBEDDINGS_NPY) && json.exists();
-            (npy.clone(), npy.clone(), labels.clone(), own.then_some(json))
+            (
+                npy.clone(),
+                npy.clone(),
+                labels.clone(),
+                own.then_some(json),
+            )
         }
     };
     let bad = |message: String| StoreError::Invalid {
@@ -336,7 +343,8 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
             });
         }
     }
-    let samples = parse_samples(&labels_bytes).map_err(|e| bad(format!("{}: {e}", name(&labels_path))))?;
+    let samples =
+        parse_samples(&labels_bytes).map_err(|e| bad(format!("{}: {e}", name(&labels_path))))?;
     if samples.len() != rows {
         return Err(bad(format!(
             "{} has {rows} rows but {} names {} samples; row i of the array must belong to \
@@ -369,7 +377,11 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
                 }
             )));
         }
-        let norm = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
         if normalise {
             if norm < 1e-12 {
                 return Err(bad(format!(

@@ -155,15 +155,22 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
 
     // A failed re-run (its corpus does not hold the embeddings' files) leaves the set intact.
     let mut bad = audit_args("0");
-    let manifest: &'static str =
-        Box::leak(s(&fixtures().join("planted.csv")).to_string().into_boxed_str());
+    let manifest: &'static str = Box::leak(
+        s(&fixtures().join("planted.csv"))
+            .to_string()
+            .into_boxed_str(),
+    );
     bad[2] = manifest;
     let (code, _, stderr) = tripmine(&bad);
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(snapshot(&audit), new);
 
     // An exclude.csv that is not the audit's own is refused by mine.
-    fs::write(audit.join("exclude.csv"), "path,reason\nstar/star_00.png,outlier\n").unwrap();
+    fs::write(
+        audit.join("exclude.csv"),
+        "path,reason\nstar/star_00.png,outlier\n",
+    )
+    .unwrap();
     let (code, _, stderr) = tripmine(&[
         "mine",
         "--embeddings",
@@ -181,7 +188,9 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
 fn assert_consistent(audit: &Path) {
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(audit.join("audit.json")).unwrap()).unwrap();
-    let files = json["files"].as_object().expect("audit.json lists its files");
+    let files = json["files"]
+        .as_object()
+        .expect("audit.json lists its files");
     assert_eq!(files.len(), tripmine::audit::CSV_FILES.len());
     for (name, sha) in files {
         let actual = tripmine::store::sha256_hex(&fs::read(audit.join(name)).unwrap());

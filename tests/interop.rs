@@ -20,7 +20,11 @@ fn readme_snippet() -> String {
     let start = block.find("```python\n").unwrap() + "```python\n".len();
     let end = start + block[start..].find("\n```").unwrap();
     let snippet = block[start..end].to_string();
-    assert_eq!(snippet.lines().count(), 3, "the README promises three lines");
+    assert_eq!(
+        snippet.lines().count(),
+        3,
+        "the README promises three lines"
+    );
     snippet
 }
 
@@ -64,7 +68,10 @@ fn write_external(dir: &Path) -> f64 {
         "python failed:\n{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    String::from_utf8_lossy(&made.stdout).trim().parse().unwrap()
+    String::from_utf8_lossy(&made.stdout)
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn sidecar(csv: &Path) -> serde_json::Value {
@@ -180,9 +187,11 @@ fn other_dtypes_layouts_and_unnormalised_rows() {
         "--json",
     ]);
     let full = ok(&["eval", "--embeddings", s(&d.join("emb")), "--json"]);
-    let p1 = |t: &str| serde_json::from_str::<serde_json::Value>(t.trim()).unwrap()["p_at_1"]
-        .as_f64()
-        .unwrap();
+    let p1 = |t: &str| {
+        serde_json::from_str::<serde_json::Value>(t.trim()).unwrap()["p_at_1"]
+            .as_f64()
+            .unwrap()
+    };
     assert!((p1(&half) - p1(&full)).abs() < 0.02, "{half} vs {full}");
 
     // --split filters on the labels' split column.
@@ -203,7 +212,10 @@ fn other_dtypes_layouts_and_unnormalised_rows() {
     // Integers, a missing --labels, and a row count that disagrees: exit 2, named.
     let (code, _, stderr) = mine("ints.npy", &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("ints.npy") && stderr.contains("<i4"), "{stderr}");
+    assert!(
+        stderr.contains("ints.npy") && stderr.contains("<i4"),
+        "{stderr}"
+    );
     let npy = d.join("raw64.npy");
     let (code, _, stderr) = tripmine(&["mine", "--embeddings", s(&npy), "--out", s(&t)]);
     assert_eq!(code, 2, "{stderr}");
@@ -211,7 +223,10 @@ fn other_dtypes_layouts_and_unnormalised_rows() {
     fs::write(&labels, "label\na\nb\n").unwrap();
     let (code, _, stderr) = mine("raw64.npy", &["--normalise"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("288 rows") && stderr.contains("2 samples"), "{stderr}");
+    assert!(
+        stderr.contains("288 rows") && stderr.contains("2 samples"),
+        "{stderr}"
+    );
 }
 
 /// One cause per message: the old message said `writing X` three times.
@@ -233,13 +248,7 @@ fn a_replaced_npy_is_refused_naming_both_files_and_hashes() {
     let npy = emb.join("embeddings.npy");
     let before = fs::read(&npy).unwrap();
     let m = tripmine::npy::read_matrix(&before).unwrap();
-    let reversed: Vec<f32> = m
-        .data
-        .chunks(m.cols)
-        .rev()
-        .flatten()
-        .copied()
-        .collect();
+    let reversed: Vec<f32> = m.data.chunks(m.cols).rev().flatten().copied().collect();
     let after = tripmine::store::npy_bytes(m.rows, m.cols, &reversed);
     fs::write(&npy, &after).unwrap();
     let (code, _, stderr) = tripmine(&["mine", "--embeddings", s(&emb), "--out", s(&t)]);
@@ -269,13 +278,7 @@ fn a_replaced_npy_is_refused_naming_both_files_and_hashes() {
     ok(&["mine", "--embeddings", s(&emb), "--out", s(&t)]);
 
     // An unwritable --out: the path and the OS error each appear once.
-    let (code, _, stderr) = tripmine(&[
-        "mine",
-        "--embeddings",
-        s(&emb),
-        "--out",
-        "no/such/t.csv",
-    ]);
+    let (code, _, stderr) = tripmine(&["mine", "--embeddings", s(&emb), "--out", "no/such/t.csv"]);
     assert_eq!(code, 1, "{stderr}");
     assert_each_once(&stderr, &["no/such/t.csv", "os error 2"]);
 }
@@ -325,7 +328,11 @@ fn a_replaced_backbone_is_refused_when_its_checkpoint_is_loaded() {
             .arg(&pt)
             .output()
             .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
     };
     save(12);
     let pre = tripmine::corpus::Preprocess::standard(32, 3);

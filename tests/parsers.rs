@@ -56,9 +56,8 @@ fn header_strategy() -> impl Strategy<Value = String> {
         "\\([0-9a-z, -]{0,12}\\)?",
     ];
     let fortran = prop_oneof![Just("False"), Just("True"), Just("maybe")];
-    (descr, fortran, shape).prop_map(|(d, f, s)| {
-        format!("{{'descr': '{d}', 'fortran_order': {f}, 'shape': {s}, }}\n")
-    })
+    (descr, fortran, shape)
+        .prop_map(|(d, f, s)| format!("{{'descr': '{d}', 'fortran_order': {f}, 'shape': {s}, }}\n"))
 }
 
 proptest! {

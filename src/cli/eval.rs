@@ -46,10 +46,9 @@ impl EvalArgs {
                 batch_size: self.batch_size.max(1),
             },
             _ => {
-                return Err(super::UsageError(
-                    "give --corpus with --model, or --embeddings".into(),
+                return Err(
+                    super::UsageError("give --corpus with --model, or --embeddings".into()).into(),
                 )
-                .into())
             }
         };
         Ok(EvalConfig {

@@ -153,7 +153,9 @@ mod tests {
             super::error_message(&err),
             "writing no/such/t.csv: No such file or directory (os error 2)"
         );
-        let err = anyhow::anyhow!("disk full").context("writing a.csv").context("mine");
+        let err = anyhow::anyhow!("disk full")
+            .context("writing a.csv")
+            .context("mine");
         assert_eq!(super::error_message(&err), "mine: writing a.csv: disk full");
     }
 

@@ -553,7 +553,11 @@ mod tests {
         };
         let (mined, stats) = mine(points, &Brute(points), &r);
         let limited = "no easy negative among the 2 nearest other-label neighbours";
-        assert!(stats.skipped.get(limited).copied().unwrap_or(0) > 0, "{:?}", stats.skipped);
+        assert!(
+            stats.skipped.get(limited).copied().unwrap_or(0) > 0,
+            "{:?}",
+            stats.skipped
+        );
         for t in mined {
             let near = brute_force(points, t.anchor, 2, Restriction::OtherLabels);
             assert!(near.iter().any(|n| n.index == t.negative));

@@ -359,11 +359,9 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
             let sidecar = path.with_extension("json");
             let mut json = sidecar_json(cfg, &set, &summary);
             json["csv_sha256"] = csv_sha256.into();
-            write_json(&sidecar, &json).map_err(|source| {
-                MineError::Write {
-                    path: sidecar,
-                    source,
-                }
+            write_json(&sidecar, &json).map_err(|source| MineError::Write {
+                path: sidecar,
+                source,
             })?;
         }
     }
