@@ -8,6 +8,15 @@ use tripmine::cli::{Cli, Command, UsageError};
 use tripmine::definitions::TripletKind;
 use tripmine::{audit, embed, eval, mine, train, view};
 
+/// Summaries go to stdout; a reader that went away (`tripmine audit ... | head`) is not an
+/// error, so a failed write is ignored instead of panicking as `std::println!` does.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
