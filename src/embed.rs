@@ -281,6 +281,10 @@ pub fn embed_corpus(
 
 /// Runs `tripmine embed`: nothing is written under `--strict` if any file was unusable.
 pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
+    // Refuse a foreign --out before the work, not after it.
+    if crate::output::is_foreign(&cfg.out, store::EMBEDDINGS_JSON) {
+        return Err(StoreError::NotOurs(cfg.out.clone()).into());
+    }
     let embedded = embed_corpus(
         &cfg.corpus,
         &cfg.model,

@@ -330,8 +330,16 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
     };
     let matrix = npy::read_matrix(&bytes).map_err(|e| bad(format!("{}: {e}", name(&npy_path))))?;
     let (rows, dim, mut data) = (matrix.rows, matrix.cols, matrix.data);
-    let labels_bytes =
-        fs::read(&labels_path).map_err(|e| bad(format!("{}: {e}", name(&labels_path))))?;
+    let labels_bytes = fs::read(&labels_path).map_err(|e| {
+        let hint = match input {
+            EmbeddingsInput::Dir(_) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "; write {SAMPLES_CSV} (path,label[,split], one row per array row) beside \
+                 {EMBEDDINGS_NPY}, or name such a CSV with --labels"
+            ),
+            _ => String::new(),
+        };
+        bad(format!("{}: {e}{hint}", name(&labels_path)))
+    })?;
     if let (Some(json_path), Some(recorded)) = (&json_path, &meta.samples_sha256) {
         let actual = sha256_hex(&labels_bytes);
         if labels_path.file_name().is_some_and(|n| n == SAMPLES_CSV) && *recorded != actual {

@@ -194,6 +194,9 @@ pub struct AuditSummary {
 }
 
 pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
+    if is_foreign(&cfg.out, "audit.json") {
+        return Err(AuditError::NotOurs(cfg.out.clone()));
+    }
     let corpus = corpus::open(&cfg.corpus)?;
     let (set, problems) = match &cfg.source {
         AuditSource::Model(dir) => {
@@ -409,9 +412,6 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     // The files are one set: they are written into a staging folder beside --out and swapped
     // in whole, so a reader (or `mine --exclude`) never meets an exclude.csv of another run,
     // and a failed or killed re-run leaves the earlier set as it was.
-    if is_foreign(&cfg.out, "audit.json") {
-        return Err(AuditError::NotOurs(cfg.out.clone()));
-    }
     let staging = staging_dir(&cfg.out);
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| -> Result<AuditSummary, AuditError> {
