@@ -14,8 +14,9 @@ last checkpoint on the corpus's `test` split (never used for training or model s
 with exact neighbours. Contenders:
 
   batch-hard, batch-semihard, global,     tripmine train --mining <that>
-  neighbour-batches,                      tripmine train --mining neighbour-batches
-  neighbour-batches-mem4                  ... --memory-negatives 4
+  neighbour-batches-hard,                 tripmine train --mining neighbour-batches --batch-miner hard
+  neighbour-batches-semihard,             ... --batch-miner semihard
+  neighbour-batches-semihard-mem4         ... --batch-miner semihard --memory-negatives 4
   pml-batch-hard, pml-batch-semihard      scripts/bench_pml.py (PyTorch + pytorch-metric-learning)
 
 Corpora (generated under --data when their manifest is missing):
@@ -23,8 +24,8 @@ Corpora (generated under --data when their manifest is missing):
              training classes (3,400 train, 600 val), 100 unseen test classes (2,000 test).
   fashion    scripts/fashion_mnist.py --per-class 200: 180 train + 20 val per class, 40 test
              per class (Fashion-MNIST's test set, same 10 classes), 28x28 grey.
-Full run: 4 epochs each (13,600 and 7,200 training images per run), 3 seeds, 7 contenders:
-42 runs, estimated 50 minutes on a 2-core machine (assuming about 180 images/s for the
+Full run: 4 epochs each (13,600 and 7,200 training images per run), 3 seeds, 8 contenders:
+48 runs, estimated 50 minutes on a 2-core machine (assuming about 180 images/s for the
 in-batch regimes and half that for global mining, plus start-up and evaluation; pml measured
 106 images/s on one thread while the other core was busy). --epochs or fewer --contenders
 shorten it; the progress lines on stderr estimate the time left.
@@ -73,8 +74,10 @@ CONTENDERS = {
     "batch-hard": ("tripmine", ["--mining", "batch-hard"]),
     "batch-semihard": ("tripmine", ["--mining", "batch-semihard"]),
     "global": ("tripmine", ["--mining", "global"]),
-    "neighbour-batches": ("tripmine", ["--mining", "neighbour-batches"]),
-    "neighbour-batches-mem4": ("tripmine", ["--mining", "neighbour-batches", "--memory-negatives", "4"]),
+    "neighbour-batches-hard": ("tripmine", ["--mining", "neighbour-batches", "--batch-miner", "hard"]),
+    "neighbour-batches-semihard": ("tripmine", ["--mining", "neighbour-batches", "--batch-miner", "semihard"]),
+    "neighbour-batches-semihard-mem4": ("tripmine", ["--mining", "neighbour-batches", "--batch-miner", "semihard",
+                                                     "--memory-negatives", "4"]),
     "pml-batch-hard": ("pml", "batch-hard"),
     "pml-batch-semihard": ("pml", "batch-semihard"),
 }

@@ -69,6 +69,18 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// One mined triplet: indices into the mined points, with the distances that decided its
+/// kind. Here (not in `mine`) so that the CSV schema and the pictures need no mining job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Triplet {
+    pub anchor: usize,
+    pub positive: usize,
+    pub negative: usize,
+    pub d_ap: f32,
+    pub d_an: f32,
+    pub kind: TripletKind,
+}
+
 /// Where a negative lies relative to an anchor–positive pair, by t = d(a,n) − d(a,p).
 #[derive(
     Debug,

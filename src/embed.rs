@@ -241,6 +241,8 @@ pub fn embed_corpus(
         skipped: problems.len(),
         model: model.describe(&network),
         sha256: store::sha256_hex(&npy),
+        samples_sha256: None,
+        corpus_root: corpus::root_of(corpus).map(|r| r.display().to_string()),
     };
     let kept = Corpus {
         samples: embedded.samples,
@@ -267,6 +269,7 @@ pub fn embed_corpus(
         data: embedded.data,
         samples,
         meta,
+        loaded: None,
     };
     Ok(CorpusEmbedding {
         set,
@@ -278,6 +281,10 @@ pub fn embed_corpus(
 
 /// Runs `tripmine embed`: nothing is written under `--strict` if any file was unusable.
 pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
+    // Refuse a foreign --out before the work, not after it.
+    if crate::output::is_foreign(&cfg.out, store::EMBEDDINGS_JSON) {
+        return Err(StoreError::NotOurs(cfg.out.clone()).into());
+    }
     let embedded = embed_corpus(
         &cfg.corpus,
         &cfg.model,
@@ -301,7 +308,7 @@ impl EmbedError {
         match self {
             EmbedError::Corpus(_) | EmbedError::Strict(_) | EmbedError::NothingDecoded(_) => true,
             EmbedError::Model(e) => e.is_input_error(),
-            EmbedError::Store(_) => false,
+            EmbedError::Store(e) => e.is_input_error(),
         }
     }
 }

@@ -138,39 +138,102 @@ mod tests {
     }
 }
 
+/// Where `tripmine eval` gets its embeddings.
+#[derive(Debug, Clone)]
+pub enum EvalSource {
+    /// Embed a corpus with a checkpoint.
+    Checkpoint {
+        corpus: std::path::PathBuf,
+        model: std::path::PathBuf,
+        batch_size: usize,
+    },
+    /// Embeddings from files (see [`crate::store::open`]).
+    Embeddings {
+        input: crate::store::EmbeddingsInput,
+        normalise: bool,
+    },
+}
+
 /// `tripmine eval`, validated.
 #[derive(Debug, Clone)]
 pub struct EvalConfig {
-    pub corpus: std::path::PathBuf,
-    pub model: std::path::PathBuf,
+    pub source: EvalSource,
     /// Only samples of this split (the manifest's split column).
     pub split: Option<String>,
-    pub batch_size: usize,
     pub device: tch::Device,
 }
 
-/// Embeds the corpus (or one split of it) with the checkpoint and measures retrieval.
-pub fn run(cfg: &EvalConfig) -> Result<Metrics, crate::embed::EmbedError> {
-    use crate::embed::{embed_samples, EmbedError};
-    let mut corpus = crate::corpus::open(&cfg.corpus)?;
-    if let Some(split) = &cfg.split {
-        corpus.samples.retain(|s| &s.split == split);
-        if corpus.samples.is_empty() {
-            return Err(EmbedError::Corpus(crate::corpus::CorpusError::Manifest {
-                path: cfg.corpus.clone(),
-                message: format!("no sample has split {split:?}"),
-            }));
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{input}: no sample has split {split:?}")]
+    NoSplit { input: String, split: String },
+}
+
+impl EvalError {
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            EvalError::Embed(e) => e.is_input_error(),
+            EvalError::Store(e) => e.is_input_error(),
+            EvalError::NoSplit { .. } => true,
         }
     }
-    let model = Embedder::load(&cfg.model, cfg.device)?;
-    let embedded = embed_samples(&corpus.samples, &model, cfg.batch_size)?;
-    for p in &embedded.problems {
-        eprintln!("warning: skipping {}: {}", p.path, p.reason);
-    }
-    let (_, labels) = crate::corpus::label_ids(embedded.samples.iter().map(|s| s.label.as_str()));
+}
+
+/// Measures retrieval on the embeddings of a corpus (or one split of it).
+pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
+    use crate::embed::embed_samples;
+    let no_split = |input: &std::path::Path, split: &str| EvalError::NoSplit {
+        input: input.display().to_string(),
+        split: split.to_string(),
+    };
+    let (data, dim, labels): (Vec<f32>, usize, Vec<String>) = match &cfg.source {
+        EvalSource::Checkpoint {
+            corpus: path,
+            model,
+            batch_size,
+        } => {
+            let mut corpus = crate::corpus::open(path).map_err(crate::embed::EmbedError::from)?;
+            if let Some(split) = &cfg.split {
+                corpus.samples.retain(|s| &s.split == split);
+                if corpus.samples.is_empty() {
+                    return Err(no_split(path, split));
+                }
+            }
+            let model =
+                Embedder::load(model, cfg.device).map_err(crate::embed::EmbedError::from)?;
+            let embedded = embed_samples(&corpus.samples, &model, *batch_size)
+                .map_err(crate::embed::EmbedError::from)?;
+            for p in &embedded.problems {
+                eprintln!("warning: skipping {}: {}", p.path, p.reason);
+            }
+            let labels = embedded.samples.iter().map(|s| s.label.clone()).collect();
+            (embedded.data, embedded.dim, labels)
+        }
+        EvalSource::Embeddings { input, normalise } => {
+            let set = crate::store::open(input, *normalise)?;
+            let keep: Vec<usize> = (0..set.len())
+                .filter(|&i| {
+                    cfg.split
+                        .as_ref()
+                        .is_none_or(|s| &set.samples[i].split == s)
+                })
+                .collect();
+            if keep.is_empty() {
+                return Err(no_split(input.path(), cfg.split.as_deref().unwrap_or("")));
+            }
+            let data = keep.iter().flat_map(|&i| set.row(i).to_vec()).collect();
+            let labels = keep.iter().map(|&i| set.samples[i].label.clone()).collect();
+            (data, set.dim, labels)
+        }
+    };
+    let (_, labels) = crate::corpus::label_ids(labels.iter().map(String::as_str));
     let points = Points {
-        data: &embedded.data,
-        dim: embedded.dim,
+        data: &data,
+        dim,
         labels: &labels,
     };
     Ok(evaluate(points, cfg.device))

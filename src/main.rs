@@ -8,12 +8,21 @@ use tripmine::cli::{Cli, Command, UsageError};
 use tripmine::definitions::TripletKind;
 use tripmine::{audit, embed, eval, mine, train, view};
 
+/// Summaries go to stdout; a reader that went away (`tripmine audit ... | head`) is not an
+/// error, so a failed write is ignored instead of panicking as `std::println!` does.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", tripmine::cli::error_message(&err));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -45,6 +54,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Mine(args) => {
             let cfg = args.to_config()?;
             let done = mine::run(&cfg)?;
+            for w in &done.warnings {
+                eprintln!("warning: {w}");
+            }
             let s = &done.stats;
             let kind = |k| s.per_kind.get(&k).copied().unwrap_or(0);
             let skipped: usize = s.skipped.values().sum();
@@ -184,6 +196,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_input_error())
             || cause
                 .downcast_ref::<audit::AuditError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<eval::EvalError>()
+                .is_some_and(|e| e.is_input_error())
+            || cause
+                .downcast_ref::<tripmine::store::StoreError>()
                 .is_some_and(|e| e.is_input_error())
             || cause
                 .downcast_ref::<view::ViewError>()

@@ -1,8 +1,14 @@
-//! The `.npy` format (version 1.0) for a 2-D float32 array in C order: what `numpy.load` reads.
+//! The `.npy` format: tripmine writes version 1.0, 2-D float32 in C order (what `numpy.load`
+//! reads); it reads any 2-D float16/float32/float64 array, either byte order, C or Fortran order,
+//! and converts it to float32 rows. Every size in the header is checked arithmetic: a crafted
+//! header is an error, never a panic or a wrapped allocation.
 
 use std::io::{self, Write};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Headers longer than this are refused before they are parsed (numpy writes under 200 bytes).
+const MAX_HEADER: usize = 1 << 16;
 
 pub fn write_f32_matrix<W: Write>(
     w: &mut W,
@@ -28,8 +34,26 @@ pub fn write_f32_matrix<W: Write>(
     w.write_all(&bytes)
 }
 
-/// Parses a 2-D little-endian float32 C-order array; the error says what is wrong with it.
-pub fn read_f32_matrix(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
+/// A 2-D array read from `.npy`, converted to float32 rows in C order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+    /// The dtype as the file declared it, e.g. `<f8`.
+    pub dtype: String,
+    pub fortran_order: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Float {
+    F16,
+    F32,
+    F64,
+}
+
+/// Parses a 2-D float array; the error says what is wrong with it and what tripmine reads.
+pub fn read_matrix(bytes: &[u8]) -> Result<Matrix, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -41,6 +65,11 @@ pub fn read_f32_matrix(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String>
         ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
+    if header_len > MAX_HEADER {
+        return Err(format!(
+            "header claims {header_len} bytes; .npy headers are under {MAX_HEADER}"
+        ));
+    }
     let header = bytes
         .get(start..start + header_len)
         .and_then(|h| std::str::from_utf8(h).ok())
@@ -52,12 +81,27 @@ pub fn read_f32_matrix(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String>
     let descr = field("descr")
         .and_then(|d| d.split('\'').nth(1))
         .ok_or("no dtype in .npy header")?;
-    if descr != "<f4" {
-        return Err(format!("dtype is {descr}; expected float32 (<f4)"));
-    }
-    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
-        return Err("array is in Fortran order; expected C order".into());
-    }
+    let (little, float) = match descr.as_bytes() {
+        [order @ (b'<' | b'>' | b'='), b'f', size @ (b'2' | b'4' | b'8')] => (
+            *order != b'>',
+            match size {
+                b'2' => Float::F16,
+                b'4' => Float::F32,
+                _ => Float::F64,
+            },
+        ),
+        _ => {
+            return Err(format!(
+                "dtype is {descr}; tripmine reads float16, float32 or float64 (convert with \
+                 array.astype(numpy.float32))"
+            ))
+        }
+    };
+    let fortran_order = match field("fortran_order") {
+        Some(f) if f.starts_with("True") => true,
+        Some(f) if f.starts_with("False") => false,
+        _ => return Err("no fortran_order in .npy header".into()),
+    };
     let shape = field("shape")
         .and_then(|s| s.strip_prefix('('))
         .and_then(|s| s.split(')').next())
@@ -73,24 +117,90 @@ pub fn read_f32_matrix(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String>
             "array has shape ({shape}); expected 2 dimensions (N, D)"
         ));
     };
+    let width = match float {
+        Float::F16 => 2,
+        Float::F32 => 4,
+        Float::F64 => 8,
+    };
+    let needed = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(width))
+        .ok_or_else(|| format!("shape ({rows}, {cols}) is too large to address"))?;
     let body = &bytes[start + header_len..];
-    if body.len() != rows * cols * 4 {
+    if body.len() != needed {
         return Err(format!(
-            "holds {} bytes of data; shape ({rows}, {cols}) needs {}",
-            body.len(),
-            rows * cols * 4
+            "holds {} bytes of data; shape ({rows}, {cols}) of {descr} needs {needed}",
+            body.len()
         ));
     }
-    let data = body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    let values: Vec<f32> = body
+        .chunks_exact(width)
+        .map(|c| match (float, little) {
+            (Float::F16, true) => f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+            (Float::F16, false) => f16_to_f32(u16::from_be_bytes([c[0], c[1]])),
+            (Float::F32, true) => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            (Float::F32, false) => f32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            (Float::F64, true) => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
+            (Float::F64, false) => f64::from_be_bytes(c.try_into().expect("8 bytes")) as f32,
+        })
         .collect();
-    Ok((rows, cols, data))
+    let data = if fortran_order && rows > 1 && cols > 1 {
+        // Column-major: element (r, c) is at c * rows + r.
+        let mut out = vec![0.0; values.len()];
+        for (c, column) in values.chunks_exact(rows).enumerate() {
+            for (r, v) in column.iter().enumerate() {
+                out[r * cols + c] = *v;
+            }
+        }
+        out
+    } else {
+        values
+    };
+    Ok(Matrix {
+        rows,
+        cols,
+        data,
+        dtype: descr.to_string(),
+        fortran_order,
+    })
+}
+
+/// Parses a 2-D array of any float dtype tripmine reads, as float32 rows (see [`read_matrix`]).
+pub fn read_f32_matrix(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
+    read_matrix(bytes).map(|m| (m.rows, m.cols, m.data))
+}
+
+/// IEEE half precision to single (exact: every half is a single).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: normalise the fraction.
+            let shift = f.leading_zeros() - 21;
+            let f = (f << shift) & 0x3ff;
+            sign | ((127 - 15 + 1 - shift) << 23) | (f << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_header(header: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend([1, 0]);
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(body);
+        out
+    }
 
     #[test]
     fn round_trip_and_aligned_header() {
@@ -111,7 +221,62 @@ mod tests {
             .unwrap_err()
             .contains("holds"));
         let at = buf.windows(3).position(|w| w == b"<f4").unwrap();
-        buf[at + 2] = b'8';
+        buf[at + 1] = b'i';
         assert!(read_f32_matrix(&buf).unwrap_err().contains("float32"));
+    }
+
+    #[test]
+    fn float16_float64_big_endian_and_fortran_order_are_converted() {
+        // [[1, 2, 3], [4, 5, 6]] stored column-major as float64.
+        let body: Vec<u8> = [1.0f64, 4.0, 2.0, 5.0, 3.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let m = read_matrix(&with_header(
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }\n",
+            &body,
+        ))
+        .unwrap();
+        assert_eq!(m.data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(m.dtype, "<f8");
+        // float16: 1.0 = 0x3c00, -2.0 = 0xc000, 0.5 = 0x3800, smallest subnormal 2^-24.
+        let body: Vec<u8> = [0x3c00u16, 0xc000, 0x3800, 0x0001]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let m = read_matrix(&with_header(
+            "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 2), }\n",
+            &body,
+        ))
+        .unwrap();
+        assert_eq!(m.data, [1.0, -2.0, 0.5, 2f32.powi(-24)]);
+        let body: Vec<u8> = [1.5f32, -3.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let m = read_matrix(&with_header(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 2), }\n",
+            &body,
+        ))
+        .unwrap();
+        assert_eq!(m.data, [1.5, -3.0]);
+    }
+
+    /// Regression: this header panicked with a multiply overflow (and wrapped in release).
+    #[test]
+    fn a_huge_shape_is_an_error_not_a_panic() {
+        for shape in [
+            "(18446744073709551615, 18446744073709551615)",
+            "(4611686018427387904, 2)",
+            "(2305843009213693952, 2)",
+            "(99999999999999999999999, 1)",
+        ] {
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            let err = read_matrix(&with_header(&h, &[0; 8])).unwrap_err();
+            assert!(
+                err.contains("too large") || err.contains("bad shape"),
+                "{err}"
+            );
+        }
     }
 }

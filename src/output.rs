@@ -63,6 +63,172 @@ where
     }
 }
 
+/// A sibling of `target` to build a new version of it in: `.<name>.tmp-<pid>`.
+/// Also sweeps the staging folders of killed runs (see [`sweep_stale`]).
+pub fn staging_dir(target: &Path) -> PathBuf {
+    sweep_stale(target);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Removes staging folders of `target` (`.<name>.tmp-<pid>`, `.<name>.old-<pid>`) left by
+/// processes that no longer run (killed mid-write); best effort.
+pub fn sweep_stale(target: &Path) {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp-", ".old-"].iter().find_map(|kind| {
+            file.strip_prefix(&format!(".{name}{kind}"))
+                .and_then(|p| p.parse::<u32>().ok())
+        });
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !alive(pid) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn alive(_: u32) -> bool {
+    true
+}
+
+/// True when `dir` exists, is not empty and lacks `marker`: not an output set of ours, so it
+/// must not be replaced.
+pub fn is_foreign(dir: &Path, marker: &str) -> bool {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some() && !dir.join(marker).exists(),
+        Err(_) => dir.exists(),
+    }
+}
+
+/// Installs the finished directory `staging` as `target` in one step: the old set (if any) and
+/// the new one are exchanged atomically (Linux `renameat2(RENAME_EXCHANGE)`), then the old one
+/// is deleted. A reader of `target` sees the complete old set or the complete new one, even if
+/// the process is killed at any point. Elsewhere the old set is moved aside first (a reader
+/// may then briefly find no set, never a mixed one).
+pub fn publish_dir(staging: &Path, target: &Path) -> io::Result<()> {
+    if !target.exists() {
+        return fs::rename(staging, target);
+    }
+    if exchange(staging, target).is_err() {
+        let aside = target.with_file_name(format!(
+            ".{}.old-{}",
+            target.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&aside);
+        fs::rename(target, &aside)?;
+        fs::rename(staging, target)?;
+        crash_point("publish:swapped");
+        return fs::remove_dir_all(&aside);
+    }
+    crash_point("publish:swapped");
+    // `staging` now holds the old set.
+    fs::remove_dir_all(staging)
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Test hook for crash consistency: when the environment variable `TRIPMINE_CRASH_AT` names
+/// this point, the process kills itself with SIGKILL here (as `kill -9` would), leaving
+/// whatever is on disk at that moment. The tests in `tests/crash.rs` use it.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("TRIPMINE_CRASH_AT").is_some_and(|v| v == name) {
+        #[cfg(unix)]
+        // SAFETY: sending a signal to our own process has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
+}
+
+/// A writer that hashes (SHA-256) everything written through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: sha2::Digest::new(),
+        }
+    }
+
+    /// The hex digest of what was written so far.
+    pub fn hex(&self) -> String {
+        sha2::Digest::finalize(self.hasher.clone())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn temporary_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()

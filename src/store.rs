@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 use crate::corpus::{Problem, PROBLEM_HEADER};
 use crate::definitions::Distance;
 use crate::npy;
-use crate::output::{write_atomic, write_csv, write_json};
+use std::io::Write;
+
+use crate::output::{
+    crash_point, is_foreign, publish_dir, staging_dir, write_atomic, write_csv, write_json,
+};
 
 pub const EMBEDDINGS_NPY: &str = "embeddings.npy";
 pub const SAMPLES_CSV: &str = "samples.csv";
@@ -39,8 +43,29 @@ pub struct EmbeddingsMeta {
     pub skipped: usize,
     /// Where the weights came from: a checkpoint path, or the random initialisation's seed.
     pub model: serde_json::Value,
-    /// SHA-256 of `embeddings.npy`: index caches and mined triplets refer to it.
+    /// SHA-256 of `embeddings.npy`: index caches and mined triplets refer to it, and reading
+    /// the directory checks it.
     pub sha256: String,
+    /// SHA-256 of `samples.csv` (checked on reading when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_sha256: Option<String>,
+    /// The absolute folder the sample paths are relative to (an ImageFolder root, or the
+    /// manifest's folder), so exclusions from another listing of the same files can match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_root: Option<String>,
+}
+
+/// Where a set of embeddings was read from and what reading it changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadInfo {
+    pub npy: PathBuf,
+    pub labels: PathBuf,
+    /// `embeddings.json` when there was one (tripmine's own directory).
+    pub metadata: Option<PathBuf>,
+    pub dtype: String,
+    pub fortran_order: bool,
+    /// Rows were L2-normalised on reading (`--normalise`).
+    pub normalised_on_load: bool,
 }
 
 /// Embeddings in memory: row `i` of `data` belongs to `samples[i]`.
@@ -50,6 +75,8 @@ pub struct EmbeddingSet {
     pub data: Vec<f32>,
     pub samples: Vec<SampleRow>,
     pub meta: EmbeddingsMeta,
+    /// `None` for embeddings computed in this process.
+    pub loaded: Option<LoadInfo>,
 }
 
 impl EmbeddingSet {
@@ -64,17 +91,95 @@ impl EmbeddingSet {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// What outputs record about these embeddings.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "corpus": self.meta.corpus,
+            "count": self.len(),
+            "dim": self.dim,
+            "sha256": self.meta.sha256,
+            "loaded": self.loaded,
+        })
+    }
+}
+
+/// Where embeddings are read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingsInput {
+    /// tripmine's own directory, or any directory with `embeddings.npy` + `samples.csv`.
+    Dir(PathBuf),
+    /// An `.npy` file and a CSV naming its rows in order (`path,label[,split]`, or `label`).
+    Files { npy: PathBuf, labels: PathBuf },
+}
+
+impl EmbeddingsInput {
+    /// From `--embeddings PATH [--labels CSV]`: a directory, or an `.npy` file with its labels.
+    pub fn from_args(embeddings: &Path, labels: Option<&Path>) -> Result<Self, String> {
+        match (embeddings.is_dir(), labels) {
+            (true, None) => Ok(EmbeddingsInput::Dir(embeddings.to_path_buf())),
+            (true, Some(labels)) => Ok(EmbeddingsInput::Files {
+                npy: embeddings.join(EMBEDDINGS_NPY),
+                labels: labels.to_path_buf(),
+            }),
+            (false, Some(labels)) => Ok(EmbeddingsInput::Files {
+                npy: embeddings.to_path_buf(),
+                labels: labels.to_path_buf(),
+            }),
+            (false, None) if embeddings.exists() => Err(format!(
+                "--embeddings {} is a file: give the CSV that names its rows with --labels \
+                 (columns path,label[,split], or label), or pass a directory holding \
+                 {EMBEDDINGS_NPY} and {SAMPLES_CSV}",
+                embeddings.display()
+            )),
+            (false, None) => Err(format!(
+                "--embeddings {} does not exist",
+                embeddings.display()
+            )),
+        }
+    }
+
+    /// The directory or the `.npy` file, for messages and caches.
+    pub fn path(&self) -> &Path {
+        match self {
+            EmbeddingsInput::Dir(dir) => dir,
+            EmbeddingsInput::Files { npy, .. } => npy,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("embeddings {dir}: {message}")]
     Invalid { dir: PathBuf, message: String },
-    #[error("{path}: {source}")]
+    #[error(
+        "{file} does not match {json}: {json} records SHA-256 {recorded}, the file has {actual}. \
+         It was replaced or rewritten after embedding (an interrupted run?); embed again, or \
+         delete {json} to use the file as external embeddings"
+    )]
+    Provenance {
+        file: PathBuf,
+        json: PathBuf,
+        recorded: String,
+        actual: String,
+    },
+    #[error(
+        "refusing to replace {0}: it is not empty and is not an embeddings directory; choose \
+         another --out or empty it"
+    )]
+    NotOurs(PathBuf),
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Bad input (exit 2) as opposed to a failure while writing (exit 1).
+    pub fn is_input_error(&self) -> bool {
+        !matches!(self, StoreError::Io { .. })
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -91,8 +196,10 @@ pub fn npy_bytes(rows: usize, dim: usize, data: &[f32]) -> Vec<u8> {
     bytes
 }
 
-/// Writes the four files of an embeddings directory, each atomically; `embeddings.json` last,
-/// so its presence means the rest is complete.
+/// Writes an embeddings directory as one set: the four files are staged in a sibling
+/// directory and swapped in whole (see [`publish_dir`]), so a reader never meets new vectors
+/// with old sample names. `embeddings.json` records the hashes of `embeddings.npy` and
+/// `samples.csv`.
 pub fn write(
     dir: &Path,
     npy_bytes: &[u8],
@@ -101,74 +208,268 @@ pub fn write(
     meta: &EmbeddingsMeta,
 ) -> Result<(), StoreError> {
     let io = |path: PathBuf| move |source| StoreError::Io { path, source };
-    fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-    let npy_path = dir.join(EMBEDDINGS_NPY);
-    write_atomic(&npy_path, |w| std::io::Write::write_all(w, npy_bytes)).map_err(io(npy_path))?;
-    let samples_path = dir.join(SAMPLES_CSV);
-    write_csv(&samples_path, samples, &SAMPLES_HEADER).map_err(io(samples_path))?;
-    let skipped_path = dir.join(SKIPPED_CSV);
-    write_csv(&skipped_path, problems, &PROBLEM_HEADER).map_err(io(skipped_path))?;
-    let json_path = dir.join(EMBEDDINGS_JSON);
-    write_json(&json_path, meta).map_err(io(json_path))
+    let mut samples_csv = Vec::new();
+    {
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(&mut samples_csv);
+        w.write_record(SAMPLES_HEADER)
+            .and_then(|()| samples.iter().try_for_each(|s| w.serialize(s)))
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.flush())
+            .map_err(io(dir.join(SAMPLES_CSV)))?;
+    }
+    let meta = EmbeddingsMeta {
+        sha256: sha256_hex(npy_bytes),
+        samples_sha256: Some(sha256_hex(&samples_csv)),
+        ..meta.clone()
+    };
+    if is_foreign(dir, EMBEDDINGS_JSON) {
+        return Err(StoreError::NotOurs(dir.to_path_buf()));
+    }
+    let staging = staging_dir(dir);
+    let result = (|| {
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(io(staging.clone()))?;
+        let file = |name: &str| staging.join(name);
+        write_atomic(&file(EMBEDDINGS_NPY), |w| w.write_all(npy_bytes))
+            .map_err(io(dir.join(EMBEDDINGS_NPY)))?;
+        write_atomic(&file(SAMPLES_CSV), |w| w.write_all(&samples_csv))
+            .map_err(io(dir.join(SAMPLES_CSV)))?;
+        write_csv(&file(SKIPPED_CSV), problems, &PROBLEM_HEADER)
+            .map_err(io(dir.join(SKIPPED_CSV)))?;
+        write_json(&file(EMBEDDINGS_JSON), &meta).map_err(io(dir.join(EMBEDDINGS_JSON)))?;
+        crash_point("embed:staged");
+        publish_dir(&staging, dir).map_err(io(dir.to_path_buf()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
 }
 
-/// Reads and validates an embeddings directory: shapes agree, rows are finite and unit-norm.
+/// Reads tripmine's own embeddings directory (or any directory with `embeddings.npy` and
+/// `samples.csv`) with unit-norm rows required.
 pub fn read(dir: &Path) -> Result<EmbeddingSet, StoreError> {
+    open(&EmbeddingsInput::Dir(dir.to_path_buf()), false)
+}
+
+/// Reads and validates embeddings from anywhere: shapes agree, rows are finite and unit-norm
+/// (or are normalised here when `normalise`), and when `embeddings.json` is present the
+/// `.npy` (and `samples.csv`) must be the files it was written with.
+pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, StoreError> {
+    let (dir, npy_path, labels_path, json_path) = match input {
+        EmbeddingsInput::Dir(dir) => (
+            dir.clone(),
+            dir.join(EMBEDDINGS_NPY),
+            dir.join(SAMPLES_CSV),
+            Some(dir.join(EMBEDDINGS_JSON)).filter(|p| p.exists()),
+        ),
+        EmbeddingsInput::Files { npy, labels } => {
+            let json = npy.with_file_name(EMBEDDINGS_JSON);
+            let own = npy.file_name().is_some_and(|n| n == EMBEDDINGS_NPY) && json.exists();
+            (
+                npy.clone(),
+                npy.clone(),
+                labels.clone(),
+                own.then_some(json),
+            )
+        }
+    };
     let bad = |message: String| StoreError::Invalid {
-        dir: dir.to_path_buf(),
+        dir: dir.clone(),
         message,
     };
-    let json = fs::read_to_string(dir.join(EMBEDDINGS_JSON))
-        .map_err(|e| bad(format!("{EMBEDDINGS_JSON}: {e}")))?;
-    let meta: EmbeddingsMeta =
-        serde_json::from_str(&json).map_err(|e| bad(format!("{EMBEDDINGS_JSON}: {e}")))?;
-    let bytes =
-        fs::read(dir.join(EMBEDDINGS_NPY)).map_err(|e| bad(format!("{EMBEDDINGS_NPY}: {e}")))?;
-    let (rows, dim, data) =
-        npy::read_f32_matrix(&bytes).map_err(|e| bad(format!("{EMBEDDINGS_NPY}: {e}")))?;
-    let mut reader = csv::Reader::from_path(dir.join(SAMPLES_CSV))
-        .map_err(|e| bad(format!("{SAMPLES_CSV}: {e}")))?;
-    let samples: Vec<SampleRow> = reader
-        .deserialize()
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("{SAMPLES_CSV}: {e}")))?;
+    let name = |p: &Path| -> String {
+        match input {
+            EmbeddingsInput::Dir(_) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            EmbeddingsInput::Files { .. } => p.display().to_string(),
+        }
+    };
+    let bytes = fs::read(&npy_path).map_err(|e| bad(format!("{}: {e}", name(&npy_path))))?;
+    let actual = sha256_hex(&bytes);
+    let meta = match &json_path {
+        Some(json_path) => {
+            let json = fs::read_to_string(json_path)
+                .map_err(|e| bad(format!("{}: {e}", name(json_path))))?;
+            let meta: EmbeddingsMeta = serde_json::from_str(&json).map_err(|e| {
+                bad(format!(
+                    "{} is not tripmine's embeddings metadata ({e}); delete it to read the \
+                     directory as external embeddings",
+                    name(json_path)
+                ))
+            })?;
+            if meta.sha256 != actual {
+                return Err(StoreError::Provenance {
+                    file: npy_path.clone(),
+                    json: json_path.clone(),
+                    recorded: meta.sha256,
+                    actual,
+                });
+            }
+            meta
+        }
+        None => EmbeddingsMeta {
+            tripmine_version: String::new(),
+            corpus: String::new(),
+            count: 0,
+            dim: 0,
+            distance: Distance::Euclidean,
+            normalised: false,
+            skipped: 0,
+            model: serde_json::json!({
+                "origin": format!("external embeddings ({})", npy_path.display()),
+            }),
+            sha256: actual,
+            samples_sha256: None,
+            corpus_root: None,
+        },
+    };
+    let matrix = npy::read_matrix(&bytes).map_err(|e| bad(format!("{}: {e}", name(&npy_path))))?;
+    let (rows, dim, mut data) = (matrix.rows, matrix.cols, matrix.data);
+    let labels_bytes = fs::read(&labels_path).map_err(|e| {
+        let hint = match input {
+            EmbeddingsInput::Dir(_) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "; write {SAMPLES_CSV} (path,label[,split], one row per array row) beside \
+                 {EMBEDDINGS_NPY}, or name such a CSV with --labels"
+            ),
+            _ => String::new(),
+        };
+        bad(format!("{}: {e}{hint}", name(&labels_path)))
+    })?;
+    if let (Some(json_path), Some(recorded)) = (&json_path, &meta.samples_sha256) {
+        let actual = sha256_hex(&labels_bytes);
+        if labels_path.file_name().is_some_and(|n| n == SAMPLES_CSV) && *recorded != actual {
+            return Err(StoreError::Provenance {
+                file: labels_path.clone(),
+                json: json_path.clone(),
+                recorded: recorded.clone(),
+                actual,
+            });
+        }
+    }
+    let samples =
+        parse_samples(&labels_bytes).map_err(|e| bad(format!("{}: {e}", name(&labels_path))))?;
     if samples.len() != rows {
         return Err(bad(format!(
-            "{EMBEDDINGS_NPY} has {rows} rows but {SAMPLES_CSV} has {} samples",
+            "{} has {rows} rows but {} names {} samples; row i of the array must belong to \
+             row i of the CSV",
+            name(&npy_path),
+            name(&labels_path),
             samples.len()
         )));
     }
-    if let Some((i, s)) = samples.iter().enumerate().find(|(i, s)| s.index != *i) {
+    if rows == 0 || dim == 0 {
+        return Err(bad(format!("{} is empty ({rows}×{dim})", name(&npy_path))));
+    }
+    if json_path.is_some() && (meta.count != rows || meta.dim != dim) {
         return Err(bad(format!(
-            "{SAMPLES_CSV} row {} has index {}; indices must be 0..N in order",
-            i + 1,
-            s.index
+            "{EMBEDDINGS_JSON} records {}×{} but {} is {rows}×{dim}",
+            meta.count,
+            meta.dim,
+            name(&npy_path)
         )));
     }
-    if rows == 0 || dim == 0 {
-        return Err(bad(format!("{EMBEDDINGS_NPY} is empty ({rows}×{dim})")));
-    }
-    for (i, row) in data.chunks_exact(dim).enumerate() {
-        let name = &samples[i].path;
+    for (i, row) in data.chunks_exact_mut(dim).enumerate() {
+        let sample = &samples[i].path;
         if row.iter().any(|v| !v.is_finite()) {
             return Err(bad(format!(
-                "row {i} ({name}) holds NaN or infinite values"
+                "row {i} ({sample}) holds NaN or infinite values{}",
+                if matrix.dtype.ends_with("f4") {
+                    ""
+                } else {
+                    " (after conversion to float32)"
+                }
             )));
         }
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if (norm - 1.0).abs() > 1e-3 {
+        let norm = row
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
+        if normalise {
+            if norm < 1e-12 {
+                return Err(bad(format!(
+                    "row {i} ({sample}) is all zeros and has no direction to normalise"
+                )));
+            }
+            row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+        } else if (norm - 1.0).abs() > 1e-3 {
             return Err(bad(format!(
-                "row {i} ({name}) has norm {norm}; tripmine expects L2-normalised rows"
+                "row {i} ({sample}) has norm {norm:.6}; tripmine expects L2-normalised rows. \
+                 Pass --normalise to divide every row by its norm (distances then compare \
+                 directions only, as cosine similarity does)"
             )));
         }
     }
+    let meta = EmbeddingsMeta {
+        count: rows,
+        dim,
+        normalised: true,
+        ..meta
+    };
     Ok(EmbeddingSet {
         dim,
         data,
         samples,
-        meta: EmbeddingsMeta {
-            sha256: sha256_hex(&bytes),
-            ..meta
-        },
+        loaded: Some(LoadInfo {
+            npy: npy_path,
+            labels: labels_path,
+            metadata: json_path,
+            dtype: matrix.dtype,
+            fortran_order: matrix.fortran_order,
+            normalised_on_load: normalise,
+        }),
+        meta,
     })
+}
+
+/// The rows of `samples.csv` (`index,path,label,split`) or of any CSV with a `label` column
+/// and optionally `path`, `split` and `index` (which must then count 0..N); a row without a
+/// path is named by its number.
+pub fn parse_samples(bytes: &[u8]) -> Result<Vec<SampleRow>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header = reader.headers().map_err(|e| e.to_string())?.clone();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let Some(label_col) = column("label") else {
+        return Err(format!(
+            "header is {:?}; expected path,label[,split] (or index,path,label,split)",
+            header.iter().collect::<Vec<_>>().join(",")
+        ));
+    };
+    let (path_col, split_col, index_col) = (column("path"), column("split"), column("index"));
+    let mut samples = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| format!("line {}: {e}", i + 2))?;
+        let get = |c: Option<usize>| c.and_then(|c| record.get(c)).unwrap_or("");
+        if let Some(c) = index_col {
+            let index = record.get(c).unwrap_or("");
+            if index.parse::<usize>().ok() != Some(i) {
+                return Err(format!(
+                    "line {} has index {index:?}; indices must be 0..N in order",
+                    i + 2
+                ));
+            }
+        }
+        let label = get(Some(label_col));
+        if label.is_empty() {
+            return Err(format!("line {}: empty label", i + 2));
+        }
+        let path = match get(path_col) {
+            "" => i.to_string(),
+            p => p.to_string(),
+        };
+        samples.push(SampleRow {
+            index: i,
+            path,
+            label: label.to_string(),
+            split: get(split_col).to_string(),
+        });
+    }
+    Ok(samples)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::definitions::TripletKind;
+use crate::definitions::{Triplet, TripletKind};
 
 pub const HEADER: [&str; 8] = [
     "anchor",
@@ -33,7 +33,7 @@ pub struct TripletRow {
 
 impl TripletRow {
     /// The row of a mined triplet; `sample(i)` gives sample i's (path, label).
-    pub fn new<'a>(t: &crate::mine::Triplet, sample: impl Fn(usize) -> (&'a str, &'a str)) -> Self {
+    pub fn new<'a>(t: &Triplet, sample: impl Fn(usize) -> (&'a str, &'a str)) -> Self {
         let (anchor, anchor_label) = sample(t.anchor);
         let (negative, negative_label) = sample(t.negative);
         TripletRow {
@@ -68,17 +68,40 @@ pub fn write<W: io::Write>(w: W, rows: impl IntoIterator<Item = TripletRow>) -> 
     csv.flush()
 }
 
-/// Reads a triplet CSV, checking the header; errors name the file and the line.
+/// Reads a triplet CSV, checking the header; errors name the file and the line. When the
+/// sidecar `<name>.json` records the CSV's SHA-256 (as `tripmine mine` writes it), the two
+/// must belong together: a CSV replaced after its sidecar was written is refused.
 pub fn read(path: &Path) -> Result<Vec<TripletRow>, String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let header = reader
-        .headers()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sidecar = path.with_extension("json");
+    if path.extension().is_some_and(|e| e != "json") {
+        let recorded = std::fs::read_to_string(&sidecar)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["csv_sha256"].as_str().map(String::from));
+        if let Some(recorded) = recorded {
+            let actual = crate::store::sha256_hex(&bytes);
+            if recorded != actual {
+                return Err(format!(
+                    "{} does not belong to its sidecar {}: the sidecar records SHA-256 \
+                     {recorded}, the CSV has {actual} (an interrupted or concurrent `tripmine \
+                     mine`?). Mine again, or delete the sidecar to read the CSV alone",
+                    path.display(),
+                    sidecar.display()
+                ));
+            }
+        }
+    }
+    parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses triplet CSV text (header checked); errors name the line.
+pub fn parse(bytes: &[u8]) -> Result<Vec<TripletRow>, String> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header = reader.headers().map_err(|e| e.to_string())?;
     if header.iter().ne(HEADER) {
         return Err(format!(
-            "{}: header is {:?}; expected {:?}",
-            path.display(),
+            "header is {:?}; expected {:?}",
             header.iter().collect::<Vec<_>>().join(","),
             HEADER.join(",")
         ));
@@ -86,6 +109,6 @@ pub fn read(path: &Path) -> Result<Vec<TripletRow>, String> {
     reader
         .deserialize()
         .enumerate()
-        .map(|(i, r)| r.map_err(|e| format!("{}: line {}: {e}", path.display(), i + 2)))
+        .map(|(i, r)| r.map_err(|e| format!("line {}: {e}", i + 2)))
         .collect()
 }

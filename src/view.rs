@@ -56,7 +56,7 @@ pub enum ViewError {
     Triplets(String),
     #[error(transparent)]
     Corpus(#[from] CorpusError),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

@@ -148,6 +148,8 @@ fn every_regime_raises_validation_map_at_r() {
                 "{key}: {m}"
             );
         }
+        // Recall@1 and P@1 are the same quantity computed by two code paths.
+        assert_eq!(m["recall_at_k"]["1"], m["p_at_1"], "{m}");
     }
 }
 

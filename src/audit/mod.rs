@@ -18,10 +18,11 @@ use crate::corpus::{self, decode_image, CorpusError, Problem, PROBLEM_HEADER};
 use crate::definitions::{dot, Distance};
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
 use crate::knn::{
-    ExactIndex, HnswIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction,
+    ExactIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction,
 };
+use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
 use crate::output::{write_csv, write_json};
-use crate::store::{self, sha256_hex, EmbeddingSet, StoreError};
+use crate::store::{self, sha256_hex, EmbeddingSet, EmbeddingsInput, StoreError};
 use signals::{duplicate_groups, label_vote, mean_knn_distance, percentile_ranks, upper_fence};
 
 /// Documented defaults, in plain units.
@@ -55,7 +56,10 @@ impl Default for Thresholds {
 #[derive(Debug, Clone)]
 pub enum AuditSource {
     Model(PathBuf),
-    Embeddings(PathBuf),
+    Embeddings {
+        input: EmbeddingsInput,
+        normalise: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,17 +89,23 @@ pub enum AuditError {
         count: usize,
         example: String,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to replace {0}: it is not empty and holds no audit.json; choose another --out \
+         or empty it"
+    )]
+    NotOurs(PathBuf),
 }
 
 impl AuditError {
     pub fn is_input_error(&self) -> bool {
         match self {
-            AuditError::Corpus(_) | AuditError::Store(_) | AuditError::Mismatch { .. } => true,
+            AuditError::Corpus(_) | AuditError::Mismatch { .. } | AuditError::NotOurs(_) => true,
+            AuditError::Store(e) => e.is_input_error(),
             AuditError::Embed(e) => e.is_input_error(),
             AuditError::Write { .. } => false,
         }
@@ -184,6 +194,9 @@ pub struct AuditSummary {
 }
 
 pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
+    if is_foreign(&cfg.out, "audit.json") {
+        return Err(AuditError::NotOurs(cfg.out.clone()));
+    }
     let corpus = corpus::open(&cfg.corpus)?;
     let (set, problems) = match &cfg.source {
         AuditSource::Model(dir) => {
@@ -196,11 +209,14 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             )?;
             (e.set, e.problems)
         }
-        AuditSource::Embeddings(dir) => {
-            let set = store::read(dir)?;
-            let problems: Vec<Problem> = csv::Reader::from_path(dir.join(store::SKIPPED_CSV))
-                .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
-                .unwrap_or_default();
+        AuditSource::Embeddings { input, normalise } => {
+            let set = store::open(input, *normalise)?;
+            let problems: Vec<Problem> = match input {
+                EmbeddingsInput::Dir(dir) => csv::Reader::from_path(dir.join(store::SKIPPED_CSV))
+                    .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
+                    .unwrap_or_default(),
+                EmbeddingsInput::Files { .. } => Vec::new(),
+            };
             (set, problems)
         }
     };
@@ -215,9 +231,9 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         .map(|s| s.path.as_str())
         .filter(|p| !files.contains_key(p))
         .collect();
-    if let (Some(first), AuditSource::Embeddings(dir)) = (missing.first(), &cfg.source) {
+    if let (Some(first), AuditSource::Embeddings { input, .. }) = (missing.first(), &cfg.source) {
         return Err(AuditError::Mismatch {
-            dir: dir.clone(),
+            dir: input.path().to_path_buf(),
             corpus: cfg.corpus.clone(),
             count: missing.len(),
             example: first.to_string(),
@@ -393,161 +409,207 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     }
 
     let classes = class_rows(&set, &labels, &names, t.tiny_class, cfg.device);
-    let write = |name: &str, result: std::io::Result<()>| {
-        result.map_err(|source| AuditError::Write {
-            path: cfg.out.join(name),
+    // The files are one set: they are written into a staging folder beside --out and swapped
+    // in whole, so a reader (or `mine --exclude`) never meets an exclude.csv of another run,
+    // and a failed or killed re-run leaves the earlier set as it was.
+    let staging = staging_dir(&cfg.out);
+    let _ = std::fs::remove_dir_all(&staging);
+    let written = (|| -> Result<AuditSummary, AuditError> {
+        let write = |name: &str, result: std::io::Result<()>| {
+            result.map_err(|source| AuditError::Write {
+                path: cfg.out.join(name),
+                source,
+            })
+        };
+        std::fs::create_dir_all(&staging).map_err(|source| AuditError::Write {
+            path: staging.clone(),
             source,
-        })
-    };
-    std::fs::create_dir_all(&cfg.out).map_err(|source| AuditError::Write {
-        path: cfg.out.clone(),
-        source,
-    })?;
-    let out = |name: &str| cfg.out.join(name);
-    write(
-        "duplicates.csv",
-        write_csv(
-            &out("duplicates.csv"),
-            &dup_rows,
-            &["group", "path", "label", "split", "similarity"],
-        ),
-    )?;
-    write(
-        "leakage.csv",
-        write_csv(
-            &out("leakage.csv"),
-            &leak_rows,
-            &["group", "path", "label", "split"],
-        ),
-    )?;
-    write(
-        "dedupe.csv",
-        write_csv(
-            &out("dedupe.csv"),
-            &dedupe_rows,
-            &["group", "path", "label", "action"],
-        ),
-    )?;
-    write(
-        "label_issues.csv",
-        write_csv(
-            &out("label_issues.csv"),
-            &label_issues,
-            &["path", "label", "suggested_label", "score", "support"],
-        ),
-    )?;
-    write(
-        "outliers.csv",
-        write_csv(
-            &out("outliers.csv"),
-            &outliers,
-            &["path", "label", "score", "mean_knn_distance"],
-        ),
-    )?;
-    let class_header = [
-        "label",
-        "size",
-        "singleton",
-        "tiny",
-        "imbalance",
-        "spread",
-        "closest_label",
-        "closest_distance",
-    ];
-    write(
-        "classes.csv",
-        write_csv(&out("classes.csv"), &classes, &class_header),
-    )?;
-    let exclude_rows: Vec<ExcludeRow> = excluded
-        .iter()
-        .map(|(&i, &reason)| ExcludeRow {
-            path: &sample(i).path,
-            reason,
-        })
-        .collect();
-    write(
-        "exclude.csv",
-        write_csv(&out("exclude.csv"), &exclude_rows, &["path", "reason"]),
-    )?;
-    write(
-        "skipped.csv",
-        write_csv(&out("skipped.csv"), &problems, &PROBLEM_HEADER),
-    )?;
-    let tiny_classes: Vec<String> = classes
-        .iter()
-        .filter(|c| c.tiny)
-        .map(|c| c.label.clone())
-        .collect();
-    let summary = AuditSummary {
-        samples: n,
-        duplicate_groups: dup_groups.len(),
-        exact_duplicate_groups: exact_groups,
-        conflict_groups: conflicts,
-        leak_groups: leaks,
-        label_issues,
-        outliers,
-        decode_problems: problems.len(),
-        excluded: exclude_rows.len(),
-        tiny_classes,
-    };
-    let report = serde_json::json!({
-        "tripmine_version": env!("CARGO_PKG_VERSION"),
-        "corpus": cfg.corpus,
-        "samples": n,
-        "thresholds": t,
-        "outlier_fence_mean_knn_distance": fence,
-        "model": set.meta.model,
-        "embeddings_sha256": set.meta.sha256,
-        "backend": backend,
-        "counts": {
-            "duplicate_groups": summary.duplicate_groups,
-            "exact_duplicate_groups": summary.exact_duplicate_groups,
-            "label_conflict_groups": summary.conflict_groups,
-            "split_leak_groups": summary.leak_groups,
-            "likely_mislabels": summary.label_issues.len(),
-            "outliers": summary.outliers.len(),
-            "tiny_classes": summary.tiny_classes.len(),
-            "decode_problems": summary.decode_problems,
-            "excluded": summary.excluded,
-        },
-    });
-    write("audit.json", write_json(&out("audit.json"), &report))?;
-    let counts = report["counts"].as_object().expect("counts object");
-    let mut facts = vec![
-        ("corpus".to_string(), cfg.corpus.display().to_string()),
-        ("samples".to_string(), n.to_string()),
-        (
-            "model".to_string(),
-            crate::embed::model_summary(&set.meta.model),
-        ),
-        (
-            "neighbour backend".to_string(),
-            backend["backend"].as_str().unwrap_or("?").to_string(),
-        ),
-    ];
-    facts.extend(
-        counts
+        })?;
+        let out = |name: &str| staging.join(name);
+        write(
+            "duplicates.csv",
+            write_csv(
+                &out("duplicates.csv"),
+                &dup_rows,
+                &["group", "path", "label", "split", "similarity"],
+            ),
+        )?;
+        write(
+            "leakage.csv",
+            write_csv(
+                &out("leakage.csv"),
+                &leak_rows,
+                &["group", "path", "label", "split"],
+            ),
+        )?;
+        write(
+            "dedupe.csv",
+            write_csv(
+                &out("dedupe.csv"),
+                &dedupe_rows,
+                &["group", "path", "label", "action"],
+            ),
+        )?;
+        write(
+            "label_issues.csv",
+            write_csv(
+                &out("label_issues.csv"),
+                &label_issues,
+                &["path", "label", "suggested_label", "score", "support"],
+            ),
+        )?;
+        write(
+            "outliers.csv",
+            write_csv(
+                &out("outliers.csv"),
+                &outliers,
+                &["path", "label", "score", "mean_knn_distance"],
+            ),
+        )?;
+        let class_header = [
+            "label",
+            "size",
+            "singleton",
+            "tiny",
+            "imbalance",
+            "spread",
+            "closest_label",
+            "closest_distance",
+        ];
+        write(
+            "classes.csv",
+            write_csv(&out("classes.csv"), &classes, &class_header),
+        )?;
+        let exclude_rows: Vec<ExcludeRow> = excluded
             .iter()
-            .map(|(k, v)| (k.replace('_', " "), v.to_string())),
-    );
-    let index_of = |p: &str| path_index[p];
-    let input = report::ReportInput {
-        corpus: &cfg.corpus,
-        samples: &set.samples,
-        groups: &group_views,
-        label_issues: &summary.label_issues,
-        outliers: &summary.outliers,
-        graph: &graph,
-        index_of: &index_of,
-        thresholds: t,
-        facts,
-        classes: &classes,
-        problems: &problems,
-    };
-    let tiles = crate::report::Tiles::new(&corpus.samples, report::THUMB);
-    write(REPORT_HTML, report::write(&cfg.out, &input, &tiles))?;
-    Ok(summary)
+            .map(|(&i, &reason)| ExcludeRow {
+                path: &sample(i).path,
+                reason,
+            })
+            .collect();
+        write(
+            "exclude.csv",
+            write_csv(&out("exclude.csv"), &exclude_rows, &["path", "reason"]),
+        )?;
+        write(
+            "skipped.csv",
+            write_csv(&out("skipped.csv"), &problems, &PROBLEM_HEADER),
+        )?;
+        let tiny_classes: Vec<String> = classes
+            .iter()
+            .filter(|c| c.tiny)
+            .map(|c| c.label.clone())
+            .collect();
+        let summary = AuditSummary {
+            samples: n,
+            duplicate_groups: dup_groups.len(),
+            exact_duplicate_groups: exact_groups,
+            conflict_groups: conflicts,
+            leak_groups: leaks,
+            label_issues,
+            outliers,
+            decode_problems: problems.len(),
+            excluded: exclude_rows.len(),
+            tiny_classes,
+        };
+        let report = serde_json::json!({
+            "tripmine_version": env!("CARGO_PKG_VERSION"),
+            "corpus": cfg.corpus,
+            "samples": n,
+            "thresholds": t,
+            "outlier_fence_mean_knn_distance": fence,
+            "model": set.meta.model,
+            "embeddings_sha256": set.meta.sha256,
+            "embeddings": set.describe(),
+            "corpus_root": corpus::root_of(&cfg.corpus),
+            "backend": backend,
+            "counts": {
+                "duplicate_groups": summary.duplicate_groups,
+                "exact_duplicate_groups": summary.exact_duplicate_groups,
+                "label_conflict_groups": summary.conflict_groups,
+                "split_leak_groups": summary.leak_groups,
+                "likely_mislabels": summary.label_issues.len(),
+                "outliers": summary.outliers.len(),
+                "tiny_classes": summary.tiny_classes.len(),
+                "decode_problems": summary.decode_problems,
+                "excluded": summary.excluded,
+            },
+        });
+        // audit.json names each CSV's hash: `mine --exclude` checks that exclude.csv is its own.
+        let mut files = serde_json::Map::new();
+        for name in CSV_FILES {
+            let bytes = std::fs::read(out(name)).map_err(|source| AuditError::Write {
+                path: cfg.out.join(name),
+                source,
+            })?;
+            files.insert(name.to_string(), sha256_hex(&bytes).into());
+        }
+        let mut report = report;
+        report["files"] = files.into();
+        crash_point("audit:half-staged");
+        write("audit.json", write_json(&out("audit.json"), &report))?;
+        let counts = report["counts"].as_object().expect("counts object");
+        let mut facts = vec![
+            ("corpus".to_string(), cfg.corpus.display().to_string()),
+            ("samples".to_string(), n.to_string()),
+            (
+                "model".to_string(),
+                crate::embed::model_summary(&set.meta.model),
+            ),
+            (
+                "neighbour backend".to_string(),
+                backend["backend"].as_str().unwrap_or("?").to_string(),
+            ),
+        ];
+        facts.extend(
+            counts
+                .iter()
+                .map(|(k, v)| (k.replace('_', " "), v.to_string())),
+        );
+        let index_of = |p: &str| path_index[p];
+        let input = report::ReportInput {
+            corpus: &cfg.corpus,
+            samples: &set.samples,
+            groups: &group_views,
+            label_issues: &summary.label_issues,
+            outliers: &summary.outliers,
+            graph: &graph,
+            index_of: &index_of,
+            thresholds: t,
+            facts,
+            classes: &classes,
+            problems: &problems,
+        };
+        let tiles = crate::report::Tiles::new(&corpus.samples, report::THUMB);
+        write(REPORT_HTML, report::write(&staging, &input, &tiles))?;
+        Ok(summary)
+    })();
+    let published = written.and_then(|summary| {
+        crash_point("audit:staged");
+        publish_dir(&staging, &cfg.out)
+            .map(|()| summary)
+            .map_err(|source| AuditError::Write {
+                path: cfg.out.clone(),
+                source,
+            })
+    });
+    if published.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    published
 }
+
+/// The CSV files of an audit directory (hashed in `audit.json`).
+pub const CSV_FILES: [&str; 8] = [
+    "duplicates.csv",
+    "leakage.csv",
+    "dedupe.csv",
+    "label_issues.csv",
+    "outliers.csv",
+    "classes.csv",
+    "exclude.csv",
+    "skipped.csv",
+];
 
 fn knn_graph(
     points: Points,
@@ -555,16 +617,8 @@ fn knn_graph(
     k: usize,
     cfg: &AuditConfig,
 ) -> (Vec<Vec<Neighbour>>, serde_json::Value) {
-    match cfg.knn.resolve(points.len()) {
-        KnnChoice::Hnsw => {
-            let index = HnswIndex::build(points, cfg.hnsw);
-            (index.search(queries, k, Restriction::Any), index.describe())
-        }
-        _ => {
-            let index = ExactIndex::new(points, cfg.device);
-            (index.search(queries, k, Restriction::Any), index.describe())
-        }
-    }
+    let index = crate::knn::build(points, cfg.knn, cfg.hnsw, cfg.device);
+    (index.search(queries, k, Restriction::Any), index.describe())
 }
 
 fn class_rows(

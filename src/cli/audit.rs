@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::RuntimeArgs;
+use super::{EmbeddingsArgs, RuntimeArgs};
 use crate::audit::{AuditConfig, AuditSource, Thresholds};
 use crate::knn::{HnswParams, KnnChoice};
 
@@ -23,9 +23,9 @@ pub struct AuditArgs {
         conflicts_with = "embeddings"
     )]
     pub model: Option<PathBuf>,
-    /// Embeddings directory of this corpus (from `tripmine embed`)
-    #[arg(long)]
-    pub embeddings: Option<PathBuf>,
+    /// Embeddings of this corpus, instead of --model (their paths must name corpus files)
+    #[command(flatten)]
+    pub embeddings: EmbeddingsArgs,
     /// Output directory
     #[arg(long)]
     pub out: PathBuf,
@@ -54,9 +54,12 @@ pub struct AuditArgs {
 
 impl AuditArgs {
     pub fn to_config(&self) -> Result<AuditConfig, anyhow::Error> {
-        let source = match (&self.model, &self.embeddings) {
+        let source = match (&self.model, self.embeddings.input()?) {
             (Some(m), _) => AuditSource::Model(m.clone()),
-            (None, Some(e)) => AuditSource::Embeddings(e.clone()),
+            (None, Some(input)) => AuditSource::Embeddings {
+                input,
+                normalise: self.embeddings.normalise,
+            },
             (None, None) => unreachable!("clap requires one of them"),
         };
         Ok(AuditConfig {

@@ -4,20 +4,23 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::RuntimeArgs;
-use crate::eval::EvalConfig;
+use super::{EmbeddingsArgs, RuntimeArgs};
+use crate::eval::{EvalConfig, EvalSource};
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Example:\n  tripmine eval --corpus list.csv --model run/best --split test --json"
+    after_help = "Example:\n  tripmine eval --corpus list.csv --model run/best --split test --json\n  tripmine eval --embeddings vectors.npy --labels labels.csv --normalise"
 )]
 pub struct EvalArgs {
     /// ImageFolder root or CSV manifest
-    #[arg(long)]
-    pub corpus: PathBuf,
+    #[arg(long, requires = "model", conflicts_with = "embeddings")]
+    pub corpus: Option<PathBuf>,
     /// Checkpoint directory (model.json + model.safetensors)
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, requires = "corpus", required_unless_present = "embeddings")]
+    pub model: Option<PathBuf>,
+    /// Measure these embeddings instead of embedding --corpus with --model
+    #[command(flatten)]
+    pub embeddings: EmbeddingsArgs,
     /// Only samples whose split column has this value
     #[arg(long)]
     pub split: Option<String>,
@@ -32,11 +35,25 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn to_config(&self) -> Result<EvalConfig, anyhow::Error> {
+        let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
+            (Some(input), _, _) => EvalSource::Embeddings {
+                input,
+                normalise: self.embeddings.normalise,
+            },
+            (None, Some(corpus), Some(model)) => EvalSource::Checkpoint {
+                corpus: corpus.clone(),
+                model: model.clone(),
+                batch_size: self.batch_size.max(1),
+            },
+            _ => {
+                return Err(
+                    super::UsageError("give --corpus with --model, or --embeddings".into()).into(),
+                )
+            }
+        };
         Ok(EvalConfig {
-            corpus: self.corpus.clone(),
-            model: self.model.clone(),
+            source,
             split: self.split.clone(),
-            batch_size: self.batch_size.max(1),
             device: self.runtime.apply()?,
         })
     }

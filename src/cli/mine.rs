@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{RuntimeArgs, UsageError};
+use super::{EmbeddingsArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::knn::{HnswParams, KnnChoice};
 use crate::mine::{
@@ -13,14 +13,13 @@ use crate::mine::{
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head"
+    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head"
 )]
 pub struct MineArgs {
-    /// Embeddings directory written by `tripmine embed`
-    #[arg(long, required_unless_present = "corpus", conflicts_with = "corpus")]
-    pub embeddings: Option<PathBuf>,
+    #[command(flatten)]
+    pub embeddings: EmbeddingsArgs,
     /// Corpus to embed first (with --model)
-    #[arg(long, requires = "model")]
+    #[arg(long, requires = "model", conflicts_with = "embeddings")]
     pub corpus: Option<PathBuf>,
     /// Checkpoint directory used with --corpus
     #[arg(long, requires = "corpus")]
@@ -86,8 +85,11 @@ impl MineArgs {
                 "--hnsw-m must be in 1..=256 and the ef values positive",
             ));
         }
-        let source = match (&self.embeddings, &self.corpus, &self.model) {
-            (Some(dir), _, _) => EmbeddingSource::Dir(dir.clone()),
+        let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
+            (Some(input), _, _) => EmbeddingSource::Files {
+                input,
+                normalise: self.embeddings.normalise,
+            },
             (None, Some(corpus), Some(model)) => EmbeddingSource::Corpus {
                 corpus: corpus.clone(),
                 model: model.clone(),
@@ -95,7 +97,7 @@ impl MineArgs {
             },
             _ => {
                 return Err(usage(
-                    "give --embeddings DIR, or --corpus PATH with --model DIR",
+                    "give --embeddings DIR (or FILE.npy with --labels CSV), or --corpus PATH with --model DIR",
                 ))
             }
         };

@@ -44,6 +44,33 @@ pub enum Command {
     View(ViewArgs),
 }
 
+/// Embeddings from files: tripmine's directory, another tool's, or an `.npy` with its labels.
+#[derive(Debug, Clone, Args)]
+pub struct EmbeddingsArgs {
+    /// Embeddings: a directory with embeddings.npy + samples.csv (from `tripmine embed` or
+    /// your own code), or an .npy file (N×D float16/32/64) with --labels
+    #[arg(long)]
+    pub embeddings: Option<std::path::PathBuf>,
+    /// CSV naming the rows of --embeddings in order: path,label[,split] (or just label)
+    #[arg(long, requires = "embeddings")]
+    pub labels: Option<std::path::PathBuf>,
+    /// L2-normalise rows that are not unit length (without it they are refused); distances
+    /// then compare directions only. Recorded in every output.
+    #[arg(long, requires = "embeddings")]
+    pub normalise: bool,
+}
+
+impl EmbeddingsArgs {
+    /// `None` when --embeddings was not given.
+    pub fn input(&self) -> Result<Option<crate::store::EmbeddingsInput>, UsageError> {
+        self.embeddings
+            .as_deref()
+            .map(|e| crate::store::EmbeddingsInput::from_args(e, self.labels.as_deref()))
+            .transpose()
+            .map_err(UsageError)
+    }
+}
+
 /// Options every libtorch-using subcommand shares.
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
@@ -86,8 +113,52 @@ pub fn worker_threads(threads: Option<usize>) -> Result<usize, UsageError> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The error and its causes on one line, each cause once: a cause whose text is already part
+/// of the message is dropped, and one that extends the previous part replaces it.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if text.contains(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing {path}")]
+    struct Wrapped {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_appears_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "writing no/such/t.csv: No such file or directory (os error 2)",
+        );
+        let err = anyhow::Error::new(Wrapped {
+            path: "no/such/t.csv".into(),
+            source: io,
+        });
+        assert_eq!(
+            super::error_message(&err),
+            "writing no/such/t.csv: No such file or directory (os error 2)"
+        );
+        let err = anyhow::anyhow!("disk full")
+            .context("writing a.csv")
+            .context("mine");
+        assert_eq!(super::error_message(&err), "mine: writing a.csv: disk full");
+    }
+
     #[test]
     fn argument_definitions_are_consistent() {
         use clap::CommandFactory;

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     pub remine_every: f64,
     /// Miner inside neighbour batches
-    #[arg(long, value_enum, default_value_t = InBatchMiner::Hard)]
+    #[arg(long, value_enum, default_value_t = InBatchMiner::default())]
     pub batch_miner: InBatchMiner,
     /// Share of a neighbour batch's classes (or seed images) drawn at random, not from the graph
     #[arg(long, default_value_t = DEFAULT_RANDOM_CLASSES)]

@@ -66,6 +66,45 @@ impl Corpus {
     }
 }
 
+/// The absolute folder a corpus's sample paths are relative to: the ImageFolder root, or the
+/// manifest's folder. `None` when the corpus cannot be found.
+pub fn root_of(corpus: &std::path::Path) -> Option<PathBuf> {
+    let full = std::fs::canonicalize(corpus).ok()?;
+    if full.is_dir() {
+        Some(full)
+    } else {
+        full.parent().map(PathBuf::from)
+    }
+}
+
+/// `root/path` made absolute and free of `.` and `..` without touching the file system, so
+/// two listings of the same files (an ImageFolder and a manifest beside it) give one key.
+pub fn normal_path(root: Option<&std::path::Path>, path: &str) -> String {
+    use std::path::Component;
+    let path = path.replace('\\', "/");
+    let joined = match root {
+        Some(root) => root.join(&path),
+        None => PathBuf::from(&path),
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut absolute = false;
+    for c in joined.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => absolute = true,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.last().is_some_and(|p| p != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..".into());
+                }
+            }
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+        }
+    }
+    format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+}
+
 /// Dense label ids: the sorted distinct names, and each label's position among them.
 pub fn label_ids<'a>(labels: impl Iterator<Item = &'a str> + Clone) -> (Vec<String>, Vec<u32>) {
     let mut names: Vec<&str> = labels.clone().collect();
@@ -77,11 +116,28 @@ pub fn label_ids<'a>(labels: impl Iterator<Item = &'a str> + Clone) -> (Vec<Stri
     (names.into_iter().map(String::from).collect(), ids)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_paths_meet_across_listings() {
+        let root = std::path::Path::new("/data/fixtures");
+        let a = normal_path(Some(root), "corpus/disc/disc_00.png");
+        let b = normal_path(Some(&root.join("corpus")), "./disc//disc_00.png");
+        let c = normal_path(Some(&root.join("other")), "../corpus/disc/disc_00.png");
+        assert_eq!(a, "/data/fixtures/corpus/disc/disc_00.png");
+        assert_eq!((a.as_str(), a.as_str()), (b.as_str(), c.as_str()));
+        assert_eq!(normal_path(None, "./x\\y.png"), "x/y.png");
+        assert_eq!(normal_path(None, "../a/../b"), "../b");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
     #[error("corpus {0} does not exist")]
     Missing(PathBuf),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

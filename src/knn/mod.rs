@@ -121,16 +121,46 @@ impl KnnChoice {
     }
 }
 
-/// The backend `choice` names for `points` (`auto` decides by their number), built.
+/// A neighbour index of the backend `--knn` chose.
+pub enum Backend<'a> {
+    Exact(ExactIndex),
+    Hnsw(HnswIndex<'a>),
+}
+
+/// The one place a backend is chosen and built (mining, audit and training call it; the
+/// mining job's saved-HNSW cache wraps a loaded index in [`Backend::Hnsw`]).
 pub fn build<'a>(
     points: Points<'a>,
     choice: KnnChoice,
     hnsw: HnswParams,
     device: tch::Device,
-) -> Box<dyn NeighbourIndex + 'a> {
+) -> Backend<'a> {
     match choice.resolve(points.len()) {
-        KnnChoice::Hnsw => Box::new(HnswIndex::build(points, hnsw)),
-        _ => Box::new(ExactIndex::new(points, device)),
+        KnnChoice::Hnsw => Backend::Hnsw(HnswIndex::build(points, hnsw)),
+        _ => Backend::Exact(ExactIndex::new(points, device)),
+    }
+}
+
+impl NeighbourIndex for Backend<'_> {
+    fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>> {
+        match self {
+            Backend::Exact(i) => i.search(queries, k, restriction),
+            Backend::Hnsw(i) => i.search(queries, k, restriction),
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Backend::Exact(i) => i.describe(),
+            Backend::Hnsw(i) => i.describe(),
+        }
+    }
+
+    fn band_search(&self, bands: &[Band], start_depth: usize, max_depth: usize) -> Vec<BandHits> {
+        match self {
+            Backend::Exact(i) => i.band_search(bands, start_depth, max_depth),
+            Backend::Hnsw(i) => i.band_search(bands, start_depth, max_depth),
+        }
     }
 }
 

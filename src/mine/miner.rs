@@ -8,20 +8,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::rules::{MiningRules, NegativeOrder, PositiveRule, Selection};
-use crate::definitions::TripletKind;
+use crate::definitions::{Triplet, TripletKind};
 use crate::knn::{Band, BandHits, NeighbourIndex, Points};
 use crate::rng::Rng;
-
-/// Indices into the mined points, with the distances that decided the kind.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Triplet {
-    pub anchor: usize,
-    pub positive: usize,
-    pub negative: usize,
-    pub d_ap: f32,
-    pub d_an: f32,
-    pub kind: TripletKind,
-}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MineStats {
@@ -397,4 +386,181 @@ fn draw_weighted(rng: &mut Rng, parts: &[(Selection, f64)]) -> usize {
         x -= w;
     }
     parts.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    //! The miner against a brute-force oracle: for every anchor, the farthest same-label
+    //! positive and the K nearest other-label negatives of the requested kind, found by a
+    //! plain loop over all triples; skip reasons and short counts follow from the same loop.
+    use super::*;
+    use crate::knn::testing::{brute_force, clustered};
+    use crate::knn::{ExactIndex, Neighbour, Restriction};
+
+    /// Exact neighbour lists with the default (widening) band search.
+    struct Brute<'a>(Points<'a>);
+
+    impl NeighbourIndex for Brute<'_> {
+        fn search(&self, queries: &[usize], k: usize, r: Restriction) -> Vec<Vec<Neighbour>> {
+            queries
+                .iter()
+                .map(|&q| brute_force(self.0, q, k, r))
+                .collect()
+        }
+
+        fn describe(&self) -> serde_json::Value {
+            "brute force".into()
+        }
+    }
+
+    /// Overlapping clusters (every kind occurs) plus one singleton label.
+    fn data() -> (Vec<f32>, Vec<u32>) {
+        let (mut data, mut labels) = clustered(4, 6, 8, 0.7, 11);
+        let (one, _) = clustered(1, 1, 8, 0.0, 99);
+        data.extend(one);
+        labels.push(99);
+        (data, labels)
+    }
+
+    fn rules(strategy: &str, k: usize) -> MiningRules {
+        MiningRules {
+            strategy: strategy.parse().unwrap(),
+            negatives_per_anchor: k,
+            start_depth: 2,
+            max_depth: 10_000,
+            ..MiningRules::default()
+        }
+    }
+
+    struct Expected {
+        /// anchor → (positive, negatives nearest first)
+        triplets: BTreeMap<usize, (usize, Vec<usize>)>,
+        short: usize,
+        skipped: BTreeMap<String, usize>,
+    }
+
+    fn oracle(points: Points, rules: &MiningRules) -> Expected {
+        let selection = rules.strategy.parts[0].0;
+        let d = |a: usize, b: usize| rules.distance.between(points.row(a), points.row(b));
+        let mut out = Expected {
+            triplets: BTreeMap::new(),
+            short: 0,
+            skipped: BTreeMap::new(),
+        };
+        for a in 0..points.len() {
+            let positive = (0..points.len())
+                .filter(|&p| p != a && points.labels[p] == points.labels[a])
+                .max_by(|&x, &y| d(a, x).total_cmp(&d(a, y)));
+            let Some(p) = positive else {
+                *out.skipped
+                    .entry("label has a single sample (no positive)".into())
+                    .or_default() += 1;
+                continue;
+            };
+            let mut negatives: Vec<usize> = (0..points.len())
+                .filter(|&n| points.labels[n] != points.labels[a])
+                .filter(|&n| {
+                    selection.accepts(TripletKind::classify(d(a, p), d(a, n), rules.margin))
+                })
+                .collect();
+            negatives.sort_by(|&x, &y| d(a, x).total_cmp(&d(a, y)).then(x.cmp(&y)));
+            negatives.truncate(rules.negatives_per_anchor);
+            match negatives.len() {
+                0 => {
+                    *out.skipped
+                        .entry(format!("no {selection} negative exists"))
+                        .or_default() += 1;
+                }
+                n => {
+                    out.short += (n < rules.negatives_per_anchor) as usize;
+                    out.triplets.insert(a, (p, negatives));
+                }
+            }
+        }
+        out
+    }
+
+    fn check(index: &dyn NeighbourIndex, points: Points, strategy: &str, k: usize) {
+        let r = rules(strategy, k);
+        let (mined, stats) = mine(points, index, &r);
+        let want = oracle(points, &r);
+        let mut got: BTreeMap<usize, (usize, Vec<usize>)> = BTreeMap::new();
+        for t in &mined {
+            let entry = got.entry(t.anchor).or_insert((t.positive, Vec::new()));
+            assert_eq!(entry.0, t.positive, "one positive per anchor");
+            entry.1.push(t.negative);
+            assert_eq!(t.kind, TripletKind::classify(t.d_ap, t.d_an, r.margin));
+        }
+        for (a, (p, negatives)) in &want.triplets {
+            let (gp, gn) = got
+                .get(a)
+                .unwrap_or_else(|| panic!("{strategy} K={k}: anchor {a} not mined"));
+            assert_eq!(gp, p, "{strategy} K={k}: anchor {a} positive");
+            let mut gs = gn.clone();
+            gs.sort_unstable();
+            let mut ws = negatives.clone();
+            ws.sort_unstable();
+            assert_eq!(gs, ws, "{strategy} K={k}: anchor {a} negatives");
+        }
+        assert_eq!(got.len(), want.triplets.len(), "{strategy} K={k}: anchors");
+        assert_eq!(stats.anchors, points.len());
+        assert_eq!(stats.anchors_with_triplets, want.triplets.len());
+        assert_eq!(stats.anchors_short, want.short, "{strategy} K={k}: short");
+        assert_eq!(stats.skipped, want.skipped, "{strategy} K={k}: skipped");
+        let total: usize = want.triplets.values().map(|(_, n)| n.len()).sum();
+        assert_eq!(stats.triplets, total);
+    }
+
+    #[test]
+    fn every_kind_matches_the_brute_force_oracle() {
+        let (data, labels) = data();
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let mut kinds_seen = 0;
+        for strategy in ["hard", "semihard", "easy", "all"] {
+            let want = oracle(points, &rules(strategy, 3));
+            // The data must exercise the oracle: some anchors mined, and for K = 50 short ones.
+            assert!(!want.triplets.is_empty(), "{strategy}: nothing to mine");
+            kinds_seen += 1;
+            for k in [1, 3, 50] {
+                check(&Brute(points), points, strategy, k);
+                check(&exact, points, strategy, k);
+            }
+            assert!(oracle(points, &rules(strategy, 50)).short > 0);
+        }
+        assert_eq!(kinds_seen, 4);
+        // Some anchor has no hard negative at all: that reason is counted.
+        let hard = oracle(points, &rules("hard", 1));
+        assert!(hard.skipped.contains_key("no hard negative exists"));
+    }
+
+    #[test]
+    fn a_depth_limit_is_reported_as_such() {
+        let (data, labels) = data();
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let r = MiningRules {
+            start_depth: 1,
+            max_depth: 2,
+            ..rules("easy", 1)
+        };
+        let (mined, stats) = mine(points, &Brute(points), &r);
+        let limited = "no easy negative among the 2 nearest other-label neighbours";
+        assert!(
+            stats.skipped.get(limited).copied().unwrap_or(0) > 0,
+            "{:?}",
+            stats.skipped
+        );
+        for t in mined {
+            let near = brute_force(points, t.anchor, 2, Restriction::OtherLabels);
+            assert!(near.iter().any(|n| n.index == t.negative));
+        }
+    }
 }

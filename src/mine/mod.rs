@@ -4,7 +4,8 @@
 mod miner;
 mod rules;
 
-pub use miner::{mine, MineStats, Triplet};
+pub use crate::definitions::Triplet;
+pub use miner::{mine, MineStats};
 pub use rules::{MiningRules, NegativeOrder, PositiveRule, Selection, Strategy};
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,17 +17,20 @@ use std::time::Instant;
 use tch::Device;
 
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
-use crate::knn::{
-    ExactIndex, HnswIndex, HnswLoader, HnswParams, KnnChoice, NeighbourIndex, Points,
-};
-use crate::output::{write_atomic, write_json};
-use crate::store::{self, EmbeddingSet, StoreError};
+use crate::knn::{Backend, HnswIndex, HnswLoader, HnswParams, KnnChoice, NeighbourIndex, Points};
+use crate::output::{crash_point, write_atomic, write_json, HashingWriter};
+use crate::store::{self, EmbeddingSet, EmbeddingsInput, StoreError};
 use crate::triplets::{self, TripletRow};
 
 /// Where the embeddings come from.
 #[derive(Debug, Clone)]
 pub enum EmbeddingSource {
-    Dir(PathBuf),
+    /// Read from files (tripmine's directory, another tool's, or an `.npy` with its labels);
+    /// `normalise` L2-normalises rows that are not unit length instead of refusing them.
+    Files {
+        input: EmbeddingsInput,
+        normalise: bool,
+    },
     Corpus {
         corpus: PathBuf,
         model: PathBuf,
@@ -55,7 +59,7 @@ pub enum MineError {
     Embed(#[from] EmbedError),
     #[error("exclude list {path}: {message}")]
     Exclude { path: PathBuf, message: String },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -66,7 +70,8 @@ impl MineError {
     /// Bad input (exit 2) as opposed to a failure while working (exit 1).
     pub fn is_input_error(&self) -> bool {
         match self {
-            MineError::Store(_) | MineError::Exclude { .. } => true,
+            MineError::Exclude { .. } => true,
+            MineError::Store(e) => e.is_input_error(),
             MineError::Embed(e) => e.is_input_error(),
             MineError::Write { .. } => false,
         }
@@ -78,6 +83,8 @@ pub struct MineSummary {
     pub backend: serde_json::Value,
     pub excluded: usize,
     pub seconds: f64,
+    /// Things the user should know (an exclude list that matched nothing, ...).
+    pub warnings: Vec<String>,
 }
 
 /// Samples with labels interned as dense ids, ready for the neighbour layer.
@@ -130,30 +137,133 @@ impl Labelled {
 
 /// Paths listed in the `path` column of a CSV (e.g. an audit's `exclude.csv`).
 pub fn read_exclude(path: &Path) -> Result<HashSet<String>, MineError> {
-    let bad = |message: String| MineError::Exclude {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut reader = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    Ok(ExcludeList::read(path)?.rows.into_iter().collect())
+}
+
+/// An exclude list: its rows, and the folder they are relative to when it is an audit's
+/// `exclude.csv` (the `corpus_root` in the `audit.json` beside it).
+#[derive(Debug, Clone)]
+pub struct ExcludeList {
+    pub path: PathBuf,
+    pub rows: Vec<String>,
+    pub root: Option<PathBuf>,
+}
+
+impl ExcludeList {
+    /// Reads the list; an audit's list must be the one its `audit.json` was written with.
+    pub fn read(path: &Path) -> Result<Self, MineError> {
+        let bad = |message: String| MineError::Exclude {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let audit_json = path.with_file_name("audit.json");
+        let audit: Option<serde_json::Value> = fs::read_to_string(&audit_json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let recorded = audit.as_ref().and_then(|a| {
+            a["files"][name.as_deref().unwrap_or_default()]
+                .as_str()
+                .map(String::from)
+        });
+        if let Some(recorded) = recorded {
+            let actual = store::sha256_hex(&bytes);
+            if recorded != actual {
+                return Err(bad(format!(
+                    "{} records SHA-256 {recorded} for it, the file has {actual}: it is not \
+                     the list that audit wrote. Re-run `tripmine audit`",
+                    audit_json.display()
+                )));
+            }
+        }
+        let root = audit
+            .as_ref()
+            .and_then(|a| a["corpus_root"].as_str().map(PathBuf::from));
+        let rows = parse_exclude(&bytes).map_err(bad)?;
+        Ok(ExcludeList {
+            path: path.to_path_buf(),
+            rows,
+            root,
+        })
+    }
+
+    /// The samples of `set` this list names, compared as absolute paths when both the list and
+    /// the embeddings know their corpus folder (so an audit of a manifest excludes the same
+    /// files from an ImageFolder's embeddings), else as normalised relative paths. Also
+    /// returns a warning when some rows match no sample.
+    pub fn matching(&self, set: &EmbeddingSet) -> (HashSet<String>, Option<String>) {
+        use crate::corpus::normal_path;
+        let set_root = set.meta.corpus_root.as_deref().map(Path::new);
+        let absolute = set_root.is_some() && self.root.is_some();
+        let key = |root: Option<&Path>, p: &str| normal_path(root.filter(|_| absolute), p);
+        let by_key: BTreeMap<String, &str> = set
+            .samples
+            .iter()
+            .map(|s| (key(set_root, &s.path), s.path.as_str()))
+            .collect();
+        let mut matched = HashSet::new();
+        let mut unmatched = Vec::new();
+        for row in &self.rows {
+            match by_key.get(&key(self.root.as_deref(), row)) {
+                Some(p) => {
+                    matched.insert(p.to_string());
+                }
+                None => unmatched.push(row.as_str()),
+            }
+        }
+        let warning = (!unmatched.is_empty() && !self.rows.is_empty()).then(|| {
+            let how = if unmatched.len() == self.rows.len() {
+                format!("NONE of the {} paths", self.rows.len())
+            } else {
+                format!(
+                    "only {} of the {} paths",
+                    self.rows.len() - unmatched.len(),
+                    self.rows.len()
+                )
+            };
+            format!(
+                "exclude list {}: {how} match a sample of the embeddings (e.g. {:?} does not); \
+                 is it from another corpus? Paths are compared {}",
+                self.path.display(),
+                unmatched[0],
+                if absolute {
+                    "as files under each corpus folder"
+                } else {
+                    "as written, relative to the corpus"
+                }
+            )
+        });
+        (matched, warning)
+    }
+}
+
+/// The `path` column of an exclude list.
+pub fn parse_exclude(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
     let col = reader
         .headers()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .iter()
         .position(|h| h == "path")
-        .ok_or_else(|| bad("no `path` column".into()))?;
+        .ok_or("no `path` column (an exclude list is a CSV with a path column, like an audit's exclude.csv)")?;
     reader
         .records()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             r.map(|r| r.get(col).unwrap_or("").to_string())
-                .map_err(|e| bad(e.to_string()))
+                .map_err(|e| format!("line {}: {e}", i + 2))
         })
+        .filter(|r| r.as_ref().map_or(true, |p| !p.is_empty()))
         .collect()
 }
 
 pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
     let start = Instant::now();
     let set = match &cfg.source {
-        EmbeddingSource::Dir(dir) => store::read(dir)?,
+        EmbeddingSource::Files { input, normalise } => store::open(input, *normalise)?,
         EmbeddingSource::Corpus {
             corpus,
             model,
@@ -169,39 +279,44 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
             .set
         }
     };
+    let mut warnings = Vec::new();
     let excluded = match &cfg.exclude {
-        Some(path) => read_exclude(path)?,
+        Some(path) => {
+            let (matched, warning) = ExcludeList::read(path)?.matching(&set);
+            warnings.extend(warning);
+            matched
+        }
         None => HashSet::new(),
     };
     let labelled = Labelled::from_set(&set, &excluded);
     let points = labelled.points();
     // hnsw_rs borrows the loader of a saved index for as long as the index lives.
     let mut loader = None;
-    let (triplets, stats, backend) = match cfg.knn.resolve(points.len()) {
-        KnnChoice::Hnsw => {
-            let cache = match &cfg.source {
-                EmbeddingSource::Dir(dir) => Some(HnswCache::new(dir, &set, &excluded, cfg.hnsw)),
-                EmbeddingSource::Corpus { .. } => None,
-            };
-            let index = cache
-                .as_ref()
-                .and_then(|c| c.load(&mut loader, points, cfg.hnsw));
-            let index = index.unwrap_or_else(|| {
-                let built = HnswIndex::build(points, cfg.hnsw);
-                if let Some(cache) = &cache {
-                    cache.save(&built);
-                }
-                built
-            });
-            let (t, s) = mine(points, &index, &cfg.rules);
-            (t, s, index.describe())
-        }
-        _ => {
-            let index = ExactIndex::new(points, cfg.device);
-            let (t, s) = mine(points, &index, &cfg.rules);
-            (t, s, index.describe())
+    let cache = match (&cfg.source, cfg.knn.resolve(points.len())) {
+        (
+            EmbeddingSource::Files {
+                input: EmbeddingsInput::Dir(dir),
+                normalise: false,
+            },
+            KnnChoice::Hnsw,
+        ) => Some(HnswCache::new(dir, &set, &excluded, cfg.hnsw)),
+        _ => None,
+    };
+    let index = match cache
+        .as_ref()
+        .and_then(|c| c.load(&mut loader, points, cfg.hnsw))
+    {
+        Some(loaded) => Backend::Hnsw(loaded),
+        None => {
+            let built = crate::knn::build(points, cfg.knn, cfg.hnsw, cfg.device);
+            if let (Some(cache), Backend::Hnsw(index)) = (&cache, &built) {
+                cache.save(index);
+            }
+            built
         }
     };
+    let (triplets, stats) = mine(points, &index, &cfg.rules);
+    let backend = index.describe();
     let rows = triplets.iter().map(|t| {
         TripletRow::new(t, |i| {
             let s = &set.samples[labelled.origin[i]];
@@ -213,6 +328,7 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
         backend,
         excluded: set.len() - points.len(),
         seconds: start.elapsed().as_secs_f64(),
+        warnings,
     };
     match &cfg.out {
         None => {
@@ -225,26 +341,36 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
                 })?,
             }
         }
-        Some(path) => write_triplet_set(path, rows, &sidecar_json(cfg, &set, &summary))?,
+        Some(path) => write_triplet_set(path, rows, sidecar_json(cfg, &set, &summary))?,
     }
     let _ = std::io::stdout().flush();
     Ok(summary)
 }
 
 /// Writes a triplet CSV and its sidecar (`<name>.json`): what `tripmine mine` and every
-/// global training round export.
+/// global training round export. The pair is consistent as a set: the sidecar (written
+/// second) records the CSV's hash, and readers refuse a CSV whose sidecar names another hash.
 pub fn write_triplet_set(
     path: &Path,
     rows: impl Iterator<Item = TripletRow>,
-    sidecar: &serde_json::Value,
+    mut sidecar: serde_json::Value,
 ) -> Result<(), MineError> {
     let failed = |path: &Path| {
         let path = path.to_path_buf();
         move |source| MineError::Write { path, source }
     };
-    write_atomic(path, |w| triplets::write(w, rows)).map_err(failed(path))?;
+    let mut csv_sha256 = String::new();
+    write_atomic(path, |w| {
+        let mut hashing = HashingWriter::new(w);
+        triplets::write(&mut hashing, rows)?;
+        csv_sha256 = hashing.hex();
+        Ok(())
+    })
+    .map_err(failed(path))?;
+    crash_point("mine:csv-written");
+    sidecar["csv_sha256"] = csv_sha256.into();
     let json = path.with_extension("json");
-    write_json(&json, sidecar).map_err(failed(&json))
+    write_json(&json, &sidecar).map_err(failed(&json))
 }
 
 /// The sidecar fields that describe how triplets were mined: rules, backend and counts.
@@ -284,8 +410,9 @@ pub fn rules_sidecar(
 fn sidecar_json(cfg: &MineConfig, set: &EmbeddingSet, s: &MineSummary) -> serde_json::Value {
     let mut json = rules_sidecar(&cfg.rules, &s.backend, &s.stats);
     json["model"] = set.meta.model.clone();
-    json["embeddings"] = serde_json::json!({ "corpus": set.meta.corpus, "count": set.len(), "dim": set.dim, "sha256": set.meta.sha256 });
+    json["embeddings"] = set.describe();
     json["excluded_samples"] = s.excluded.into();
+    json["exclude_list"] = serde_json::json!(cfg.exclude);
     json["wall_seconds"] = s.seconds.into();
     json
 }

@@ -45,6 +45,24 @@ pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
             spec.format
         )));
     }
+    if let super::Architecture::Backbone { file, sha256, .. } = &spec.architecture {
+        let bytes = fs::read(file).map_err(|e| {
+            bad(format!(
+                "{MODEL_JSON} names the backbone {}, which cannot be read ({e}); put the \
+                 TorchScript file back at that path",
+                file.display()
+            ))
+        })?;
+        let actual = crate::store::sha256_hex(&bytes);
+        if actual != *sha256 {
+            return Err(bad(format!(
+                "the backbone {} has SHA-256 {actual}, but {MODEL_JSON} records {sha256}: the \
+                 file was replaced after this checkpoint was made. Restore the original file \
+                 or train a new head on this one",
+                file.display()
+            )));
+        }
+    }
     let model = Embedder::init(spec, device).map_err(|e| bad(e.to_string()))?;
     let weights = dir.join(MODEL_WEIGHTS);
     if !weights.is_file() {

@@ -22,7 +22,7 @@ use super::source::{
     BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch, TrainedStep,
 };
 use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
-use crate::knn::{self, Points, Restriction};
+use crate::knn::{self, NeighbourIndex, Points, Restriction};
 use crate::mine::{self, MiningRules, PositiveRule, Triplet};
 use crate::model::Embedder;
 use crate::npy;
@@ -394,7 +394,7 @@ impl<'a> NeighbourBatches<'a> {
                 seed: cfg.seed ^ (self.epoch as u64) << 8,
                 ..MiningRules::default()
             };
-            let (triplets, _) = mine::mine(points, index.as_ref(), &rules);
+            let (triplets, _) = mine::mine(points, &index, &rules);
             memory_lists(
                 &triplets,
                 &other,

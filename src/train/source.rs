@@ -13,7 +13,7 @@ use tch::Device;
 use super::neighbour_batches::NeighbourBatches;
 use super::report::{self, RoundRecorder};
 use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
-use crate::knn::{self, Points};
+use crate::knn::{self, NeighbourIndex, Points};
 use crate::mine::{self, MiningRules, NegativeOrder, PositiveRule, Selection, Strategy, Triplet};
 use crate::model::Embedder;
 use crate::rng::Rng;
@@ -119,9 +119,10 @@ impl StepBatch {
 #[serde(rename_all = "kebab-case")]
 pub enum InBatchMiner {
     /// Per anchor: hardest positive, nearest margin-violating negative.
-    #[default]
     Hard,
-    /// Per positive pair: the nearest semi-hard negative.
+    /// Per positive pair: the nearest semi-hard negative (the default inside neighbour
+    /// batches: `make bench-train`, README).
+    #[default]
     Semihard,
     /// Every margin-violating triplet.
     All,
@@ -185,10 +186,12 @@ pub trait BatchSource {
 
     /// What a step trained on: its images' embeddings (for sources that keep them) and the
     /// triplets, for the round record.
-    fn trained(&mut self, step: &TrainedStep);
+    fn trained(&mut self, _step: &TrainedStep) {}
 
     /// Closes the epoch: saves the round record of a regime that mines every epoch.
-    fn end_epoch(&mut self) -> Result<(), TrainError>;
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
 
     /// Writes what the source keeps between epochs into a checkpoint directory being staged,
     /// so that a resumed run continues bit for bit.
@@ -395,7 +398,7 @@ impl<'a> GlobalTriplets<'a> {
         };
         let started = Instant::now();
         let index = knn::build(points, cfg.knn, cfg.hnsw, self.device);
-        let (triplets, stats) = mine::mine(points, index.as_ref(), &rules);
+        let (triplets, stats) = mine::mine(points, &index, &rules);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let rows = triplets
             .iter()
@@ -403,7 +406,7 @@ impl<'a> GlobalTriplets<'a> {
         let mut sidecar = mine::rules_sidecar(&rules, &index.describe(), &stats);
         sidecar["round"] = round.into();
         sidecar["wall_seconds"] = started.elapsed().as_secs_f64().into();
-        mine::write_triplet_set(&csv, rows, &sidecar)
+        mine::write_triplet_set(&csv, rows, sidecar)
             .map_err(|e| TrainError::Input(e.to_string()))?;
         record(&triplets)?;
         Ok(triplets)
@@ -425,12 +428,6 @@ impl BatchSource for GlobalTriplets<'_> {
 
     fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
         Ok(self.batches.pop_front())
-    }
-
-    fn trained(&mut self, _: &TrainedStep) {}
-
-    fn end_epoch(&mut self) -> Result<(), TrainError> {
-        Ok(())
     }
 }
 
@@ -465,12 +462,6 @@ impl BatchSource for FixedTriplets<'_> {
 
     fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
         Ok(self.batches.pop_front())
-    }
-
-    fn trained(&mut self, _: &TrainedStep) {}
-
-    fn end_epoch(&mut self) -> Result<(), TrainError> {
-        Ok(())
     }
 }
 

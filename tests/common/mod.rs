@@ -107,6 +107,8 @@ pub fn synthetic_embeddings(
         skipped: 0,
         model: serde_json::json!("synthetic clusters"),
         sha256: store::sha256_hex(&npy),
+        samples_sha256: None,
+        corpus_root: None,
     };
     store::write(dir, &npy, &samples, &[], &meta).unwrap();
 }
