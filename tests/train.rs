@@ -42,6 +42,18 @@ fn map_at_r(row: &csv::StringRecord) -> f64 {
 }
 
 #[test]
+fn the_default_regime_is_the_benchmark_winner() {
+    let (code, stdout, _) = tripmine(&["train", "--help"]);
+    assert_eq!(code, 0);
+    let mining = stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("--mining"))
+        .take_while(|l| !l.contains("--remine-every"))
+        .collect::<String>();
+    assert!(mining.contains("[default: batch-semihard]"), "{mining}");
+}
+
+#[test]
 fn every_regime_raises_validation_map_at_r() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = fixtures().join("corpus");
@@ -57,8 +69,8 @@ fn every_regime_raises_validation_map_at_r() {
                 "4",
                 "--samples-per-class",
                 "4",
-                "--memory-negatives",
-                "2",
+                "--batch-miner",
+                "hard",
                 "--no-augment",
             ],
         ),
@@ -93,10 +105,6 @@ fn every_regime_raises_validation_map_at_r() {
         let run = dir.path().join(mining);
         let mut args = train_args(s(&corpus), s(&run), mining, epochs);
         args.extend_from_slice(extra);
-        if mining == "neighbour-batches" {
-            // The default regime: no --mining option.
-            args.retain(|&a| a != "--mining" && a != mining);
-        }
         let stdout = ok(&args);
         let config: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
@@ -256,12 +264,24 @@ fn a_run_killed_mid_training_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = fixtures().join("corpus");
     for mining in ["global", "neighbour-batches"] {
+        // Memory negatives ride along: the bank of embeddings is part of the checkpoint.
+        let args = |out: &Path| -> Vec<String> {
+            let mut a: Vec<String> = train_args(s(&corpus), s(out), mining, "4")
+                .into_iter()
+                .map(String::from)
+                .collect();
+            if mining == "neighbour-batches" {
+                a.extend(["--memory-negatives".into(), "2".into()]);
+            }
+            a
+        };
         let whole = dir.path().join(format!("{mining}-whole"));
-        ok(&train_args(s(&corpus), s(&whole), mining, "4"));
+        let whole_args = args(&whole);
+        ok(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
 
         let killed = dir.path().join(format!("{mining}-killed"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tripmine"))
-            .args(train_args(s(&corpus), s(&killed), mining, "4"))
+            .args(args(&killed))
             .args(["--threads", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

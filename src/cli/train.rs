@@ -16,7 +16,7 @@ use crate::train::{
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # index-guided batches, batch-hard inside\n  tripmine train --corpus photos/ --out run/ --memory-negatives 4 --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
+    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # batch-semihard in P×K batches\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
     group(clap::ArgGroup::new("fresh").multiple(true).args([
         "epochs", "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
         "memory_warmup", "skip_nearest", "batch_size", "classes_per_batch", "samples_per_class",
@@ -42,8 +42,9 @@ pub struct TrainArgs {
     /// Epochs (default: enough for about 3,000 steps, between 10 and 60)
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// neighbour-batches | batch-hard | batch-semihard | batch-all | global | triplets:FILE.csv
-    #[arg(long, default_value = "neighbour-batches")]
+    /// batch-semihard | batch-hard | batch-all | neighbour-batches | global | triplets:FILE.csv
+    /// (the default won `make bench-train`)
+    #[arg(long, default_value = "batch-semihard")]
     pub mining: String,
     /// Epochs between refreshes of the neighbour graph (fractions such as 0.5 allowed) or
     /// between global re-mining rounds
