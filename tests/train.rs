@@ -92,7 +92,7 @@ fn every_regime_raises_validation_map_at_r() {
             "10",
             &[
                 "--lr",
-                "0.01",
+                "0.003",
                 "--classes-per-batch",
                 "4",
                 "--samples-per-class",
