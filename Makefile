@@ -35,7 +35,7 @@ demo: build
 	@rm -rf $(DEMO_OUT)
 	$(BIN) train --corpus fixtures/manifest.csv --out $(DEMO_OUT)/run --input-size 32 --dim 64 \
 		--mining neighbour-batches --batch-miner hard --classes-per-batch 4 --samples-per-class 4 \
-		--lr 0.01 --epochs 12 --no-augment --seed 7
+		--lr 0.003 --epochs 12 --no-augment --seed 7
 	$(BIN) eval --corpus fixtures/manifest.csv --model $(DEMO_OUT)/run/best --split test
 	$(BIN) embed --corpus fixtures/corpus --model $(DEMO_OUT)/run/best --out $(DEMO_OUT)/embeddings
 	$(BIN) mine --embeddings $(DEMO_OUT)/embeddings --out $(DEMO_OUT)/triplets.csv --strategy semihard=0.7,hard=0.3
