@@ -9,6 +9,7 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_READY := $(BENCH_VENV)/.ready
 PML_VERSION := 2.9.0
+CLEANLAB_VERSION := 2.9.0
 PILLOW_VERSION := 13.0.0
 DEMO_OUT := out/demo
 CHROMIUM := /usr/bin/chromium
@@ -66,8 +67,10 @@ $(CHROMIUM):
 bench-embed: $(LIBTORCH)
 	cargo run --release --example bench_embed
 
-bench-audit: $(LIBTORCH)
+bench-audit: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
 	cargo run --release --example bench_audit
+	$(BENCH_PY) scripts/bench_audit_real.py --bin target/release/tripmine --out out/bench-audit
 
 bench-mine: $(LIBTORCH)
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
@@ -105,8 +108,8 @@ $(BENCH_READY): $(LIBTORCH)
 		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 	$(BENCH_PY) -c 'import torch, numpy'  # never let pip fetch its own torch
 	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
-		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION)
-	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image'
+		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION) "cleanlab[datalab]==$(CLEANLAB_VERSION)"
+	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image; from cleanlab import Datalab'
 	touch $@
 
 clean-venv:
