@@ -125,14 +125,42 @@ pub fn compute(input: &AuditInput) -> Findings {
     let labels = input.points.labels;
     let t = input.thresholds;
     let (duplicates, exact_duplicate_groups) = duplicates(input);
-    let votes = signals::weighted_votes(input.graph, labels);
+    let outliers = outliers(input);
+    // A copy is the same image, not a second opinion: the votes and the model's quality
+    // come from each sample's neighbours outside its duplicate group.
+    let mut group_of = vec![usize::MAX; labels.len()];
+    for (g, group) in duplicates.iter().enumerate() {
+        for &(i, _) in &group.members {
+            group_of[i] = g;
+        }
+    }
+    let others: Vec<Vec<Neighbour>> = input
+        .graph
+        .iter()
+        .enumerate()
+        .map(|(i, list)| {
+            list.iter()
+                .filter(|nb| group_of[i] == usize::MAX || group_of[nb.index] != group_of[i])
+                .copied()
+                .collect()
+        })
+        .collect();
+    let votes = signals::weighted_votes(&others, labels);
     let model = signals::mislabel_posteriors(&votes, labels);
-    let quality = model_quality(labels, input.graph, model.noise_rate, t);
+    let quality = model_quality(labels, &others, model.noise_rate, t);
+    // Each sample is reported under its most specific finding: a member of a label conflict
+    // has a copy that says so, and an outlier has no right label to suggest.
+    let explained: BTreeSet<usize> = duplicates
+        .iter()
+        .filter(|g| g.conflict)
+        .flat_map(|g| g.members.iter().map(|&(i, _)| i))
+        .chain(outliers.iter().map(|o| o.index))
+        .collect();
     let mut label_issues: Vec<LabelFinding> = model
         .posteriors
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.mislabelled >= t.mislabel_probability)
+        .filter(|(i, p)| p.mislabelled >= t.mislabel_probability && !explained.contains(i))
         .map(|(index, p)| LabelFinding {
             index,
             suggested: p.suggested,
@@ -148,7 +176,6 @@ pub fn compute(input: &AuditInput) -> Findings {
             .then(a.own_share.total_cmp(&b.own_share))
             .then(a.index.cmp(&b.index))
     });
-    let outliers = outliers(input);
 
     let mut excluded = BTreeMap::new();
     for g in &duplicates {
@@ -343,4 +370,193 @@ fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
     let mut outliers: Vec<OutlierFinding> = found.into_values().collect();
     outliers.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
     outliers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knn::testing::{brute_force, clustered};
+    use crate::knn::Restriction;
+
+    const DIM: usize = 16;
+    const K: usize = 10;
+
+    fn graph_of(points: Points) -> Vec<Vec<Neighbour>> {
+        (0..points.len())
+            .map(|i| brute_force(points, i, K, Restriction::Any))
+            .collect()
+    }
+
+    struct Corpus {
+        data: Vec<f32>,
+        labels: Vec<u32>,
+        splits: Vec<&'static str>,
+        hashes: Vec<Option<String>>,
+    }
+
+    impl Corpus {
+        /// 8 classes of 40 tight clusters, every image distinct, all in `train`.
+        fn new(spread: f64) -> Self {
+            let (data, labels) = clustered(8, 40, DIM, spread, 5);
+            let n = labels.len();
+            Corpus {
+                data,
+                labels,
+                splits: vec!["train"; n],
+                hashes: (0..n).map(|i| Some(format!("h{i}"))).collect(),
+            }
+        }
+
+        /// Appends a copy of sample `of` with another label and split.
+        fn copy(&mut self, of: usize, label: u32, split: &'static str) -> usize {
+            let row = self.data[of * DIM..(of + 1) * DIM].to_vec();
+            self.data.extend(row);
+            self.labels.push(label);
+            self.splits.push(split);
+            self.hashes.push(self.hashes[of].clone());
+            self.labels.len() - 1
+        }
+
+        /// Appends a sample at `row` (normalised).
+        fn push(&mut self, row: &[f64], label: u32) -> usize {
+            let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            self.data.extend(row.iter().map(|x| (x / norm) as f32));
+            self.labels.push(label);
+            self.splits.push("train");
+            self.hashes.push(Some(format!("new{}", self.labels.len())));
+            self.labels.len() - 1
+        }
+
+        fn findings(&self, pixel_graph: Option<&[Vec<Neighbour>]>) -> Findings {
+            let points = Points {
+                data: &self.data,
+                dim: DIM,
+                labels: &self.labels,
+            };
+            let graph = graph_of(points);
+            compute(&AuditInput {
+                points,
+                splits: &self.splits,
+                graph: &graph,
+                hashes: &self.hashes,
+                pixel_graph,
+                thresholds: &Thresholds::default(),
+            })
+        }
+    }
+
+    #[test]
+    fn copies_form_groups_that_say_conflict_and_leak() {
+        let mut c = Corpus::new(0.3);
+        let conflict = c.copy(3, 5, "train");
+        let leak = c.copy(50, c.labels[50], "test");
+        let f = c.findings(None);
+        assert_eq!(f.duplicates.len(), 2, "{:?}", f.duplicates);
+        assert_eq!(f.exact_duplicate_groups, 2);
+        let group_of = |i| f.duplicates.iter().find(|g| g.members.iter().any(|m| m.0 == i));
+        let g = group_of(conflict).expect("grouped");
+        assert!(g.conflict && !g.leak);
+        assert_eq!(g.members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![3, conflict]);
+        assert!(g.members.iter().all(|m| m.1 == 1.0));
+        let g = group_of(leak).expect("grouped");
+        assert!(g.leak && !g.conflict);
+        assert_eq!(g.keep, 50);
+        assert_eq!(f.excluded[&3], LABEL_CONFLICT);
+        assert_eq!(f.excluded[&conflict], LABEL_CONFLICT);
+        assert_eq!(f.excluded[&leak], DUPLICATE);
+        assert!(!f.excluded.contains_key(&50));
+        // The conflict is reported as such, not again as a likely mislabel.
+        assert!(f.label_issues.iter().all(|l| l.index != conflict && l.index != 3));
+    }
+
+    #[test]
+    fn relabelled_samples_are_likely_mislabels_and_a_weak_model_is_not_trusted() {
+        let mut c = Corpus::new(0.3);
+        let planted: Vec<usize> = (7..c.labels.len()).step_by(40).collect();
+        for &i in &planted {
+            c.labels[i] = (c.labels[i] + 3) % 8;
+        }
+        let f = c.findings(None);
+        let flagged: Vec<usize> = f.label_issues.iter().map(|l| l.index).collect();
+        let mut sorted = flagged.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, planted);
+        for l in &f.label_issues {
+            assert_eq!(l.suggested, (c.labels[l.index] + 5) % 8);
+            assert!(l.probability > 0.9 && l.own_share < 0.1, "{l:?}");
+        }
+        assert!(f.label_issues.windows(2).all(|w| w[0].log_odds >= w[1].log_odds));
+        assert!(f.quality.trusted && f.quality.p_at_1 > 0.95, "{:?}", f.quality);
+
+        // The same labels on an embedding that knows nothing: untrusted, and no flags.
+        let mut weak = Corpus::new(50.0);
+        weak.labels = c.labels.clone();
+        let f = weak.findings(None);
+        assert!(!f.quality.trusted, "{:?}", f.quality);
+        assert!(f.quality.p_at_1 < 0.3);
+        assert!(f.label_issues.len() <= 2, "{} flags", f.label_issues.len());
+    }
+
+    #[test]
+    fn a_small_mixed_group_apart_from_every_class_is_off_distribution() {
+        let mut c = Corpus::new(0.3);
+        // Five samples around a point of their own, each under another label.
+        let centre: Vec<f64> = (0..DIM).map(|d| if d % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let odd: Vec<usize> = (0..5)
+            .map(|j| {
+                let row: Vec<f64> = centre
+                    .iter()
+                    .enumerate()
+                    .map(|(d, x)| x + if d == j || d == j + 5 { 0.5 } else { 0.0 })
+                    .collect();
+                c.push(&row, j as u32)
+            })
+            .collect();
+        let f = c.findings(None);
+        let grouped: Vec<usize> = f
+            .outliers
+            .iter()
+            .filter(|o| o.signal == OutlierSignal::OffDistributionGroup)
+            .map(|o| o.index)
+            .collect();
+        assert_eq!(grouped.len(), 5, "{:?}", f.outliers);
+        assert!(odd.iter().all(|i| grouped.contains(i)));
+        assert!(f
+            .outliers
+            .iter()
+            .filter(|o| o.signal == OutlierSignal::OffDistributionGroup)
+            .all(|o| o.group == Some((odd[0], 5))));
+        // An outlier is not also a likely mislabel.
+        assert!(f.label_issues.iter().all(|l| !odd.contains(&l.index)));
+        for &i in &odd {
+            assert_eq!(f.excluded[&i], OUTLIER);
+        }
+    }
+
+    #[test]
+    fn pixel_isolation_and_distance_from_every_class_flag_single_samples() {
+        let mut c = Corpus::new(0.3);
+        let n = c.labels.len();
+        // Far from every class in the embedding: a point between no clusters at all.
+        let far: Vec<f64> = (0..DIM).map(|d| if d < 8 { 1.0 } else { -1.0 }).collect();
+        let lonely = c.push(&far, 2);
+        // The pixel graph: sample 10 lies far from everything, the rest close.
+        let pixel_graph: Vec<Vec<Neighbour>> = (0..=n)
+            .map(|i| {
+                let dot = if i == 10 { -0.5 } else { 0.95 };
+                (1..=K)
+                    .map(|j| Neighbour {
+                        index: (i + j) % (n + 1),
+                        dot,
+                    })
+                    .collect()
+            })
+            .collect();
+        let f = c.findings(Some(&pixel_graph));
+        let signal_of = |i| f.outliers.iter().find(|o| o.index == i).map(|o| o.signal);
+        assert_eq!(signal_of(10), Some(OutlierSignal::PixelIsolated));
+        assert_eq!(signal_of(lonely), Some(OutlierSignal::FarFromClasses));
+        assert_eq!(f.outliers.len(), 2, "{:?}", f.outliers);
+        assert!(f.outliers.windows(2).all(|w| w[0].score >= w[1].score));
+    }
 }

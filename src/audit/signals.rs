@@ -278,31 +278,6 @@ pub fn mislabel_posteriors(votes: &[Votes], labels: &[u32]) -> LabelModel {
     }
 }
 
-/// Tukey's upper fence Q3 + 1.5·IQR of `values`.
-pub fn upper_fence(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        let pos = p * (v.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-    };
-    let (q1, q3) = (q(0.25), q(0.75));
-    q3 + 1.5 * (q3 - q1)
-}
-
-/// The rank of each value as a fraction in [0, 1] (1 = the largest).
-pub fn percentile_ranks(values: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    let mut ranks = vec![0.0; values.len()];
-    let denom = (values.len().max(2) - 1) as f64;
-    for (rank, i) in order.into_iter().enumerate() {
-        ranks[i] = rank as f64 / denom;
-    }
-    ranks
-}
-
 /// A class's centroid and the robust scale of its members' distances to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassSpread {
@@ -373,15 +348,6 @@ pub fn class_spreads(data: &[f32], dim: usize, labels: &[u32]) -> Vec<ClassSprea
             }
         })
         .collect()
-}
-
-/// How many times each sample appears in the other samples' neighbour lists.
-pub fn in_degrees(graph: &[Vec<Neighbour>]) -> Vec<usize> {
-    let mut degree = vec![0; graph.len()];
-    for nb in graph.iter().flatten() {
-        degree[nb.index] += 1;
-    }
-    degree
 }
 
 /// Classes smaller than this are measured against the corpus-wide distribution instead of
@@ -590,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn class_spread_is_robust_and_in_degrees_count_listings() {
+    fn class_spread_is_robust() {
         // Class 0: four points at distance 1 from the origin-centred centroid, one far away.
         let data = [1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 5.0, 5.0];
         let labels = [0, 0, 0, 0, 0, 1];
@@ -602,14 +568,37 @@ mod tests {
         assert!((spreads[0].scale - 0.01).abs() < 1e-12);
         assert!(spreads[0].z(&[3.0, 0.0]) > 100.0);
         assert!(spreads[0].z(&[1.0, 0.0]).abs() < 1e-9);
-        let graph = vec![vec![nb(1, 0.0)], vec![nb(0, 0.0)], vec![nb(1, 0.0)]];
-        assert_eq!(in_degrees(&graph), vec![1, 2, 0]);
     }
 
     #[test]
-    fn fence_and_ranks() {
-        let v = [1.0, 2.0, 3.0, 4.0, 100.0];
-        assert!(upper_fence(&v) < 100.0 && upper_fence(&v) > 4.0);
-        assert_eq!(percentile_ranks(&v), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    fn robust_z_is_per_class_and_small_classes_use_the_corpus() {
+        // Class 0: ten values 1..=10 and one at 100; class 1: two values (too few for stats).
+        let mut values: Vec<f64> = (1..=10).map(f64::from).collect();
+        values.extend([100.0, 5.0, f64::NAN]);
+        let mut labels = vec![0; 11];
+        labels.extend([1, 1]);
+        let z = class_robust_z(&values, &labels);
+        assert!(z[10] > 10.0, "{}", z[10]);
+        assert!(z[4].abs() < 0.5 && z[5].abs() < 0.5);
+        assert!(z[12].is_nan());
+        // Class 1 is measured against all 12 values, whose median is 5.5.
+        assert!(z[11] < 0.0);
     }
+
+    #[test]
+    fn mutual_groups_and_cohesion() {
+        // 0-1-2 are each other's nearest; 3 lists 0 but 0 does not list 3.
+        let graph = vec![
+            vec![nb(1, 0.9), nb(2, 0.8)],
+            vec![nb(0, 0.9), nb(2, 0.8)],
+            vec![nb(1, 0.9), nb(0, 0.8)],
+            vec![nb(0, 0.5), nb(4, 0.4)],
+            vec![nb(3, 0.4), nb(0, 0.1)],
+        ];
+        assert_eq!(mutual_groups(&graph, 2, 3, 10), vec![vec![0, 1, 2]]);
+        assert_eq!(mutual_groups(&graph, 2, 2, 2), vec![vec![3, 4]]);
+        assert_eq!(cohesion(&[0, 1, 2], &graph), 1.0);
+        assert_eq!(cohesion(&[3, 4], &graph), 0.5);
+    }
+
 }
