@@ -300,8 +300,7 @@ fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
         }
     };
 
-    let isolation =
-        signals::class_robust_z(&signals::mean_knn_distance(input.graph), labels);
+    let isolation = signals::class_robust_z(&signals::mean_knn_distance(input.graph), labels);
     let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
     for &l in labels {
         *sizes.entry(l).or_default() += 1;
@@ -453,10 +452,17 @@ mod tests {
         let f = c.findings(None);
         assert_eq!(f.duplicates.len(), 2, "{:?}", f.duplicates);
         assert_eq!(f.exact_duplicate_groups, 2);
-        let group_of = |i| f.duplicates.iter().find(|g| g.members.iter().any(|m| m.0 == i));
+        let group_of = |i| {
+            f.duplicates
+                .iter()
+                .find(|g| g.members.iter().any(|m| m.0 == i))
+        };
         let g = group_of(conflict).expect("grouped");
         assert!(g.conflict && !g.leak);
-        assert_eq!(g.members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![3, conflict]);
+        assert_eq!(
+            g.members.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![3, conflict]
+        );
         assert!(g.members.iter().all(|m| m.1 == 1.0));
         let g = group_of(leak).expect("grouped");
         assert!(g.leak && !g.conflict);
@@ -466,7 +472,10 @@ mod tests {
         assert_eq!(f.excluded[&leak], DUPLICATE);
         assert!(!f.excluded.contains_key(&50));
         // The conflict is reported as such, not again as a likely mislabel.
-        assert!(f.label_issues.iter().all(|l| l.index != conflict && l.index != 3));
+        assert!(f
+            .label_issues
+            .iter()
+            .all(|l| l.index != conflict && l.index != 3));
     }
 
     #[test]
@@ -485,8 +494,15 @@ mod tests {
             assert_eq!(l.suggested, (c.labels[l.index] + 5) % 8);
             assert!(l.probability > 0.9 && l.own_share < 0.1, "{l:?}");
         }
-        assert!(f.label_issues.windows(2).all(|w| w[0].log_odds >= w[1].log_odds));
-        assert!(f.quality.trusted && f.quality.p_at_1 > 0.95, "{:?}", f.quality);
+        assert!(f
+            .label_issues
+            .windows(2)
+            .all(|w| w[0].log_odds >= w[1].log_odds));
+        assert!(
+            f.quality.trusted && f.quality.p_at_1 > 0.95,
+            "{:?}",
+            f.quality
+        );
 
         // The same labels on an embedding that knows nothing: untrusted, and no flags.
         let mut weak = Corpus::new(50.0);
@@ -501,7 +517,9 @@ mod tests {
     fn a_small_mixed_group_apart_from_every_class_is_off_distribution() {
         let mut c = Corpus::new(0.3);
         // Five samples around a point of their own, each under another label.
-        let centre: Vec<f64> = (0..DIM).map(|d| if d % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let centre: Vec<f64> = (0..DIM)
+            .map(|d| if d % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         let odd: Vec<usize> = (0..5)
             .map(|j| {
                 let row: Vec<f64> = centre

@@ -262,7 +262,10 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         labels: &labels,
     };
     let views = pixel_views(&set.samples, &files);
-    let hashes: Vec<Option<String>> = views.iter().map(|v| v.as_ref().map(|(h, _)| h.clone())).collect();
+    let hashes: Vec<Option<String>> = views
+        .iter()
+        .map(|v| v.as_ref().map(|(h, _)| h.clone()))
+        .collect();
     // One k-NN graph of the embeddings serves every signal but one; the pixel view has its own.
     let queries: Vec<usize> = (0..n).collect();
     let k = t.k.min(n.saturating_sub(1)).max(1);
@@ -428,14 +431,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             write_csv(
                 &out("outliers.csv"),
                 &outliers,
-                &[
-                    "path",
-                    "label",
-                    "signal",
-                    "score",
-                    "group",
-                    "group_size",
-                ],
+                &["path", "label", "signal", "score", "group", "group_size"],
             ),
         )?;
         let class_header = [
@@ -484,8 +480,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             excluded: exclude_rows.len(),
             tiny_classes,
             model_quality: findings.quality.clone(),
-            warning: (!findings.quality.trusted)
-                .then(|| untrusted_warning(&findings.quality, t)),
+            warning: (!findings.quality.trusted).then(|| untrusted_warning(&findings.quality, t)),
         };
         let report = serde_json::json!({
             "tripmine_version": env!("CARGO_PKG_VERSION"),
@@ -548,7 +543,10 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             ),
         ));
         if let Some(w) = &summary.warning {
-            facts.push(("warning".to_string(), w.trim_start_matches("warning: ").to_string()));
+            facts.push((
+                "warning".to_string(),
+                w.trim_start_matches("warning: ").to_string(),
+            ));
         }
         facts.extend(
             counts

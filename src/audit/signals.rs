@@ -135,7 +135,11 @@ pub fn weighted_votes(graph: &[Vec<Neighbour>], labels: &[u32]) -> Vec<Votes> {
                 }
             }
             let total: f64 = votes.iter().map(|(_, w)| w).sum();
-            let scale = if total > 0.0 { list.len() as f64 / total } else { 0.0 };
+            let scale = if total > 0.0 {
+                list.len() as f64 / total
+            } else {
+                0.0
+            };
             votes.iter_mut().for_each(|(_, w)| *w *= scale);
             votes
         })
@@ -145,7 +149,10 @@ pub fn weighted_votes(graph: &[Vec<Neighbour>], labels: &[u32]) -> Vec<Votes> {
 /// The weight of `label` in `votes`, as a fraction of all of them.
 pub fn share(votes: &Votes, label: u32) -> f64 {
     let total: f64 = votes.iter().map(|(_, w)| w).sum();
-    let own = votes.iter().find(|(l, _)| *l == label).map_or(0.0, |(_, w)| *w);
+    let own = votes
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map_or(0.0, |(_, w)| *w);
     if total > 0.0 {
         own / total
     } else {
@@ -331,9 +338,14 @@ pub fn class_spreads(data: &[f32], dim: usize, labels: &[u32]) -> Vec<ClassSprea
         .map(|m| {
             let mut centroid = vec![0.0; dim];
             for &i in m {
-                centroid.iter_mut().zip(row(i)).for_each(|(c, v)| *c += *v as f64);
+                centroid
+                    .iter_mut()
+                    .zip(row(i))
+                    .for_each(|(c, v)| *c += *v as f64);
             }
-            centroid.iter_mut().for_each(|c| *c /= m.len().max(1) as f64);
+            centroid
+                .iter_mut()
+                .for_each(|c| *c /= m.len().max(1) as f64);
             let mut d: Vec<f64> = m.iter().map(|&i| euclidean(row(i), &centroid)).collect();
             let med = median(&mut d);
             let mut dev: Vec<f64> = d.iter().map(|x| (x - med).abs()).collect();
@@ -530,7 +542,11 @@ mod tests {
             assert_eq!(model.posteriors[i].suggested, (labels[i] + 7) % 8);
         }
         let rate = planted.len() as f64 / labels.len() as f64;
-        assert!((model.noise_rate - rate).abs() < 0.02, "{}", model.noise_rate);
+        assert!(
+            (model.noise_rate - rate).abs() < 0.02,
+            "{}",
+            model.noise_rate
+        );
     }
 
     #[test]
@@ -552,7 +568,10 @@ mod tests {
             counts.windows(2).all(|w| w[1] <= w[0]),
             "flags by growing spread: {counts:?}"
         );
-        assert!(counts[3] <= 2, "an embedding that knows nothing flags {counts:?}");
+        assert!(
+            counts[3] <= 2,
+            "an embedding that knows nothing flags {counts:?}"
+        );
     }
 
     #[test]
@@ -600,5 +619,4 @@ mod tests {
         assert_eq!(cohesion(&[0, 1, 2], &graph), 1.0);
         assert_eq!(cohesion(&[3, 4], &graph), 0.5);
     }
-
 }
