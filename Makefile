@@ -97,7 +97,8 @@ bench-train-quick: $(LIBTORCH) $(BENCH_READY)
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses
 # .venv's torch and numpy and pip counts them as installed; pip then adds only
-# pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm) and Pillow.
+# pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm), Pillow, and
+# cleanlab with its Datalab extra (pandas, datasets, pyarrow) for `make bench-audit`.
 bench-venv: $(BENCH_READY)
 
 $(BENCH_READY): $(LIBTORCH)
