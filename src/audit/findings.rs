@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::signals;
@@ -280,6 +281,9 @@ fn model_quality(
     }
 }
 
+/// Distances (samples × classes) the far-from-classes signal may spend on measuring every
+/// class; about 4 s on 2 cores at 128 dimensions.
+const EVERY_CLASS_BUDGET: usize = 20_000_000;
 /// Neighbours that must be mutual for two samples to form an off-distribution group.
 const GROUP_DEPTH: usize = 5;
 /// A group's members' median isolation (robust z of the embedding's mean k-NN distance within
@@ -349,22 +353,41 @@ fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
         }
     }
 
+    // "Every class" means every class with enough members to have a spread, while that costs
+    // at most EVERY_CLASS_BUDGET distances; past it, the classes around the sample (its own
+    // and its neighbours').
     let spreads = signals::class_spreads(input.points.data, input.points.dim, labels);
-    for (i, list) in input.graph.iter().enumerate() {
-        let mut candidates: BTreeSet<u32> = list.iter().map(|nb| labels[nb.index]).collect();
-        candidates.insert(labels[i]);
-        let z = candidates
-            .iter()
-            .map(|&c| spreads[c as usize].z(input.points.row(i)))
-            .fold(f64::INFINITY, f64::min);
-        if z >= t.outlier_z && spreads[labels[i] as usize].size >= signals::MIN_CLASS_FOR_STATS {
-            offer(OutlierFinding {
-                index: i,
-                signal: OutlierSignal::FarFromClasses,
-                score: z,
-                group: None,
-            });
-        }
+    let measured = |c: u32| spreads[c as usize].size >= signals::MIN_CLASS_FOR_STATS;
+    let all_measured: Vec<u32> = (0..spreads.len() as u32).filter(|&c| measured(c)).collect();
+    let every_class = labels.len().saturating_mul(all_measured.len()) <= EVERY_CLASS_BUDGET;
+    let far: Vec<(usize, f64)> = (0..labels.len())
+        .into_par_iter()
+        .filter(|&i| measured(labels[i]))
+        .filter_map(|i| {
+            let row = input.points.row(i);
+            let z = |c: &u32| spreads[*c as usize].z(row);
+            let nearest = if every_class {
+                all_measured.iter().map(z).fold(f64::INFINITY, f64::min)
+            } else {
+                let mut around: BTreeSet<u32> =
+                    input.graph[i].iter().map(|nb| labels[nb.index]).collect();
+                around.insert(labels[i]);
+                around
+                    .iter()
+                    .filter(|&&c| measured(c))
+                    .map(z)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            (nearest >= t.outlier_z).then_some((i, nearest))
+        })
+        .collect();
+    for (index, score) in far {
+        offer(OutlierFinding {
+            index,
+            signal: OutlierSignal::FarFromClasses,
+            score,
+            group: None,
+        });
     }
     let mut outliers: Vec<OutlierFinding> = found.into_values().collect();
     outliers.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
