@@ -150,12 +150,19 @@ pub fn compute(input: &AuditInput) -> Findings {
     let model = signals::mislabel_posteriors(&votes, labels);
     let quality = model_quality(labels, &others, model.noise_rate, t);
     // Each sample is reported under its most specific finding: a member of a label conflict
-    // has a copy that says so, and an outlier has no right label to suggest.
+    // has a copy that says so, and an off-distribution image (a group's, or one whose pixels
+    // are unlike any other) has no right label to suggest. A sample merely far from the
+    // classes can still carry the wrong one of them.
     let explained: BTreeSet<usize> = duplicates
         .iter()
         .filter(|g| g.conflict)
         .flat_map(|g| g.members.iter().map(|&(i, _)| i))
-        .chain(outliers.iter().map(|o| o.index))
+        .chain(
+            outliers
+                .iter()
+                .filter(|o| o.signal != OutlierSignal::FarFromClasses)
+                .map(|o| o.index),
+        )
         .collect();
     let mut label_issues: Vec<LabelFinding> = model
         .posteriors
