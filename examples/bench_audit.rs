@@ -1,13 +1,14 @@
 //! Benchmark of the audit's computation (`make bench-audit`): 100k synthetic clustered 128-d
 //! embeddings with planted duplicates and relabelled samples; the k-NN graph (k = 10) with the
 //! exact and the HNSW backend side by side, then the signals built on it (duplicate groups,
-//! label votes, outlier fence). Pixel hashing and file I/O, which scale linearly, are left out.
+//! mislabel posterior, outliers: `audit::findings::compute` without the pixel view). Pixel hashing and file I/O, which scale linearly, are left out.
 //!
 //! Usage: bench_audit [N]
 
 use std::time::Instant;
 
-use tripmine::audit::signals::{duplicate_groups, label_vote, mean_knn_distance, upper_fence};
+use tripmine::audit::findings::{self, AuditInput};
+use tripmine::audit::Thresholds;
 use tripmine::knn::{ExactIndex, HnswIndex, HnswParams, NeighbourIndex, Points, Restriction};
 
 #[path = "support/memory.rs"]
@@ -64,19 +65,24 @@ fn main() {
         };
         let graph_s = start.elapsed().as_secs_f64() - build;
         let signals_start = Instant::now();
-        let (groups, _) = duplicate_groups(&hashes, &graph, 0.995);
-        let flagged: Vec<usize> = (0..n)
-            .filter(|&i| {
-                let v = label_vote(labels[i], &graph[i], &labels);
-                v.majority != labels[i] && v.agreement <= 0.2 && v.support >= 0.5
-            })
-            .collect();
-        let fence = upper_fence(&mean_knn_distance(&graph));
-        let outliers = graph
+        let splits = vec![""; n];
+        let thresholds = Thresholds::default();
+        let findings = findings::compute(&AuditInput {
+            points,
+            splits: &splits,
+            graph: &graph,
+            hashes: &hashes,
+            pixel_graph: None,
+            thresholds: &thresholds,
+        });
+        let groups: Vec<Vec<usize>> = findings
+            .duplicates
             .iter()
-            .zip(mean_knn_distance(&graph))
-            .filter(|(_, d)| *d > fence)
-            .count();
+            .map(|g| g.members.iter().map(|&(i, _)| i).collect())
+            .collect();
+        let flagged: std::collections::HashSet<usize> =
+            findings.label_issues.iter().map(|f| f.index).collect();
+        let outliers = findings.outliers.len();
         let signals_s = signals_start.elapsed().as_secs_f64();
         let planted_found = (0..PLANTED)
             .filter(|p| {

@@ -45,6 +45,13 @@ def read_idx(name):
     sys.exit(f"{name}: not an IDX file (magic {magic})")
 
 
+def write_pgm(path, pixels, width, height):
+    """Writes 8-bit grey pixels (bytes, row-major) as a binary PGM, creating its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"P5\n%d %d\n255\n" % (width, height) + pixels)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
@@ -71,10 +78,7 @@ def main():
             if source == "train" and rank >= available - available // 10:
                 split = "val"
             rel = f"images/{LABELS[label]}/{split}_{i:05d}.pgm"
-            path = os.path.join(args.out, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(b"P5\n%d %d\n255\n" % (w, h) + pixels)
+            write_pgm(os.path.join(args.out, rel), pixels, w, h)
             rows_out.append((rel, LABELS[label], split))
     tmp = os.path.join(args.out, ".manifest.csv.tmp")
     with open(tmp, "w", newline="") as f:

@@ -38,6 +38,17 @@ fn query_metrics(relevant: &[bool], r: usize) -> (f64, f64, f64) {
 
 /// Metrics from each query's ranked neighbours (nearest first, at least R of them).
 pub fn from_neighbours(labels: &[u32], queries: &[usize], lists: &[Vec<Neighbour>]) -> Metrics {
+    from_neighbours_within(labels, queries, lists, usize::MAX)
+}
+
+/// [`from_neighbours`] with R capped at `max_r`: the metrics a k-NN graph can give (the audit's
+/// leave-one-out check of its model). With `max_r` ≥ every class size they are the full metrics.
+pub fn from_neighbours_within(
+    labels: &[u32],
+    queries: &[usize],
+    lists: &[Vec<Neighbour>],
+    max_r: usize,
+) -> Metrics {
     let mut class_size: HashMap<u32, usize> = HashMap::new();
     for &l in labels {
         *class_size.entry(l).or_default() += 1;
@@ -46,7 +57,7 @@ pub fn from_neighbours(labels: &[u32], queries: &[usize], lists: &[Vec<Neighbour
     let mut recall = [0.0; RECALL_AT.len()];
     let mut used = 0;
     for (&q, list) in queries.iter().zip(lists) {
-        let r = class_size[&labels[q]] - 1;
+        let r = (class_size[&labels[q]] - 1).min(max_r);
         if r == 0 {
             continue;
         }
@@ -135,6 +146,10 @@ mod tests {
         assert_eq!(m.recall_at_k[&1], 0.5);
         assert_eq!(m.recall_at_k[&2], 0.75);
         assert_eq!(m.recall_at_k[&4], 1.0);
+        // R capped at 1: MAP@R is then P@1, and singletons are still skipped.
+        let capped = from_neighbours_within(&labels, &[0, 1, 2, 3, 4], &lists, 1);
+        assert_eq!(capped.queries, 4);
+        assert_eq!(capped.map_at_r, capped.p_at_1);
     }
 }
 

@@ -143,15 +143,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             for issue in a.label_issues.iter().take(5) {
                 println!(
-                    "    {} is {:?}, neighbours say {:?} (agreement {:.2}, support {:.2})",
-                    issue.path, issue.label, issue.suggested_label, issue.score, issue.support
+                    "    {} is {:?}, neighbours say {:?} (P(wrong label) {:.2})",
+                    issue.path, issue.label, issue.suggested_label, issue.probability
                 );
             }
             for o in a.outliers.iter().take(3) {
                 println!(
-                    "    outlier {} ({:?}, mean k-NN distance {:.3})",
-                    o.path, o.label, o.mean_knn_distance
+                    "    outlier {} ({:?}, {}, z {:.1})",
+                    o.path, o.label, o.signal, o.score
                 );
+            }
+            let q = &a.model_quality;
+            println!(
+                "  model on this corpus: leave-one-out P@1 {:.3} (chance {:.3}), MAP@R within k {:.3}",
+                q.p_at_1, q.chance_p_at_1, q.map_at_r_within_k
+            );
+            if let Some(w) = &a.warning {
+                eprintln!("{w}");
             }
             if !a.tiny_classes.is_empty() {
                 println!("  tiny classes: {}", a.tiny_classes.join(", "));

@@ -123,7 +123,7 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
 
     // Audit folder: old audit, then re-runs with other thresholds killed at three points.
     let audit = d.join("audit");
-    let audit_args = |agreement: &'static str| {
+    let audit_args = |outlier_z: &'static str| {
         let corpus: &'static str = Box::leak(s(&corpus).to_string().into_boxed_str());
         let emb: &'static str = Box::leak(s(&emb).to_string().into_boxed_str());
         let out: &'static str = Box::leak(s(&audit).to_string().into_boxed_str());
@@ -135,17 +135,15 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
             emb,
             "--out",
             out,
-            "--mislabel-agreement",
-            agreement,
-            "--mislabel-support",
-            "0",
+            "--outlier-z",
+            outlier_z,
         ]
     };
-    ok(&audit_args("0"));
+    ok(&audit_args("1000"));
     let old = snapshot(&audit);
     assert_consistent(&audit);
     for point in ["audit:half-staged", "audit:staged"] {
-        killed_at(point, &audit_args("0.9"));
+        killed_at(point, &audit_args("0"));
         assert_eq!(snapshot(&audit), old, "killed at {point}: the old set");
     }
     killed_at("publish:swapped", &audit_args("0.9"));

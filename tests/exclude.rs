@@ -31,7 +31,8 @@ fn an_exclude_list_from_a_manifest_audit_excludes_the_same_images_from_an_image_
             "5",
         ]);
     }
-    // A fresh network and loose thresholds flag plenty of samples.
+    // A fresh network and a loose outlier threshold (z ≥ 0: about half of each class) flag
+    // plenty of samples.
     let audit = d.join("audit");
     ok(&[
         "audit",
@@ -41,9 +42,7 @@ fn an_exclude_list_from_a_manifest_audit_excludes_the_same_images_from_an_image_
         s(&emb_m),
         "--out",
         s(&audit),
-        "--mislabel-agreement",
-        "0.5",
-        "--mislabel-support",
+        "--outlier-z",
         "0",
     ]);
     let exclude = audit.join("exclude.csv");

@@ -2,12 +2,13 @@
 //! and class statistics, all from one k-NN graph over the embeddings plus exact pixel hashes.
 //! tripmine never deletes a file: `dedupe.csv` is a dry run and `exclude.csv` feeds `mine`.
 
+pub mod findings;
 mod report;
 pub mod signals;
 
 pub use report::REPORT_HTML;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -15,7 +16,7 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::corpus::{self, decode_image, CorpusError, Problem, PROBLEM_HEADER};
-use crate::definitions::{dot, Distance};
+use crate::definitions::Distance;
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
 use crate::knn::{
     ExactIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction,
@@ -23,20 +24,23 @@ use crate::knn::{
 use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
 use crate::output::{write_csv, write_json};
 use crate::store::{self, sha256_hex, EmbeddingSet, EmbeddingsInput, StoreError};
-use signals::{duplicate_groups, label_vote, mean_knn_distance, percentile_ranks, upper_fence};
+use findings::{AuditInput, ModelQuality};
 
 /// Documented defaults, in plain units.
 #[derive(Debug, Clone, Serialize)]
 pub struct Thresholds {
     /// Neighbours per sample in the k-NN graph.
     pub k: usize,
-    /// Cosine similarity from which two samples are near-duplicates.
-    pub near_duplicate_similarity: f32,
-    /// A sample is a likely mislabel when at most this fraction of its neighbours share its
-    /// label ...
-    pub mislabel_agreement: f64,
-    /// ... and at least this fraction agree on another label.
-    pub mislabel_support: f64,
+    /// Two samples are near-duplicates when their distance is at most this fraction of the
+    /// corpus's median nearest-neighbour distance.
+    pub near_duplicate_distance: f64,
+    /// A sample is a likely mislabel when the posterior probability that its label is wrong
+    /// reaches this.
+    pub mislabel_probability: f64,
+    /// Label findings are trusted when the leave-one-out P@1 on the corpus reaches this.
+    pub min_model_p_at_1: f64,
+    /// A sample is an outlier when a signal's robust z-score (against its class) reaches this.
+    pub outlier_z: f64,
     /// Classes smaller than this are "tiny".
     pub tiny_class: usize,
 }
@@ -45,9 +49,10 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             k: 10,
-            near_duplicate_similarity: 0.995,
-            mislabel_agreement: 0.2,
-            mislabel_support: 0.5,
+            near_duplicate_distance: 0.25,
+            mislabel_probability: 0.5,
+            min_model_p_at_1: 0.7,
+            outlier_z: 5.0,
             tiny_class: 5,
         }
     }
@@ -143,19 +148,25 @@ pub struct LabelIssue {
     pub path: String,
     pub label: String,
     pub suggested_label: String,
-    /// Fraction of the k nearest neighbours that share the label: low is suspicious.
-    pub score: f64,
-    /// Fraction of the neighbours that carry the suggested label.
-    pub support: f64,
+    /// Posterior probability that `label` is wrong, and its log-odds (the order of the file).
+    pub probability: f64,
+    pub log_odds: f64,
+    /// Share of the distance-weighted neighbour votes for the label and for the suggestion.
+    pub label_share: f64,
+    pub suggested_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Outlier {
     pub path: String,
     pub label: String,
-    /// Percentile rank of the mean distance to the k nearest neighbours: high is isolated.
+    /// Which signal fired: `off-distribution-group`, `pixel-isolated` or `far-from-classes`.
+    pub signal: &'static str,
+    /// The robust z-score that fired (for a group, its members' median isolation).
     pub score: f64,
-    pub mean_knn_distance: f64,
+    /// The off-distribution group (its id and size), for the group signal.
+    pub group: Option<usize>,
+    pub group_size: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -191,6 +202,9 @@ pub struct AuditSummary {
     pub decode_problems: usize,
     pub excluded: usize,
     pub tiny_classes: Vec<String>,
+    pub model_quality: ModelQuality,
+    /// Set when the model is too weak for its label findings to be trusted.
+    pub warning: Option<String>,
 }
 
 pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
@@ -247,55 +261,48 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         dim: set.dim,
         labels: &labels,
     };
-
-    // Exact duplicates: identical decoded pixels (and size).
-    let hashes: Vec<Option<String>> = set
-        .samples
-        .par_iter()
-        .map(|s| {
-            let img = decode_image(files[s.path.as_str()]).ok()?.into_rgba8();
-            let mut bytes = img.width().to_le_bytes().to_vec();
-            bytes.extend(img.height().to_le_bytes());
-            bytes.extend(img.as_raw());
-            Some(sha256_hex(&bytes))
-        })
+    let views = pixel_views(&set.samples, &files);
+    let hashes: Vec<Option<String>> = views
+        .iter()
+        .map(|v| v.as_ref().map(|(h, _)| h.clone()))
         .collect();
-    // One k-NN graph serves near-duplicates, label votes and outliers.
+    // One k-NN graph of the embeddings serves every signal but one; the pixel view has its own.
     let queries: Vec<usize> = (0..n).collect();
     let k = t.k.min(n.saturating_sub(1)).max(1);
     let (graph, backend) = knn_graph(points, &queries, k, cfg);
-    let (dup_groups, exact_groups) = duplicate_groups(&hashes, &graph, t.near_duplicate_similarity);
+    let side = (PIXEL_VIEW_SIDE * PIXEL_VIEW_SIDE) as usize;
+    let pixels: Vec<f32> = views
+        .iter()
+        .flat_map(|v| v.as_ref().map_or(vec![0.0; side], |(_, p)| p.clone()))
+        .collect();
+    let pixel_points = Points {
+        data: &pixels,
+        dim: side,
+        labels: &labels,
+    };
+    let (mut pixel_graph, _) = knn_graph(pixel_points, &queries, k, cfg);
+    for (list, view) in pixel_graph.iter_mut().zip(&views) {
+        if view.is_none() {
+            list.clear();
+        }
+    }
+    let splits: Vec<&str> = set.samples.iter().map(|s| s.split.as_str()).collect();
+    let findings = findings::compute(&AuditInput {
+        points,
+        splits: &splits,
+        graph: &graph,
+        hashes: &hashes,
+        pixel_graph: Some(&pixel_graph),
+        thresholds: t,
+    });
+
     let sample = |i: usize| &set.samples[i];
     let mut dup_rows = Vec::new();
     let mut leak_rows = Vec::new();
     let mut dedupe_rows = Vec::new();
-    let mut excluded: BTreeMap<usize, &'static str> = BTreeMap::new();
     let mut group_views = Vec::new();
-    let (mut conflicts, mut leaks) = (0, 0);
-    for (g, members) in dup_groups.iter().enumerate() {
-        let group_labels: BTreeSet<&str> =
-            members.iter().map(|&i| sample(i).label.as_str()).collect();
-        let splits: BTreeSet<&str> = members
-            .iter()
-            .map(|&i| sample(i).split.as_str())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let mut view = report::GroupView {
-            id: g,
-            members: Vec::new(),
-        };
-        for &i in members {
-            let similarity = members
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| {
-                    if hashes[i].is_some() && hashes[i] == hashes[j] {
-                        1.0
-                    } else {
-                        dot(points.row(i), points.row(j))
-                    }
-                })
-                .fold(f32::NEG_INFINITY, f32::max);
+    for (g, group) in findings.duplicates.iter().enumerate() {
+        for &(i, similarity) in &group.members {
             let s = sample(i);
             dup_rows.push(DuplicateRow {
                 group: g,
@@ -304,19 +311,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
                 split: &s.split,
                 similarity,
             });
-            view.members.push((i, similarity));
-        }
-        group_views.push(view);
-        if group_labels.len() > 1 {
-            conflicts += 1;
-            for &i in members {
-                excluded.insert(i, "label conflict");
-            }
-        }
-        if splits.len() > 1 {
-            leaks += 1;
-            for &i in members {
-                let s = sample(i);
+            if group.leak {
                 leak_rows.push(LeakRow {
                     group: g,
                     path: &s.path,
@@ -324,89 +319,54 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
                     split: &s.split,
                 });
             }
-        }
-        // Keep the first member (by path) of the group's most common label; drop the rest.
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for &i in members {
-            *counts.entry(sample(i).label.as_str()).or_default() += 1;
-        }
-        let majority = counts
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(l, _)| *l)
-            .expect("non-empty");
-        let keep = *members
-            .iter()
-            .find(|&&i| sample(i).label == majority)
-            .expect("majority member");
-        for &i in members {
-            let s = sample(i);
-            let action = if i == keep { "keep" } else { "drop" };
-            if i != keep {
-                excluded.entry(i).or_insert("duplicate");
-            }
             dedupe_rows.push(DedupeRow {
                 group: g,
                 path: &s.path,
                 label: &s.label,
-                action,
+                action: if i == group.keep { "keep" } else { "drop" },
             });
         }
+        group_views.push(report::GroupView {
+            id: g,
+            members: group.members.clone(),
+        });
     }
-
-    let mut label_issues: Vec<LabelIssue> = graph
-        .par_iter()
-        .enumerate()
-        .filter_map(|(i, list)| {
-            let vote = label_vote(labels[i], list, &labels);
-            let suspicious = vote.majority != labels[i]
-                && vote.agreement <= t.mislabel_agreement
-                && vote.support >= t.mislabel_support;
-            suspicious.then(|| LabelIssue {
-                path: sample(i).path.clone(),
-                label: sample(i).label.clone(),
-                suggested_label: names[vote.majority as usize].to_string(),
-                score: vote.agreement,
-                support: vote.support,
-            })
+    let label_issues: Vec<LabelIssue> = findings
+        .label_issues
+        .iter()
+        .map(|f| LabelIssue {
+            path: sample(f.index).path.clone(),
+            label: sample(f.index).label.clone(),
+            suggested_label: names[f.suggested as usize].to_string(),
+            probability: f.probability,
+            log_odds: f.log_odds,
+            label_share: f.own_share,
+            suggested_share: f.suggested_share,
         })
         .collect();
-    label_issues.sort_by(|a, b| {
-        a.score
-            .total_cmp(&b.score)
-            .then(b.support.total_cmp(&a.support))
-            .then(a.path.cmp(&b.path))
-    });
-
-    let mean_distance = mean_knn_distance(&graph);
-    let fence = upper_fence(&mean_distance);
-    let ranks = percentile_ranks(&mean_distance);
-    let mut outliers: Vec<Outlier> = (0..n)
-        .filter(|&i| mean_distance[i] > fence)
-        .map(|i| Outlier {
-            path: sample(i).path.clone(),
-            label: sample(i).label.clone(),
-            score: ranks[i],
-            mean_knn_distance: mean_distance[i],
+    let outliers: Vec<Outlier> = findings
+        .outliers
+        .iter()
+        .map(|o| Outlier {
+            path: sample(o.index).path.clone(),
+            label: sample(o.index).label.clone(),
+            signal: o.signal.name(),
+            score: o.score,
+            group: o.group.map(|(id, _)| id),
+            group_size: o.group.map(|(_, size)| size),
         })
         .collect();
-    outliers.sort_by(|a, b| b.mean_knn_distance.total_cmp(&a.mean_knn_distance));
     let path_index: HashMap<&str, usize> = set
         .samples
         .iter()
         .enumerate()
         .map(|(i, s)| (s.path.as_str(), i))
         .collect();
-    for issue in &label_issues {
-        excluded
-            .entry(path_index[issue.path.as_str()])
-            .or_insert("likely mislabel");
-    }
-    for o in &outliers {
-        excluded
-            .entry(path_index[o.path.as_str()])
-            .or_insert("outlier");
-    }
+    let excluded = &findings.excluded;
+    let conflicts = findings.duplicates.iter().filter(|g| g.conflict).count();
+    let leaks = findings.duplicates.iter().filter(|g| g.leak).count();
+    let dup_groups = &findings.duplicates;
+    let exact_groups = findings.exact_duplicate_groups;
 
     let classes = class_rows(&set, &labels, &names, t.tiny_class, cfg.device);
     // The files are one set: they are written into a staging folder beside --out and swapped
@@ -455,7 +415,15 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             write_csv(
                 &out("label_issues.csv"),
                 &label_issues,
-                &["path", "label", "suggested_label", "score", "support"],
+                &[
+                    "path",
+                    "label",
+                    "suggested_label",
+                    "probability",
+                    "log_odds",
+                    "label_share",
+                    "suggested_share",
+                ],
             ),
         )?;
         write(
@@ -463,7 +431,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             write_csv(
                 &out("outliers.csv"),
                 &outliers,
-                &["path", "label", "score", "mean_knn_distance"],
+                &["path", "label", "signal", "score", "group", "group_size"],
             ),
         )?;
         let class_header = [
@@ -511,13 +479,16 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             decode_problems: problems.len(),
             excluded: exclude_rows.len(),
             tiny_classes,
+            model_quality: findings.quality.clone(),
+            warning: (!findings.quality.trusted).then(|| untrusted_warning(&findings.quality, t)),
         };
         let report = serde_json::json!({
             "tripmine_version": env!("CARGO_PKG_VERSION"),
             "corpus": cfg.corpus,
             "samples": n,
             "thresholds": t,
-            "outlier_fence_mean_knn_distance": fence,
+            "model_quality": findings.quality,
+            "warning": summary.warning,
             "model": set.meta.model,
             "embeddings_sha256": set.meta.sha256,
             "embeddings": set.describe(),
@@ -561,6 +532,22 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
                 backend["backend"].as_str().unwrap_or("?").to_string(),
             ),
         ];
+        facts.push((
+            "model on this corpus".to_string(),
+            format!(
+                "leave-one-out P@1 {:.3} (chance {:.3}), MAP@R within k {:.3}, estimated noise rate {:.3}",
+                summary.model_quality.p_at_1,
+                summary.model_quality.chance_p_at_1,
+                summary.model_quality.map_at_r_within_k,
+                summary.model_quality.noise_rate
+            ),
+        ));
+        if let Some(w) = &summary.warning {
+            facts.push((
+                "warning".to_string(),
+                w.trim_start_matches("warning: ").to_string(),
+            ));
+        }
         facts.extend(
             counts
                 .iter()
@@ -610,6 +597,50 @@ pub const CSV_FILES: [&str; 8] = [
     "exclude.csv",
     "skipped.csv",
 ];
+
+/// Side of the pixel view's grey thumbnails.
+const PIXEL_VIEW_SIDE: u32 = 16;
+
+/// What one decode of each file gives the audit: the SHA-256 of its pixels and size (exact
+/// duplicates), and its pixel view: a 16×16 grey thumbnail, centred and scaled to unit
+/// length, so that its dot products are correlations, blind to brightness and contrast.
+/// `None` when the file cannot be decoded.
+fn pixel_views(
+    samples: &[store::SampleRow],
+    files: &HashMap<&str, &Path>,
+) -> Vec<Option<(String, Vec<f32>)>> {
+    samples
+        .par_iter()
+        .map(|s| {
+            let img = decode_image(files[s.path.as_str()]).ok()?;
+            let rgba = img.to_rgba8();
+            let mut bytes = rgba.width().to_le_bytes().to_vec();
+            bytes.extend(rgba.height().to_le_bytes());
+            bytes.extend(rgba.as_raw());
+            let grey = img
+                .thumbnail_exact(PIXEL_VIEW_SIDE, PIXEL_VIEW_SIDE)
+                .to_luma32f();
+            let mut v: Vec<f32> = grey.into_raw();
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            v.iter_mut().for_each(|x| *x -= mean);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            Some((sha256_hex(&bytes), v))
+        })
+        .collect()
+}
+
+fn untrusted_warning(q: &ModelQuality, t: &Thresholds) -> String {
+    format!(
+        "warning: the model is too weak for its label findings to be trusted: leave-one-out P@1 \
+         on this corpus is {:.3} (below --min-model-p-at-1 {}; chance is {:.3}), MAP@R within \
+         k {:.3}. Likely mislabels are few because weak evidence cannot clear the posterior; \
+         train longer or audit with a stronger model",
+        q.p_at_1, t.min_model_p_at_1, q.chance_p_at_1, q.map_at_r_within_k
+    )
+}
 
 fn knn_graph(
     points: Points,

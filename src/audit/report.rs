@@ -130,7 +130,10 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
                 heading: format!("{:?} → {:?}?", issue.label, issue.suggested_label),
                 lines: vec![
                     issue.path.clone(),
-                    format!("agreement {:.2}, support {:.2}", issue.score, issue.support),
+                    format!(
+                        "P(wrong label) {:.2}; vote shares: label {:.2}, suggested {:.2}",
+                        issue.probability, issue.label_share, issue.suggested_share
+                    ),
                     format!("then its {} nearest neighbours", NEIGHBOURS_SHOWN),
                 ],
                 members: with_neighbours(
@@ -150,13 +153,16 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
         .map(|o| {
             let i = (input.index_of)(&o.path);
             Item {
-                heading: format!("Outlier in {:?}", o.label),
+                heading: format!("Outlier in {:?} ({})", o.label, o.signal),
                 lines: vec![
                     o.path.clone(),
-                    format!(
-                        "mean k-NN distance {:.4} (percentile {:.3})",
-                        o.mean_knn_distance, o.score
-                    ),
+                    match (o.group, o.group_size) {
+                        (Some(g), Some(size)) => format!(
+                            "group {g} of {size} mutual neighbours with mixed labels; isolation z {:.1}",
+                            o.score
+                        ),
+                        _ => format!("robust z {:.1}", o.score),
+                    },
                 ],
                 members: with_neighbours(i, vec![o.label.clone(), o.path.clone()]),
             }
@@ -177,8 +183,8 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
                 id: "mislabels",
                 title: "Likely mislabels",
                 about: format!(
-                    "At most {} of the {} nearest neighbours share the label and at least {} agree on another; lowest agreement first. The first tile is the sample, then its neighbours.",
-                    t.mislabel_agreement, t.k, t.mislabel_support
+                    "The posterior probability that the label is wrong, from distance-weighted votes of the {} nearest neighbours against the corpus's own class confusion, is at least {}; most probable first. The first tile is the sample, then its neighbours.",
+                    t.k, t.mislabel_probability
                 ),
                 items: mislabels,
             },
@@ -192,15 +198,18 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
                 id: "duplicates",
                 title: "Duplicate groups",
                 about: format!(
-                    "Identical pixels, or cosine similarity ≥ {} in the embedding; largest first.",
-                    t.near_duplicate_similarity
+                    "Identical pixels, or within {} of the corpus's median nearest-neighbour distance in the embedding; largest first.",
+                    t.near_duplicate_distance
                 ),
                 items: duplicates,
             },
             Section {
                 id: "outliers",
                 title: "Outliers",
-                about: "Mean distance to the k nearest neighbours above the Tukey fence; most isolated first. The first tile is the sample, then its neighbours.".into(),
+                about: format!(
+                    "Three signals, each a robust z-score against the sample's own class: small groups of mutual neighbours with mixed labels, apart from the bulk (off-distribution-group); images whose pixels are far from every other image's (pixel-isolated, z ≥ {0}); samples far from their own class and every class their neighbours belong to (far-from-classes, z ≥ {0}). Highest score first. The first tile is the sample, then its neighbours.",
+                    t.outlier_z
+                ),
                 items: outliers,
             },
         ],

@@ -32,15 +32,19 @@ pub struct AuditArgs {
     /// Neighbours per sample in the k-NN graph
     #[arg(long, default_value_t = Thresholds::default().k)]
     pub k: usize,
-    /// Cosine similarity from which two samples count as near-duplicates
-    #[arg(long, default_value_t = Thresholds::default().near_duplicate_similarity)]
-    pub near_duplicate: f32,
-    /// Flag a likely mislabel when at most this fraction of its neighbours share its label
-    #[arg(long, default_value_t = Thresholds::default().mislabel_agreement)]
-    pub mislabel_agreement: f64,
-    /// ... and at least this fraction of them agree on another label
-    #[arg(long, default_value_t = Thresholds::default().mislabel_support)]
-    pub mislabel_support: f64,
+    /// Near-duplicates lie within this fraction of the corpus's median nearest-neighbour distance
+    #[arg(long, default_value_t = Thresholds::default().near_duplicate_distance)]
+    pub near_duplicate: f64,
+
+    /// Flag a likely mislabel when the posterior probability that its label is wrong reaches this
+    #[arg(long, default_value_t = Thresholds::default().mislabel_probability)]
+    pub mislabel_probability: f64,
+    /// Warn that label findings are not to be trusted below this leave-one-out P@1 of the model
+    #[arg(long, default_value_t = Thresholds::default().min_model_p_at_1)]
+    pub min_model_p_at_1: f64,
+    /// Flag an outlier when a signal's robust z-score against its class reaches this
+    #[arg(long, default_value_t = Thresholds::default().outlier_z)]
+    pub outlier_z: f64,
     /// Classes with fewer samples are reported as tiny
     #[arg(long, default_value_t = Thresholds::default().tiny_class)]
     pub tiny_class: usize,
@@ -72,9 +76,10 @@ impl AuditArgs {
             batch_size: self.batch_size.max(1),
             thresholds: Thresholds {
                 k: self.k.max(1),
-                near_duplicate_similarity: self.near_duplicate,
-                mislabel_agreement: self.mislabel_agreement,
-                mislabel_support: self.mislabel_support,
+                near_duplicate_distance: self.near_duplicate,
+                mislabel_probability: self.mislabel_probability,
+                min_model_p_at_1: self.min_model_p_at_1,
+                outlier_z: self.outlier_z,
                 tiny_class: self.tiny_class,
             },
         })
