@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LIBTORCH := $(VENV)/libtorch
 TORCH_VERSION := 2.13.0
-BIN := target/debug/tripmine
+BIN := target/release/tripmine
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_READY := $(BENCH_VENV)/.ready
@@ -26,8 +26,10 @@ $(LIBTORCH):
 
 libtorch: $(LIBTORCH)
 
+# One optimised build serves both: `make demo` runs target/release/tripmine, and `make test`
+# runs the suite against the same release artifacts (`cargo test --release`).
 build: $(LIBTORCH)
-	cargo build
+	cargo build --release
 
 fixtures: $(LIBTORCH)
 	cargo run --example make_fixtures -- fixtures
@@ -58,7 +60,7 @@ demo: build
 test: $(LIBTORCH) $(if $(BROWSER),$(CHROMIUM))
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test
+	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test --release
 
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
