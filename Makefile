@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LIBTORCH := $(VENV)/libtorch
 TORCH_VERSION := 2.13.0
-BIN := target/debug/tripmine
+BIN := target/release/tripmine
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_READY := $(BENCH_VENV)/.ready
 PML_VERSION := 2.9.0
+FAISS_VERSION := 1.15.1
 CLEANLAB_VERSION := 2.9.0
 PILLOW_VERSION := 13.0.0
 DEMO_OUT := out/demo
@@ -26,8 +27,10 @@ $(LIBTORCH):
 
 libtorch: $(LIBTORCH)
 
+# One optimised build serves both: `make demo` runs target/release/tripmine, and `make test`
+# runs the suite against the same release artifacts (`cargo test --release`).
 build: $(LIBTORCH)
-	cargo build
+	cargo build --release
 
 fixtures: $(LIBTORCH)
 	cargo run --example make_fixtures -- fixtures
@@ -58,7 +61,7 @@ demo: build
 test: $(LIBTORCH) $(if $(BROWSER),$(CHROMIUM))
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test
+	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test --release
 
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
@@ -72,8 +75,10 @@ bench-audit: $(LIBTORCH) $(BENCH_READY)
 	cargo run --release --example bench_audit
 	$(BENCH_PY) scripts/bench_audit_real.py --bin target/release/tripmine --out out/bench-audit
 
-bench-mine: $(LIBTORCH)
+bench-mine: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
+	$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-faiss
 
 # The benchmark that decides the default training regime (scripts/bench_train.py: its docstring
 # lists corpora, sizes and contenders): tripmine's miners and pytorch-metric-learning on the
@@ -97,8 +102,9 @@ bench-train-quick: $(LIBTORCH) $(BENCH_READY)
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses
 # .venv's torch and numpy and pip counts them as installed; pip then adds only
-# pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm), Pillow, and
-# cleanlab with its Datalab extra (pandas, datasets, pyarrow) for `make bench-audit`.
+# pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm), Pillow,
+# cleanlab with its Datalab extra (pandas, datasets, pyarrow) for `make bench-audit`, and
+# faiss-cpu (the reference miner of `make bench-mine`, scripts/bench_mine_faiss.py).
 bench-venv: $(BENCH_READY)
 
 $(BENCH_READY): $(LIBTORCH)
@@ -109,8 +115,9 @@ $(BENCH_READY): $(LIBTORCH)
 		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 	$(BENCH_PY) -c 'import torch, numpy'  # never let pip fetch its own torch
 	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
-		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION) "cleanlab[datalab]==$(CLEANLAB_VERSION)"
-	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image; from cleanlab import Datalab'
+		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION) "cleanlab[datalab]==$(CLEANLAB_VERSION)" \
+		faiss-cpu==$(FAISS_VERSION)
+	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image; from cleanlab import Datalab; import faiss'
 	touch $@
 
 clean-venv:

@@ -49,45 +49,95 @@ pub fn from_neighbours_within(
     lists: &[Vec<Neighbour>],
     max_r: usize,
 ) -> Metrics {
-    let mut class_size: HashMap<u32, usize> = HashMap::new();
-    for &l in labels {
-        *class_size.entry(l).or_default() += 1;
-    }
-    let (mut p1, mut rp, mut map) = (0.0, 0.0, 0.0);
-    let mut recall = [0.0; RECALL_AT.len()];
-    let mut used = 0;
-    for (&q, list) in queries.iter().zip(lists) {
-        let r = (class_size[&labels[q]] - 1).min(max_r);
-        if r == 0 {
-            continue;
+    let mut sums = Sums::new(labels, max_r);
+    sums.add(queries, lists);
+    sums.finish()
+}
+
+/// Running sums of the per-query metrics, so that queries can be scored a block at a time and
+/// their neighbour lists dropped (a 10-class corpus of 100k samples would otherwise hold 100k
+/// lists of 10k neighbours).
+struct Sums<'a> {
+    labels: &'a [u32],
+    class_size: HashMap<u32, usize>,
+    max_r: usize,
+    p1: f64,
+    rp: f64,
+    map: f64,
+    recall: [f64; RECALL_AT.len()],
+    used: usize,
+    skipped: usize,
+}
+
+impl<'a> Sums<'a> {
+    fn new(labels: &'a [u32], max_r: usize) -> Self {
+        let mut class_size: HashMap<u32, usize> = HashMap::new();
+        for &l in labels {
+            *class_size.entry(l).or_default() += 1;
         }
-        let relevant: Vec<bool> = list.iter().map(|n| labels[n.index] == labels[q]).collect();
-        let (a, b, c) = query_metrics(&relevant, r);
-        p1 += a;
-        rp += b;
-        map += c;
-        for (slot, &k) in recall.iter_mut().zip(&RECALL_AT) {
-            *slot += relevant.iter().take(k).any(|&x| x) as u8 as f64;
+        Sums {
+            labels,
+            class_size,
+            max_r,
+            p1: 0.0,
+            rp: 0.0,
+            map: 0.0,
+            recall: [0.0; RECALL_AT.len()],
+            used: 0,
+            skipped: 0,
         }
-        used += 1;
     }
-    let mean = |x: f64| if used == 0 { 0.0 } else { x / used as f64 };
-    Metrics {
-        p_at_1: mean(p1),
-        r_precision: mean(rp),
-        map_at_r: mean(map),
-        recall_at_k: RECALL_AT
-            .iter()
-            .zip(recall)
-            .map(|(&k, v)| (k, mean(v)))
-            .collect(),
-        queries: used,
-        skipped_queries: queries.len() - used,
+
+    fn add(&mut self, queries: &[usize], lists: &[Vec<Neighbour>]) {
+        let labels = self.labels;
+        for (&q, list) in queries.iter().zip(lists) {
+            let r = (self.class_size[&labels[q]] - 1).min(self.max_r);
+            if r == 0 {
+                self.skipped += 1;
+                continue;
+            }
+            let relevant: Vec<bool> = list.iter().map(|n| labels[n.index] == labels[q]).collect();
+            let (a, b, c) = query_metrics(&relevant, r);
+            self.p1 += a;
+            self.rp += b;
+            self.map += c;
+            for (slot, &k) in self.recall.iter_mut().zip(&RECALL_AT) {
+                *slot += relevant.iter().take(k).any(|&x| x) as u8 as f64;
+            }
+            self.used += 1;
+        }
+        self.skipped += queries.len().saturating_sub(lists.len());
+    }
+
+    fn finish(self) -> Metrics {
+        let used = self.used;
+        let mean = |x: f64| if used == 0 { 0.0 } else { x / used as f64 };
+        Metrics {
+            p_at_1: mean(self.p1),
+            r_precision: mean(self.rp),
+            map_at_r: mean(self.map),
+            recall_at_k: RECALL_AT
+                .iter()
+                .zip(self.recall)
+                .map(|(&k, v)| (k, mean(v)))
+                .collect(),
+            queries: used,
+            skipped_queries: self.skipped,
+        }
     }
 }
 
-/// Every sample queried against all others with exact neighbours.
+/// Neighbours held at once while evaluating: queries are searched and scored in blocks of
+/// this many neighbours (16 bytes each).
+const NEIGHBOURS_IN_FLIGHT: usize = 4_000_000;
+
+/// Every sample queried against all others with exact neighbours, in blocks of queries whose
+/// neighbour lists are scored and dropped.
 pub fn evaluate(points: Points, device: tch::Device) -> Metrics {
+    evaluate_in_blocks(points, device, NEIGHBOURS_IN_FLIGHT)
+}
+
+fn evaluate_in_blocks(points: Points, device: tch::Device, in_flight: usize) -> Metrics {
     let mut class_size: HashMap<u32, usize> = HashMap::new();
     for &l in points.labels {
         *class_size.entry(l).or_default() += 1;
@@ -100,8 +150,12 @@ pub fn evaluate(points: Points, device: tch::Device) -> Metrics {
         .max(*RECALL_AT.last().expect("non-empty"));
     let index = ExactIndex::new(points, device);
     let queries: Vec<usize> = (0..points.len()).collect();
-    let lists = index.search(&queries, deepest, Restriction::Any);
-    from_neighbours(points.labels, &queries, &lists)
+    let mut sums = Sums::new(points.labels, usize::MAX);
+    for block in queries.chunks((in_flight / deepest).max(1)) {
+        let lists = index.search(block, deepest, Restriction::Any);
+        sums.add(block, &lists);
+    }
+    sums.finish()
 }
 
 #[cfg(test)]
@@ -127,6 +181,28 @@ mod tests {
         assert_eq!(p1, 0.0);
         assert!((rp - 2.0 / 3.0).abs() < 1e-12);
         assert!((map - (0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn metrics_in_blocks_equal_metrics_of_all_lists_at_once() {
+        let (data, labels) = crate::knn::testing::clustered(6, 9, 8, 1.2, 2);
+        let mut labels = labels;
+        labels.push(99); // a singleton, skipped
+        let mut data = data;
+        data.extend_from_within(..8);
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let queries: Vec<usize> = (0..points.len()).collect();
+        let lists = ExactIndex::new(points, tch::Device::Cpu).search(&queries, 9, Restriction::Any);
+        let whole = from_neighbours(&labels, &queries, &lists);
+        for in_flight in [1, 9, 50, 1000] {
+            let blocks = evaluate_in_blocks(points, tch::Device::Cpu, in_flight);
+            assert_eq!(blocks, whole, "{in_flight} neighbours in flight");
+        }
+        assert_eq!(whole.skipped_queries, 1);
     }
 
     #[test]

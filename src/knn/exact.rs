@@ -1,23 +1,152 @@
-//! Exact k-NN by blocked matrix multiply in libtorch: a block of queries against a block of the
-//! corpus at a time, merging top-k lists, so memory is bounded by the block sizes and an N×N
-//! matrix never exists.
+//! Exact k-NN by blocked matrix multiply: libtorch multiplies a block of queries by a block of
+//! the corpus into a reused score tile, then one parallel pass over each tile row applies the
+//! restriction and the bands' floors and ceilings and keeps bounded heaps. Memory is bounded by
+//! the block sizes; an N×N matrix never exists, nor does a mask tensor.
 
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use tch::{Device, Tensor};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
 
 use super::{Band, BandHits, Neighbour, NeighbourIndex, Points, Restriction};
 
 pub struct ExactIndex {
     data: Tensor,
-    labels: Tensor,
-    /// Host copies: which cells of a score block to ban is decided here, cell by cell,
-    /// because a class is small next to a block and elementwise passes over it are the cost.
-    host_labels: Vec<u32>,
-    members: HashMap<u32, Vec<usize>>,
+    labels: Vec<u32>,
     n: usize,
     query_block: usize,
     corpus_block: usize,
+}
+
+/// A candidate in a heap: ordered by dot product, then by the lower index (the order of the
+/// brute-force oracle), so the heap's minimum is the one to evict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Candidate(Neighbour);
+
+impl Eq for Candidate {}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0
+            .dot
+            .total_cmp(&other.0.dot)
+            .then(other.0.index.cmp(&self.0.index))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The `k` nearest allowed samples whose dot product lies in `[floor, ceiling]`.
+struct Collector {
+    floor: f32,
+    ceiling: f32,
+    k: usize,
+    best: BinaryHeap<Reverse<Candidate>>,
+}
+
+impl Collector {
+    fn new(floor: f32, ceiling: f32, k: usize) -> Self {
+        Collector {
+            floor,
+            ceiling,
+            k,
+            best: BinaryHeap::with_capacity(k.min(4096) + 1),
+        }
+    }
+
+    /// The lowest dot product that could still enter.
+    fn threshold(&self) -> f32 {
+        match self.best.peek() {
+            Some(Reverse(worst)) if self.best.len() >= self.k => worst.0.dot.max(self.floor),
+            _ => self.floor,
+        }
+    }
+
+    fn offer(&mut self, n: Neighbour) {
+        if n.dot < self.floor || n.dot > self.ceiling || self.k == 0 {
+            return;
+        }
+        if self.best.len() < self.k {
+            self.best.push(Reverse(Candidate(n)));
+        } else if let Some(Reverse(worst)) = self.best.peek() {
+            if Candidate(n) > *worst {
+                self.best.pop();
+                self.best.push(Reverse(Candidate(n)));
+            }
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Neighbour> {
+        let mut v: Vec<Candidate> = self.best.into_iter().map(|Reverse(c)| c).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.into_iter().map(|c| c.0).collect()
+    }
+}
+
+/// One score row's query, its restriction and the collectors it fills.
+struct Row {
+    query: usize,
+    restriction: Restriction,
+    collectors: Vec<Collector>,
+    /// Cached bounds over the collectors: a score above `ceiling` or below `threshold` can
+    /// enter none of them, and is rejected by two comparisons.
+    ceiling: f32,
+    threshold: f32,
+}
+
+impl Row {
+    fn new(query: usize, restriction: Restriction, collectors: Vec<Collector>) -> Self {
+        let ceiling = collectors
+            .iter()
+            .map(|c| c.ceiling)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut row = Row {
+            query,
+            restriction,
+            collectors,
+            ceiling,
+            threshold: f32::NEG_INFINITY,
+        };
+        row.refresh();
+        row
+    }
+
+    fn refresh(&mut self) {
+        self.threshold = self
+            .collectors
+            .iter()
+            .map(Collector::threshold)
+            .fold(f32::INFINITY, f32::min);
+    }
+
+    /// One pass over this row's scores for corpus columns `start..start + scores.len()`.
+    fn scan(&mut self, scores: &[f32], start: usize, labels: &[u32]) {
+        let own = labels[self.query];
+        for (c, &dot) in scores.iter().enumerate() {
+            if dot > self.ceiling || dot < self.threshold {
+                continue;
+            }
+            let j = start + c;
+            let allowed = j != self.query
+                && match self.restriction {
+                    Restriction::Any => true,
+                    Restriction::OtherLabels => labels[j] != own,
+                    Restriction::SameLabel => labels[j] == own,
+                };
+            if !allowed {
+                continue;
+            }
+            for collector in &mut self.collectors {
+                collector.offer(Neighbour { index: j, dot });
+            }
+            self.refresh();
+        }
+    }
 }
 
 impl ExactIndex {
@@ -27,17 +156,9 @@ impl ExactIndex {
         let data = Tensor::from_slice(points.data)
             .view([n, points.dim as i64])
             .to_device(device);
-        let labels: Vec<i64> = points.labels.iter().map(|&l| l as i64).collect();
-        let labels = Tensor::from_slice(&labels).to_device(device);
-        let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
-        for (i, &l) in points.labels.iter().enumerate() {
-            members.entry(l).or_default().push(i);
-        }
         ExactIndex {
             data,
-            labels,
-            host_labels: points.labels.to_vec(),
-            members,
+            labels: points.labels.to_vec(),
             n: points.len(),
             query_block: 1024,
             corpus_block: 32768,
@@ -50,97 +171,45 @@ impl ExactIndex {
         self
     }
 
-    /// (row, column) cells of a `queries × [start, start + len)` block that the restriction
-    /// bans, for the restrictions that ban few cells (the query itself, its own class).
-    fn banned_cells(
-        &self,
-        queries: &[usize],
-        start: usize,
-        len: usize,
-        restriction: Restriction,
-    ) -> (Vec<i64>, Vec<i64>) {
-        let (mut rows, mut cols) = (Vec::new(), Vec::new());
-        let end = start + len;
-        for (row, &q) in queries.iter().enumerate() {
-            let own: &[usize] = match restriction {
-                Restriction::OtherLabels => &self.members[&self.host_labels[q]],
-                _ => std::slice::from_ref(&q),
-            };
-            let from = own.partition_point(|&j| j < start);
-            for &j in own[from..].iter().take_while(|&&j| j < end) {
-                rows.push(row as i64);
-                cols.push((j - start) as i64);
-            }
-        }
-        (rows, cols)
-    }
-
-    /// Top-k of one block of queries over the whole corpus. With `ceiling` (each query's
-    /// largest allowed dot product, `queries.len() × 1`) scores above it do not count.
-    fn search_block(
-        &self,
-        queries: &[usize],
-        k: usize,
-        restriction: Restriction,
-        ceiling: Option<&Tensor>,
-    ) -> Vec<Vec<Neighbour>> {
+    /// Streams the corpus past every row, a block of rows at a time.
+    fn scan(&self, rows: &mut [Row]) {
         let device = self.data.device();
-        let ids: Vec<i64> = queries.iter().map(|&q| q as i64).collect();
-        let ids = Tensor::from_slice(&ids).to_device(device);
-        let q = self.data.index_select(0, &ids);
-        let banned_value = Tensor::from(f32::NEG_INFINITY).to_device(device);
-        let mut best: Option<(Tensor, Tensor)> = None;
-        for start in (0..self.n).step_by(self.corpus_block) {
-            let len = self.corpus_block.min(self.n - start);
-            let mut scores = q.matmul(&self.data.narrow(0, start as i64, len as i64).tr());
-            if restriction == Restriction::SameLabel {
-                let q_labels = self.labels.index_select(0, &ids).unsqueeze(1);
-                let other = q_labels
-                    .ne_tensor(&self.labels.narrow(0, start as i64, len as i64).unsqueeze(0));
-                let _ = scores.masked_fill_(&other, f64::NEG_INFINITY);
-            }
-            let (rows, cols) = self.banned_cells(queries, start, len, restriction);
-            if !rows.is_empty() {
-                let rows = Tensor::from_slice(&rows).to_device(device);
-                let cols = Tensor::from_slice(&cols).to_device(device);
-                let _ = scores.index_put_(&[Some(rows), Some(cols)], &banned_value, false);
-            }
-            if let Some(ceiling) = ceiling {
-                let above = scores.gt_tensor(ceiling);
-                let _ = scores.masked_fill_(&above, f64::NEG_INFINITY);
-            }
-            let (vals, idx) = scores.topk(k.min(len) as i64, 1, true, true);
-            let idx = idx + start as i64;
-            best = Some(match best {
-                None => (vals, idx),
-                Some((bv, bi)) => {
-                    let vals = Tensor::cat(&[bv, vals], 1);
-                    let idx = Tensor::cat(&[bi, idx], 1);
-                    let keep = k.min(vals.size()[1] as usize) as i64;
-                    let (v, pos) = vals.topk(keep, 1, true, true);
-                    (v, idx.gather(1, &pos, false))
+        let labels = &self.labels[..];
+        let mut tiles: HashMap<(usize, usize), Tensor> = HashMap::new();
+        tch::no_grad(|| {
+            for block in rows.chunks_mut(self.query_block) {
+                let ids: Vec<i64> = block.iter().map(|r| r.query as i64).collect();
+                let ids = Tensor::from_slice(&ids).to_device(device);
+                let queries = self.data.index_select(0, &ids);
+                for start in (0..self.n).step_by(self.corpus_block) {
+                    let len = self.corpus_block.min(self.n - start);
+                    let corpus = self.data.narrow(0, start as i64, len as i64);
+                    let tile = tiles.entry((block.len(), len)).or_insert_with(|| {
+                        Tensor::empty([block.len() as i64, len as i64], (Kind::Float, device))
+                    });
+                    let _ = queries.mm_out(tile, &corpus.tr());
+                    let host;
+                    let scores: &[f32] = if device == Device::Cpu {
+                        // SAFETY: the tile is a contiguous CPU float tensor of block.len() ×
+                        // len elements that lives, unchanged, until the slice is dropped.
+                        unsafe {
+                            std::slice::from_raw_parts(
+                                tile.data_ptr() as *const f32,
+                                block.len() * len,
+                            )
+                        }
+                    } else {
+                        host = Vec::<f32>::try_from(tile.to_device(Device::Cpu).view([-1]))
+                            .expect("float scores");
+                        &host
+                    };
+                    block
+                        .par_iter_mut()
+                        .zip(scores.par_chunks(len))
+                        .for_each(|(row, scores)| row.scan(scores, start, labels));
                 }
-            });
-        }
-        let (vals, idx) = best.expect("the corpus is not empty");
-        let width = vals.size()[1] as usize;
-        let vals = Vec::<f32>::try_from(vals.to_device(Device::Cpu).contiguous().view([-1]))
-            .expect("float scores");
-        let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).contiguous().view([-1]))
-            .expect("int64 indices");
-        vals.chunks(width)
-            .zip(idx.chunks(width))
-            .map(|(v, i)| {
-                v.iter()
-                    .zip(i)
-                    .filter(|(v, _)| v.is_finite())
-                    .map(|(&dot, &index)| Neighbour {
-                        index: index as usize,
-                        dot,
-                    })
-                    .collect()
-            })
-            .collect()
+            }
+        });
     }
 }
 
@@ -149,47 +218,52 @@ impl NeighbourIndex for ExactIndex {
         if k == 0 || queries.is_empty() {
             return vec![Vec::new(); queries.len()];
         }
-        tch::no_grad(|| {
-            queries
-                .chunks(self.query_block)
-                .flat_map(|b| self.search_block(b, k, restriction, None))
-                .collect()
-        })
+        let mut rows: Vec<Row> = queries
+            .iter()
+            .map(|&q| {
+                let everything = Collector::new(f32::NEG_INFINITY, f32::INFINITY, k);
+                Row::new(q, restriction, vec![everything])
+            })
+            .collect();
+        self.scan(&mut rows);
+        rows.into_iter()
+            .map(|r| {
+                let [c] = <[Collector; 1]>::try_from(r.collectors).ok().expect("one");
+                c.into_sorted()
+            })
+            .collect()
     }
 
-    /// One pass over the corpus tests every band exactly, whatever its depth.
+    /// One score row per distinct query answers all of its bands, whatever their depth.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
-        let device = self.data.device();
-        tch::no_grad(|| {
-            bands
-                .chunks(self.query_block)
-                .flat_map(|block| {
-                    let queries: Vec<usize> = block.iter().map(|b| b.query).collect();
-                    let ceiling: Vec<f32> = block.iter().map(|b| b.max_dot).collect();
-                    let ceiling = Tensor::from_slice(&ceiling).to_device(device).unsqueeze(1);
-                    let k = block.iter().map(|b| b.k).max().unwrap_or(0).min(self.n);
-                    let lists = if k == 0 {
-                        vec![Vec::new(); block.len()]
-                    } else {
-                        self.search_block(&queries, k, Restriction::OtherLabels, Some(&ceiling))
-                    };
-                    // The k best under the ceiling: those below the floor mean the band has
-                    // fewer than k members, and are dropped here rather than masked on device.
-                    block
-                        .iter()
-                        .zip(lists)
-                        .map(|(b, hits)| BandHits {
-                            hits: hits
-                                .into_iter()
-                                .filter(|n| n.dot >= b.min_dot)
-                                .take(b.k)
-                                .collect(),
-                            complete: true,
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
+        let mut by_query: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, b) in bands.iter().enumerate() {
+            by_query.entry(b.query).or_default().push(i);
+        }
+        let mut rows: Vec<Row> = by_query
+            .iter()
+            .map(|(&q, members)| {
+                let collectors = members
+                    .iter()
+                    .map(|&i| Collector::new(bands[i].min_dot, bands[i].max_dot, bands[i].k))
+                    .collect();
+                Row::new(q, Restriction::OtherLabels, collectors)
+            })
+            .collect();
+        self.scan(&mut rows);
+        let mut answers: Vec<Option<BandHits>> = vec![None; bands.len()];
+        for (row, members) in rows.into_iter().zip(by_query.values()) {
+            for (collector, &i) in row.collectors.into_iter().zip(members) {
+                answers[i] = Some(BandHits {
+                    hits: collector.into_sorted(),
+                    complete: true,
+                });
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every band answered"))
+            .collect()
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -260,6 +334,48 @@ mod tests {
                     .collect();
             assert_eq!(got.hits.iter().map(|n| n.index).collect::<Vec<_>>(), want);
             assert!(got.complete);
+        }
+    }
+
+    #[test]
+    fn several_bands_of_one_query_are_answered_from_one_row() {
+        let (data, labels) = clustered(5, 9, 8, 0.8, 4);
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let index = ExactIndex::new(points, Device::Cpu).with_blocks(3, 13);
+        let mut bands = Vec::new();
+        for q in (0..points.len()).step_by(5) {
+            for (min_dot, max_dot, k) in [
+                (-1.0, 1.0, 3),
+                (-0.3, 0.2, 2),
+                (0.1, 0.9, 40),
+                (0.5, 0.4, 2),
+            ] {
+                bands.push(Band {
+                    query: q,
+                    min_dot,
+                    max_dot,
+                    k,
+                });
+            }
+        }
+        let got = index.band_search(&bands, 1, 1);
+        for (band, got) in bands.iter().zip(got) {
+            let want: Vec<usize> =
+                brute_force(points, band.query, usize::MAX, Restriction::OtherLabels)
+                    .into_iter()
+                    .filter(|n| n.dot >= band.min_dot && n.dot <= band.max_dot)
+                    .take(band.k)
+                    .map(|n| n.index)
+                    .collect();
+            assert_eq!(
+                got.hits.iter().map(|n| n.index).collect::<Vec<_>>(),
+                want,
+                "{band:?}"
+            );
         }
     }
 

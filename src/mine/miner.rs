@@ -31,6 +31,12 @@ const ANCHOR_CHUNK: usize = 8192;
 /// computed differently, so candidates near an edge are fetched and then judged exactly.
 const EDGE_SLACK: f32 = 1e-5;
 
+/// Extra band members fetched per request: a candidate inside the slack that the exact
+/// judgement then rejects (say a hard negative just inside the semi-hard band's near edge) must
+/// not take the place of the true K-th member. Exact unless more than this many candidates
+/// fall within the 2·10⁻⁵-wide edge zones of one band.
+const EDGE_EXTRA: usize = 8;
+
 pub fn mine(
     points: Points,
     index: &dyn NeighbourIndex,
@@ -223,7 +229,7 @@ impl AnchorPlan {
                         max_dot: rules.distance.to_dot(near) + EDGE_SLACK,
                         // Random order draws from the band's first max_depth members.
                         k: if rules.negative_order == NegativeOrder::Nearest {
-                            n
+                            n + EDGE_EXTRA
                         } else {
                             rules.max_depth
                         },
@@ -536,6 +542,27 @@ mod tests {
         // Some anchor has no hard negative at all: that reason is counted.
         let hard = oracle(points, &rules("hard", 1));
         assert!(hard.skipped.contains_key("no hard negative exists"));
+    }
+
+    /// On the unit circle: a hard negative whose dot product lies within `EDGE_SLACK` of the
+    /// positive's must not take the only place of the nearest semi-hard negative.
+    #[test]
+    fn a_candidate_inside_the_edge_slack_does_not_take_a_place() {
+        let at = |theta: f64| [theta.cos() as f32, theta.sin() as f32];
+        let angles = [0.0, 1.0, 1.0 - 5e-6, 1.05, 1.1];
+        let data: Vec<f32> = angles.iter().flat_map(|&t| at(t)).collect();
+        let labels = [0, 0, 1, 1, 1];
+        let points = Points {
+            data: &data,
+            dim: 2,
+            labels: &labels,
+        };
+        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let (mined, _) = mine(points, &exact, &rules("semihard", 1));
+        let from_anchor: Vec<&Triplet> = mined.iter().filter(|t| t.anchor == 0).collect();
+        assert_eq!(from_anchor.len(), 1, "{mined:?}");
+        assert_eq!((from_anchor[0].positive, from_anchor[0].negative), (1, 3));
+        assert_eq!(from_anchor[0].kind, TripletKind::Semihard);
     }
 
     #[test]
