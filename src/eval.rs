@@ -138,11 +138,9 @@ pub fn evaluate(points: Points, device: tch::Device) -> Metrics {
 }
 
 fn evaluate_in_blocks(points: Points, device: tch::Device, in_flight: usize) -> Metrics {
-    let mut class_size: HashMap<u32, usize> = HashMap::new();
-    for &l in points.labels {
-        *class_size.entry(l).or_default() += 1;
-    }
-    let deepest = class_size
+    let mut sums = Sums::new(points.labels, usize::MAX);
+    let deepest = sums
+        .class_size
         .values()
         .max()
         .copied()
@@ -150,7 +148,6 @@ fn evaluate_in_blocks(points: Points, device: tch::Device, in_flight: usize) -> 
         .max(*RECALL_AT.last().expect("non-empty"));
     let index = ExactIndex::new(points, device);
     let queries: Vec<usize> = (0..points.len()).collect();
-    let mut sums = Sums::new(points.labels, usize::MAX);
     for block in queries.chunks((in_flight / deepest).max(1)) {
         let lists = index.search(block, deepest, Restriction::Any);
         sums.add(block, &lists);

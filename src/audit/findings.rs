@@ -117,6 +117,8 @@ pub struct Findings {
     /// Most isolated first (the robust z-score of the signal that fired).
     pub outliers: Vec<OutlierFinding>,
     pub quality: ModelQuality,
+    /// Each class's centroid and spread, indexed by label id.
+    pub classes: Vec<signals::ClassSpread>,
     /// Sample index → the first reason it is excluded (conflicts, duplicates, mislabels,
     /// outliers, in that order).
     pub excluded: BTreeMap<usize, &'static str>,
@@ -126,7 +128,8 @@ pub fn compute(input: &AuditInput) -> Findings {
     let labels = input.points.labels;
     let t = input.thresholds;
     let (duplicates, exact_duplicate_groups) = duplicates(input);
-    let outliers = outliers(input);
+    let classes = signals::class_spreads(input.points.data, input.points.dim, labels);
+    let outliers = outliers(input, &classes);
     // A copy is the same image, not a second opinion: the votes and the model's quality
     // come from each sample's neighbours outside its duplicate group.
     let mut group_of = vec![usize::MAX; labels.len()];
@@ -208,6 +211,7 @@ pub fn compute(input: &AuditInput) -> Findings {
         label_issues,
         outliers,
         quality,
+        classes,
         excluded,
     }
 }
@@ -300,7 +304,7 @@ const GROUP_ISOLATION_Z: f64 = 3.5;
 /// Share of a group's members' nearest neighbours that must lie inside it.
 const GROUP_COHESION: f64 = 0.8;
 
-fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
+fn outliers(input: &AuditInput, spreads: &[signals::ClassSpread]) -> Vec<OutlierFinding> {
     let labels = input.points.labels;
     let t = input.thresholds;
     let mut found: BTreeMap<usize, OutlierFinding> = BTreeMap::new();
@@ -312,11 +316,7 @@ fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
     };
 
     let isolation = signals::class_robust_z(&signals::mean_knn_distance(input.graph), labels);
-    let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
-    for &l in labels {
-        *sizes.entry(l).or_default() += 1;
-    }
-    let mut by_size: Vec<usize> = sizes.values().copied().collect();
+    let mut by_size: Vec<usize> = spreads.iter().map(|c| c.size).filter(|&s| s > 0).collect();
     by_size.sort_unstable();
     let median_class = by_size.get(by_size.len() / 2).copied().unwrap_or(0);
     let largest_group = (median_class / 2).max(3);
@@ -363,7 +363,6 @@ fn outliers(input: &AuditInput) -> Vec<OutlierFinding> {
     // "Every class" means every class with enough members to have a spread, while that costs
     // at most EVERY_CLASS_BUDGET distances; past it, the classes around the sample (its own
     // and its neighbours').
-    let spreads = signals::class_spreads(input.points.data, input.points.dim, labels);
     let measured = |c: u32| spreads[c as usize].size >= signals::MIN_CLASS_FOR_STATS;
     let all_measured: Vec<u32> = (0..spreads.len() as u32).filter(|&c| measured(c)).collect();
     let every_class = labels.len().saturating_mul(all_measured.len()) <= EVERY_CLASS_BUDGET;

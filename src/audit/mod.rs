@@ -23,7 +23,7 @@ use crate::knn::{
 };
 use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
 use crate::output::{write_csv, write_json};
-use crate::store::{self, sha256_hex, EmbeddingSet, EmbeddingsInput, StoreError};
+use crate::store::{self, sha256_hex, EmbeddingsInput, StoreError};
 use findings::{AuditInput, ModelQuality};
 
 /// Documented defaults, in plain units.
@@ -368,7 +368,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     let dup_groups = &findings.duplicates;
     let exact_groups = findings.exact_duplicate_groups;
 
-    let classes = class_rows(&set, &labels, &names, t.tiny_class, cfg.device);
+    let classes = class_rows(&findings.classes, set.dim, &names, t.tiny_class, cfg.device);
     // The files are one set: they are written into a staging folder beside --out and swapped
     // in whole, so a reader (or `mine --exclude`) never meets an exclude.csv of another run,
     // and a failed or killed re-run leaves the earlier set as it was.
@@ -653,26 +653,30 @@ fn knn_graph(
 }
 
 fn class_rows(
-    set: &EmbeddingSet,
-    labels: &[u32],
+    spreads: &[signals::ClassSpread],
+    dim: usize,
     names: &[String],
     tiny: usize,
     device: Device,
 ) -> Vec<ClassRow> {
-    let centroids = signals::centroids(&set.data, set.dim, labels);
     let ids: Vec<u32> = (0..names.len() as u32).collect();
-    let unit: Vec<f32> = ids
+    let unit: Vec<f32> = spreads
         .iter()
-        .flat_map(|id| {
-            let c = &centroids[id].0;
-            let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-            c.iter().map(move |v| (v / norm) as f32).collect::<Vec<_>>()
+        .flat_map(|s| {
+            let norm = s
+                .centroid
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
+            s.centroid.iter().map(move |v| (v / norm) as f32)
         })
         .collect();
     let closest = if ids.len() > 1 {
         let points = Points {
             data: &unit,
-            dim: set.dim,
+            dim,
             labels: &ids,
         };
         ExactIndex::new(points, device).search(
@@ -683,32 +687,20 @@ fn class_rows(
     } else {
         vec![Vec::new()]
     };
-    let mut sizes: Vec<usize> = ids.iter().map(|id| centroids[id].1).collect();
+    let mut sizes: Vec<usize> = spreads.iter().map(|s| s.size).collect();
     sizes.sort_unstable();
     let median = sizes[sizes.len() / 2] as f64;
-    let mut spread = vec![0.0; names.len()];
-    for (i, &l) in labels.iter().enumerate() {
-        let c = &centroids[&l].0;
-        let d: f64 = set
-            .row(i)
-            .iter()
-            .zip(c)
-            .map(|(v, m)| (*v as f64 - m).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        spread[l as usize] += d / centroids[&l].1 as f64;
-    }
     ids.iter()
         .map(|&id| {
-            let size = centroids[&id].1;
+            let class = &spreads[id as usize];
             let near = closest[id as usize].first();
             ClassRow {
                 label: names[id as usize].to_string(),
-                size,
-                singleton: size == 1,
-                tiny: size < tiny,
-                imbalance: size as f64 / median,
-                spread: spread[id as usize],
+                size: class.size,
+                singleton: class.size == 1,
+                tiny: class.size < tiny,
+                imbalance: class.size as f64 / median,
+                spread: class.mean,
                 closest_label: near
                     .map(|nb| names[nb.index].to_string())
                     .unwrap_or_default(),

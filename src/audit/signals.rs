@@ -290,7 +290,8 @@ pub fn mislabel_posteriors(votes: &[Votes], labels: &[u32]) -> LabelModel {
 pub struct ClassSpread {
     pub centroid: Vec<f64>,
     pub size: usize,
-    /// Median distance of the members to the centroid.
+    /// Mean and median distance of the members to the centroid.
+    pub mean: f64,
     pub median: f64,
     /// 1.4826 × the median absolute deviation of those distances (σ for a normal
     /// distribution), floored so that a class of identical members does not divide by zero.
@@ -347,6 +348,7 @@ pub fn class_spreads(data: &[f32], dim: usize, labels: &[u32]) -> Vec<ClassSprea
                 .iter_mut()
                 .for_each(|c| *c /= m.len().max(1) as f64);
             let mut d: Vec<f64> = m.iter().map(|&i| euclidean(row(i), &centroid)).collect();
+            let mean = d.iter().sum::<f64>() / m.len().max(1) as f64;
             let med = median(&mut d);
             let mut dev: Vec<f64> = d.iter().map(|x| (x - med).abs()).collect();
             let mad = median(&mut dev);
@@ -355,6 +357,7 @@ pub fn class_spreads(data: &[f32], dim: usize, labels: &[u32]) -> Vec<ClassSprea
             ClassSpread {
                 centroid,
                 size: m.len(),
+                mean,
                 median: med,
                 scale: (1.4826 * mad).max(floor),
             }
@@ -445,22 +448,6 @@ pub fn cohesion(group: &[usize], graph: &[Vec<Neighbour>]) -> f64 {
         })
         .sum();
     inside as f64 / (group.len() * others) as f64
-}
-
-/// Class centroids (unnormalised means) of row-major `data`.
-pub fn centroids(data: &[f32], dim: usize, labels: &[u32]) -> HashMap<u32, (Vec<f64>, usize)> {
-    let mut sums: HashMap<u32, (Vec<f64>, usize)> = HashMap::new();
-    for (i, &l) in labels.iter().enumerate() {
-        let entry = sums.entry(l).or_insert_with(|| (vec![0.0; dim], 0));
-        for (s, v) in entry.0.iter_mut().zip(&data[i * dim..(i + 1) * dim]) {
-            *s += *v as f64;
-        }
-        entry.1 += 1;
-    }
-    for (sum, n) in sums.values_mut() {
-        sum.iter_mut().for_each(|s| *s /= *n as f64);
-    }
-    sums
 }
 
 #[cfg(test)]
@@ -576,13 +563,14 @@ mod tests {
 
     #[test]
     fn class_spread_is_robust() {
-        // Class 0: four points at distance 1 from the origin-centred centroid, one far away.
+        // Class 0: four points at distance 1 from the centroid (the origin) and one on it.
         let data = [1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 5.0, 5.0];
         let labels = [0, 0, 0, 0, 0, 1];
         let spreads = class_spreads(&data, 2, &labels);
         assert_eq!(spreads.len(), 2);
         assert_eq!(spreads[0].size, 5);
         assert!((spreads[0].median - 1.0).abs() < 1e-9);
+        assert!((spreads[0].mean - 0.8).abs() < 1e-9);
         // Deviations 0,0,0,0,1 → MAD 0, so the floor (a hundredth of the median) applies.
         assert!((spreads[0].scale - 0.01).abs() < 1e-12);
         assert!(spreads[0].z(&[3.0, 0.0]) > 100.0);
