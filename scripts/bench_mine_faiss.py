@@ -4,7 +4,7 @@ plus a float64 check of every contender's triplets.
 
 Usage: .venv-bench/bin/python scripts/bench_mine_faiss.py --bin target/release/tripmine \\
            --out out/bench-mine-faiss [--n 100000] [--per-class 100] [--seed 1] \\
-           [--contenders faiss-flat,faiss-hnsw,tripmine-exact,tripmine-hnsw]
+           [--contenders faiss-flat,faiss-hnsw,tripmine-exact,tripmine-classes,tripmine-hnsw]
 
 (`make bench-mine` runs it after `bench_mine`; the bench venv has numpy and faiss-cpu.)
 
@@ -33,6 +33,8 @@ table):
                   max(64, depth) per round; the same widening, up to 4096 (tripmine's default
                   --max-search-depth); anchors still unanswered there keep what they have.
   tripmine-exact  BIN mine --knn exact ... --device cpu; the command timed by the wall clock.
+  tripmine-classes BIN mine --knn classes ...: each anchor's bands searched in the members
+                  of its nearest classes (--candidate-classes, default 500).
   tripmine-hnsw   BIN mine --knn hnsw --hnsw-m 16 --ef-construction 200 --ef-search 64 ...
                   (the same graph settings as faiss-hnsw).
 tripmine's times: build = the sidecar's backend.build_seconds (HNSW; none for exact), mining =
@@ -90,7 +92,7 @@ EDGE = 1e-5
 # Slack of tripmine's band edges (src/mine/miner.rs, EDGE_SLACK), in dot-product units: used only
 # to explain mismatches.
 TRIPMINE_EDGE_SLACK = 1e-5
-CONTENDERS = ["faiss-flat", "faiss-hnsw", "tripmine-exact", "tripmine-hnsw"]
+CONTENDERS = ["faiss-flat", "faiss-hnsw", "tripmine-exact", "tripmine-classes", "tripmine-hnsw"]
 HEADER = ["anchor", "positive", "negative", "anchor_label", "negative_label", "d_ap", "d_an", "kind"]
 
 
@@ -683,7 +685,8 @@ def main():
               f"| {100 * e['positives_float64_share']:.3f}% |")
     ratios = {}
     print()
-    for ours, theirs in (("tripmine-exact", "faiss-flat"), ("tripmine-hnsw", "faiss-hnsw")):
+    for ours, theirs in (("tripmine-exact", "faiss-flat"), ("tripmine-classes", "faiss-flat"),
+                         ("tripmine-classes", "tripmine-exact"), ("tripmine-hnsw", "faiss-hnsw")):
         a, b = report.get(ours, {}).get("info", {}), report.get(theirs, {}).get("info", {})
         if "triplets" in report.get(ours, {}) and "triplets" in report.get(theirs, {}):
             r = {s: (a[s] / b[s] if a.get(s) is not None and b.get(s) else None)

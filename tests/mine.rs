@@ -222,8 +222,9 @@ fn mining_from_corpus_and_model_matches_mining_its_embeddings() {
     );
 }
 
-/// Fraction of the exact backend's (anchor, negative) semi-hard pairs that HNSW also found.
-fn hnsw_recall(emb: &Path, dir: &Path, extra: &[&str]) -> f64 {
+/// Fraction of the exact backend's (anchor, negative) semi-hard pairs that `backend` (`--knn`)
+/// also found.
+fn recall_of(backend: &str, emb: &Path, dir: &Path, extra: &[&str]) -> f64 {
     let pairs = |backend: &str| -> HashSet<(String, String)> {
         let out = dir.join(format!("{backend}.csv"));
         let mut args = vec![
@@ -246,13 +247,13 @@ fn hnsw_recall(emb: &Path, dir: &Path, extra: &[&str]) -> f64 {
             .collect()
     };
     let exact = pairs("exact");
-    let hnsw = pairs("hnsw");
+    let approximate = pairs(backend);
     assert!(
         exact.len() > 100,
         "too few semi-hard triplets to measure ({})",
         exact.len()
     );
-    exact.intersection(&hnsw).count() as f64 / exact.len() as f64
+    exact.intersection(&approximate).count() as f64 / exact.len() as f64
 }
 
 #[test]
@@ -260,7 +261,7 @@ fn hnsw_finds_the_exact_semihard_negatives_on_fixtures_and_20k_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let emb = dir.path().join("fixtures");
     embed_fixtures(&emb, 4);
-    let recall = hnsw_recall(&emb, dir.path(), &[]);
+    let recall = recall_of("hnsw", &emb, dir.path(), &[]);
     eprintln!("fixtures: HNSW recall of exact semi-hard negatives {recall:.4}");
     assert!(recall >= 0.95, "fixtures recall {recall}");
 
@@ -291,9 +292,45 @@ fn hnsw_finds_the_exact_semihard_negatives_on_fixtures_and_20k_clusters() {
 
     let synth = dir.path().join("synthetic");
     synthetic_embeddings(&synth, 1000, 20, 128, 0.9, 7);
-    let recall = hnsw_recall(&synth, dir.path(), &["--anchors-per-class", "2"]);
+    let recall = recall_of("hnsw", &synth, dir.path(), &["--anchors-per-class", "2"]);
     eprintln!("20k clusters: HNSW recall of exact semi-hard negatives {recall:.4}");
     assert!(recall >= 0.95, "20k recall {recall}");
+}
+
+#[test]
+fn auto_searches_the_nearest_classes_of_many_class_corpora_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("synthetic");
+    synthetic_embeddings(&synth, 1000, 20, 128, 0.9, 7);
+    let extra = ["--anchors-per-class", "2", "--candidate-classes", "100"];
+    let recall = recall_of("auto", &synth, dir.path(), &extra);
+    eprintln!(
+        "20k clusters: recall of exact semi-hard negatives in the 100 nearest classes {recall:.4}"
+    );
+    assert!(recall >= 0.95, "20k recall {recall}");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("auto.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["backend"]["backend"], "classes", "{sidecar}");
+    let chosen = sidecar["backend"]["chosen"].as_str().unwrap();
+    assert!(
+        chosen.starts_with("auto: 100 candidate classes of 1000"),
+        "{chosen}"
+    );
+
+    // Too few classes to prune: auto stays exact.
+    let few = dir.path().join("few.csv");
+    ok(&[
+        "mine",
+        "--embeddings",
+        s(&synth),
+        "--out",
+        s(&few),
+        "--anchors-per-class",
+        "2",
+    ]);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(few.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(sidecar["backend"]["backend"], "exact", "{sidecar}");
 }
 
 #[test]

@@ -18,9 +18,7 @@ use tch::Device;
 use crate::corpus::{self, decode_image, CorpusError, Problem, PROBLEM_HEADER};
 use crate::definitions::Distance;
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
-use crate::knn::{
-    ExactIndex, HnswParams, KnnChoice, Neighbour, NeighbourIndex, Points, Restriction,
-};
+use crate::knn::{ExactIndex, KnnConfig, Neighbour, NeighbourIndex, Points, Restriction};
 use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
 use crate::output::{write_csv, write_json};
 use crate::store::{self, sha256_hex, EmbeddingsInput, StoreError};
@@ -72,8 +70,7 @@ pub struct AuditConfig {
     pub corpus: PathBuf,
     pub source: AuditSource,
     pub out: PathBuf,
-    pub knn: KnnChoice,
-    pub hnsw: HnswParams,
+    pub knn: KnnConfig,
     pub device: Device,
     pub batch_size: usize,
     pub thresholds: Thresholds,
@@ -648,7 +645,7 @@ fn knn_graph(
     k: usize,
     cfg: &AuditConfig,
 ) -> (Vec<Vec<Neighbour>>, serde_json::Value) {
-    let index = crate::knn::build(points, cfg.knn, cfg.hnsw, cfg.device);
+    let index = crate::knn::build(points, &cfg.knn, cfg.device);
     (index.search(queries, k, Restriction::Any), index.describe())
 }
 

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{EmbeddingsArgs, RuntimeArgs};
 use crate::audit::{AuditConfig, AuditSource, Thresholds};
-use crate::knn::{HnswParams, KnnChoice};
+use crate::knn::{KnnChoice, KnnConfig};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -70,8 +70,10 @@ impl AuditArgs {
             corpus: self.corpus.clone(),
             source,
             out: self.out.clone(),
-            knn: self.knn,
-            hnsw: HnswParams::default(),
+            knn: KnnConfig {
+                choice: self.knn,
+                ..KnnConfig::default()
+            },
             device: self.runtime.apply()?,
             batch_size: self.batch_size.max(1),
             thresholds: Thresholds {

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{EmbeddingsArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
-use crate::knn::{HnswParams, KnnChoice};
+use crate::knn::{HnswParams, KnnChoice, KnnConfig};
 use crate::mine::{
     EmbeddingSource, MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy,
 };
@@ -48,9 +48,14 @@ pub struct MineArgs {
     /// CSV with a `path` column: those samples take no role in any triplet
     #[arg(long)]
     pub exclude: Option<PathBuf>,
-    /// Neighbour backend; auto picks HNSW from 300,000 samples on
+    /// Neighbour backend. auto: exact below 20,000 samples; from there the classes path when
+    /// --candidate-classes is under 20% of the classes, else HNSW from 300,000 samples
     #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
     pub knn: KnnChoice,
+    /// Classes whose members each anchor's bands search on the classes path (nearest
+    /// centroids first; classes the triangle inequality rules out are never searched)
+    #[arg(long, default_value_t = KnnConfig::default().candidate_classes)]
+    pub candidate_classes: usize,
     /// HNSW links per node
     #[arg(long, default_value_t = HnswParams::default().m)]
     pub hnsw_m: usize,
@@ -117,11 +122,14 @@ impl MineArgs {
                 start_depth: defaults.start_depth.min(self.max_search_depth),
                 max_depth: self.max_search_depth.max(1),
             },
-            knn: self.knn,
-            hnsw: HnswParams {
-                m: self.hnsw_m,
-                ef_construction: self.ef_construction,
-                ef_search: self.ef_search,
+            knn: KnnConfig {
+                choice: self.knn,
+                hnsw: HnswParams {
+                    m: self.hnsw_m,
+                    ef_construction: self.ef_construction,
+                    ef_search: self.ef_search,
+                },
+                candidate_classes: self.candidate_classes,
             },
             exclude: self.exclude.clone(),
             device,

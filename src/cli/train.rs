@@ -7,7 +7,7 @@ use clap::Args;
 use super::embed::NetworkArgs;
 use super::{RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
-use crate::knn::{HnswParams, KnnChoice};
+use crate::knn::{KnnChoice, KnnConfig};
 use crate::mine::{PositiveRule, Strategy};
 use crate::train::{
     InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind, TrainConfig,
@@ -223,8 +223,10 @@ impl TrainArgs {
                 strategy: self.strategy.clone(),
                 positives: self.positives,
                 negatives_per_anchor: self.negatives_per_anchor.max(1),
-                knn: self.knn,
-                hnsw: HnswParams::default(),
+                knn: KnnConfig {
+                    choice: self.knn,
+                    ..KnnConfig::default()
+                },
                 validation,
                 exclude: self.exclude.clone(),
             },

@@ -12,8 +12,8 @@ use tch::{Device, Kind, Tensor};
 use super::{Band, BandHits, Neighbour, NeighbourIndex, Points, Restriction};
 
 pub struct ExactIndex {
-    data: Tensor,
-    labels: Vec<u32>,
+    pub(super) data: Tensor,
+    pub(super) labels: Vec<u32>,
     n: usize,
     query_block: usize,
     corpus_block: usize,
@@ -42,7 +42,7 @@ impl PartialOrd for Candidate {
 }
 
 /// The `k` nearest allowed samples whose dot product lies in `[floor, ceiling]`.
-struct Collector {
+pub(super) struct Collector {
     floor: f32,
     ceiling: f32,
     k: usize,
@@ -50,7 +50,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(floor: f32, ceiling: f32, k: usize) -> Self {
+    pub(super) fn new(floor: f32, ceiling: f32, k: usize) -> Self {
         Collector {
             floor,
             ceiling,
@@ -81,7 +81,7 @@ impl Collector {
         }
     }
 
-    fn into_sorted(self) -> Vec<Neighbour> {
+    pub(super) fn into_sorted(self) -> Vec<Neighbour> {
         let mut v: Vec<Candidate> = self.best.into_iter().map(|Reverse(c)| c).collect();
         v.sort_by(|a, b| b.cmp(a));
         v.into_iter().map(|c| c.0).collect()
@@ -89,18 +89,18 @@ impl Collector {
 }
 
 /// One score row's query, its restriction and the collectors it fills.
-struct Row {
-    query: usize,
+pub(super) struct Row {
+    pub(super) query: usize,
     restriction: Restriction,
-    collectors: Vec<Collector>,
+    pub(super) collectors: Vec<Collector>,
     /// Cached bounds over the collectors: a score above `ceiling` or below `threshold` can
     /// enter none of them, and is rejected by two comparisons.
-    ceiling: f32,
-    threshold: f32,
+    pub(super) ceiling: f32,
+    pub(super) threshold: f32,
 }
 
 impl Row {
-    fn new(query: usize, restriction: Restriction, collectors: Vec<Collector>) -> Self {
+    pub(super) fn new(query: usize, restriction: Restriction, collectors: Vec<Collector>) -> Self {
         let ceiling = collectors
             .iter()
             .map(|c| c.ceiling)
@@ -124,14 +124,14 @@ impl Row {
             .fold(f32::INFINITY, f32::min);
     }
 
-    /// One pass over this row's scores for corpus columns `start..start + scores.len()`.
-    fn scan(&mut self, scores: &[f32], start: usize, labels: &[u32]) {
+    /// One pass over this row's scores; `column(c)` is the sample that score `c` is with.
+    pub(super) fn scan(&mut self, scores: &[f32], column: impl Fn(usize) -> usize, labels: &[u32]) {
         let own = labels[self.query];
         for (c, &dot) in scores.iter().enumerate() {
             if dot > self.ceiling || dot < self.threshold {
                 continue;
             }
-            let j = start + c;
+            let j = column(c);
             let allowed = j != self.query
                 && match self.restriction {
                     Restriction::Any => true,
@@ -146,6 +146,60 @@ impl Row {
             }
             self.refresh();
         }
+    }
+}
+
+/// The rows of a band search: one per distinct query, with a collector per band of it.
+pub(super) struct BandRows {
+    pub(super) rows: Vec<Row>,
+    /// The bands of each row, in the order of its collectors.
+    members: Vec<Vec<usize>>,
+}
+
+impl BandRows {
+    pub(super) fn new(bands: &[Band]) -> Self {
+        let mut by_query: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, b) in bands.iter().enumerate() {
+            by_query.entry(b.query).or_default().push(i);
+        }
+        let rows = by_query
+            .iter()
+            .map(|(&q, members)| {
+                let collectors = members
+                    .iter()
+                    .map(|&i| Collector::new(bands[i].min_dot, bands[i].max_dot, bands[i].k))
+                    .collect();
+                Row::new(q, Restriction::OtherLabels, collectors)
+            })
+            .collect();
+        BandRows {
+            rows,
+            members: by_query.into_values().collect(),
+        }
+    }
+
+    /// Each band's hits, in the order of `bands`. `searched_all(r)` says that row `r` saw
+    /// every sample that could lie in its bands, so that its answers are complete.
+    pub(super) fn answers(
+        self,
+        bands: &[Band],
+        searched_all: impl Fn(usize) -> bool,
+    ) -> Vec<BandHits> {
+        let mut answers: Vec<Option<BandHits>> = vec![None; bands.len()];
+        for (r, (row, members)) in self.rows.into_iter().zip(self.members).enumerate() {
+            let whole = searched_all(r);
+            for (collector, i) in row.collectors.into_iter().zip(members) {
+                let hits = collector.into_sorted();
+                answers[i] = Some(BandHits {
+                    hits,
+                    complete: whole,
+                });
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every band answered"))
+            .collect()
     }
 }
 
@@ -206,7 +260,7 @@ impl ExactIndex {
                     block
                         .par_iter_mut()
                         .zip(scores.par_chunks(len))
-                        .for_each(|(row, scores)| row.scan(scores, start, labels));
+                        .for_each(|(row, scores)| row.scan(scores, |c| start + c, labels));
                 }
             }
         });
@@ -236,34 +290,9 @@ impl NeighbourIndex for ExactIndex {
 
     /// One score row per distinct query answers all of its bands, whatever their depth.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
-        let mut by_query: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, b) in bands.iter().enumerate() {
-            by_query.entry(b.query).or_default().push(i);
-        }
-        let mut rows: Vec<Row> = by_query
-            .iter()
-            .map(|(&q, members)| {
-                let collectors = members
-                    .iter()
-                    .map(|&i| Collector::new(bands[i].min_dot, bands[i].max_dot, bands[i].k))
-                    .collect();
-                Row::new(q, Restriction::OtherLabels, collectors)
-            })
-            .collect();
-        self.scan(&mut rows);
-        let mut answers: Vec<Option<BandHits>> = vec![None; bands.len()];
-        for (row, members) in rows.into_iter().zip(by_query.values()) {
-            for (collector, &i) in row.collectors.into_iter().zip(members) {
-                answers[i] = Some(BandHits {
-                    hits: collector.into_sorted(),
-                    complete: true,
-                });
-            }
-        }
-        answers
-            .into_iter()
-            .map(|a| a.expect("every band answered"))
-            .collect()
+        let mut rows = BandRows::new(bands);
+        self.scan(&mut rows.rows);
+        rows.answers(bands, |_| true)
     }
 
     fn describe(&self) -> serde_json::Value {

@@ -1,9 +1,11 @@
 //! The neighbour layer: one interface, two backends (exact blocked GEMM in libtorch, and
 //! HNSW through hnsw_rs). Mining, evaluation and audit all ask their questions here.
 
+mod classes;
 mod exact;
 mod hnsw;
 
+pub use classes::ClassIndex;
 pub use exact::ExactIndex;
 pub use hnsw::{HnswIndex, HnswLoader, HnswParams};
 
@@ -57,6 +59,17 @@ pub trait NeighbourIndex {
     /// Name and parameters, recorded in every output that used the index.
     fn describe(&self) -> serde_json::Value;
 
+    /// Where an incomplete band answer looked, for the reason an anchor was skipped:
+    /// "no semihard negative among {reach}".
+    fn band_reach(&self, max_depth: usize) -> String {
+        format!("the {max_depth} nearest other-label neighbours")
+    }
+
+    /// Anchors per [`band_search`](Self::band_search) call that the miner should send.
+    fn anchor_chunk(&self) -> usize {
+        8192
+    }
+
     /// Band members of each query. This default searches the `start_depth` nearest
     /// other-label neighbours and widens ×4 up to `max_depth` for the bands not yet answered;
     /// backends that can test the band directly override it.
@@ -101,43 +114,120 @@ pub trait NeighbourIndex {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KnnChoice {
-    /// exact below [`AUTO_HNSW_FROM`] samples, HNSW from there on
+    /// by the cost model of [`KnnConfig::resolve`]
     Auto,
     Exact,
+    /// band search in each anchor's nearest classes (approximate; k-NN lists stay exact)
+    Classes,
     Hnsw,
 }
 
-/// Corpus size from which `--knn auto` picks HNSW: exact mining grows as N², HNSW about as
-/// N log N, and at 100,000 samples exact was still 2.3× faster (`make bench-mine`, README).
+/// Everything that decides which neighbour index is built and how.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnConfig {
+    pub choice: KnnChoice,
+    pub hnsw: HnswParams,
+    /// Classes whose members each anchor's bands search on the `classes` path.
+    pub candidate_classes: usize,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        KnnConfig {
+            choice: KnnChoice::Auto,
+            hnsw: HnswParams::default(),
+            candidate_classes: 500,
+        }
+    }
+}
+
+/// Corpus size from which `--knn auto` picks HNSW when the classes path cannot prune: exact
+/// mining grows as N², HNSW about as N log N, and at 100,000 samples exact was still 2.3×
+/// faster (`make bench-mine`, README).
 pub const AUTO_HNSW_FROM: usize = 300_000;
 
-impl KnnChoice {
-    pub fn resolve(self, n: usize) -> KnnChoice {
-        match self {
-            KnnChoice::Auto if n >= AUTO_HNSW_FROM => KnnChoice::Hnsw,
-            KnnChoice::Auto => KnnChoice::Exact,
-            other => other,
+/// The share of the corpus below which the classes path beats exact search. Each anchor's
+/// candidate classes are a union over its class, so the rows scored are a few times the
+/// candidate share; measured on `make bench-mine` (README).
+pub const AUTO_CLASSES_BELOW: f64 = 0.2;
+
+/// Below this many samples exact search takes seconds and `auto` does not approximate.
+pub const AUTO_APPROXIMATE_FROM: usize = 20_000;
+
+impl KnnConfig {
+    /// The backend that runs on `points`, and why.
+    pub fn resolve(&self, points: Points) -> (KnnChoice, String) {
+        let n = points.len();
+        if self.choice != KnnChoice::Auto {
+            return (self.choice, "asked for with --knn".to_string());
         }
+        let mut labels = points.labels.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        let share = self.candidate_classes as f64 / labels.len().max(1) as f64;
+        if n < AUTO_APPROXIMATE_FROM {
+            return (
+                KnnChoice::Exact,
+                format!("auto: {n} samples, under {AUTO_APPROXIMATE_FROM}, exact is fast"),
+            );
+        }
+        if share < AUTO_CLASSES_BELOW {
+            return (
+                KnnChoice::Classes,
+                format!(
+                    "auto: {} candidate classes of {} ({:.1}%) cost less than exact search (below {:.0}%)",
+                    self.candidate_classes,
+                    labels.len(),
+                    100.0 * share,
+                    100.0 * AUTO_CLASSES_BELOW
+                ),
+            );
+        }
+        if n >= AUTO_HNSW_FROM {
+            return (
+                KnnChoice::Hnsw,
+                format!(
+                    "auto: {n} samples (from {AUTO_HNSW_FROM}) in {} classes, too few for the classes path",
+                    labels.len()
+                ),
+            );
+        }
+        (
+            KnnChoice::Exact,
+            format!(
+                "auto: {} classes are too few for the classes path, {n} samples too few for HNSW",
+                labels.len()
+            ),
+        )
     }
 }
 
 /// A neighbour index of the backend `--knn` chose.
 pub enum Backend<'a> {
     Exact(ExactIndex),
+    Classes(ClassIndex),
     Hnsw(HnswIndex<'a>),
 }
 
-/// The one place a backend is chosen and built (mining, audit and training call it; the
-/// mining job's saved-HNSW cache wraps a loaded index in [`Backend::Hnsw`]).
-pub fn build<'a>(
+/// The one place a backend is chosen and built (audit and training call it; mining calls
+/// [`build_as`] after [`KnnConfig::resolve`], to record the reason and to use its HNSW cache).
+pub fn build<'a>(points: Points<'a>, cfg: &KnnConfig, device: tch::Device) -> Backend<'a> {
+    build_as(points, cfg.resolve(points).0, cfg, device)
+}
+
+/// Builds the index of a resolved `choice` (`Auto` is taken as exact).
+pub fn build_as<'a>(
     points: Points<'a>,
     choice: KnnChoice,
-    hnsw: HnswParams,
+    cfg: &KnnConfig,
     device: tch::Device,
 ) -> Backend<'a> {
-    match choice.resolve(points.len()) {
-        KnnChoice::Hnsw => Backend::Hnsw(HnswIndex::build(points, hnsw)),
-        _ => Backend::Exact(ExactIndex::new(points, device)),
+    match choice {
+        KnnChoice::Hnsw => Backend::Hnsw(HnswIndex::build(points, cfg.hnsw)),
+        KnnChoice::Classes => {
+            Backend::Classes(ClassIndex::new(points, cfg.candidate_classes, device))
+        }
+        KnnChoice::Exact | KnnChoice::Auto => Backend::Exact(ExactIndex::new(points, device)),
     }
 }
 
@@ -145,13 +235,31 @@ impl NeighbourIndex for Backend<'_> {
     fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>> {
         match self {
             Backend::Exact(i) => i.search(queries, k, restriction),
+            Backend::Classes(i) => i.search(queries, k, restriction),
             Backend::Hnsw(i) => i.search(queries, k, restriction),
+        }
+    }
+
+    fn anchor_chunk(&self) -> usize {
+        match self {
+            Backend::Exact(i) => i.anchor_chunk(),
+            Backend::Classes(i) => i.anchor_chunk(),
+            Backend::Hnsw(i) => i.anchor_chunk(),
+        }
+    }
+
+    fn band_reach(&self, max_depth: usize) -> String {
+        match self {
+            Backend::Exact(i) => i.band_reach(max_depth),
+            Backend::Classes(i) => i.band_reach(max_depth),
+            Backend::Hnsw(i) => i.band_reach(max_depth),
         }
     }
 
     fn describe(&self) -> serde_json::Value {
         match self {
             Backend::Exact(i) => i.describe(),
+            Backend::Classes(i) => i.describe(),
             Backend::Hnsw(i) => i.describe(),
         }
     }
@@ -159,6 +267,7 @@ impl NeighbourIndex for Backend<'_> {
     fn band_search(&self, bands: &[Band], start_depth: usize, max_depth: usize) -> Vec<BandHits> {
         match self {
             Backend::Exact(i) => i.band_search(bands, start_depth, max_depth),
+            Backend::Classes(i) => i.band_search(bands, start_depth, max_depth),
             Backend::Hnsw(i) => i.band_search(bands, start_depth, max_depth),
         }
     }

@@ -24,9 +24,6 @@ pub struct MineStats {
     pub skipped: BTreeMap<String, usize>,
 }
 
-/// Anchors are processed in chunks so that neighbour lists never exist for the whole corpus.
-const ANCHOR_CHUNK: usize = 8192;
-
 /// Slack on band edges in dot-product units: the index's scores and the exported distances are
 /// computed differently, so candidates near an edge are fetched and then judged exactly.
 const EDGE_SLACK: f32 = 1e-5;
@@ -49,8 +46,11 @@ pub fn mine(
         ..Default::default()
     };
     let mut triplets = Vec::new();
+    let reach = index.band_reach(rules.max_depth);
     let bar = crate::progress::bar(anchors.len() as u64, "mining");
-    for chunk in anchors.chunks(ANCHOR_CHUNK) {
+    // Anchors go in chunks (the index's choice) so that neighbour lists never exist for the
+    // whole corpus.
+    for chunk in anchors.chunks(index.anchor_chunk()) {
         let plans: Vec<AnchorPlan> = chunk
             .par_iter()
             .map(|&a| AnchorPlan::new(points, a, &members, rules))
@@ -73,7 +73,7 @@ pub fn mine(
         let outcomes: Vec<Outcome> = plans
             .par_iter()
             .zip(by_plan)
-            .map(|(plan, answered)| plan.assemble(points, &answered, rules))
+            .map(|(plan, answered)| plan.assemble(points, &answered, rules, &reach))
             .collect();
         for outcome in outcomes {
             stats.record(&outcome);
@@ -253,6 +253,7 @@ impl AnchorPlan {
         points: Points,
         answered: &[(&Request, Option<BandHits>)],
         rules: &MiningRules,
+        reach: &str,
     ) -> Outcome {
         if self.pairs.is_empty() {
             let reason = "label has a single sample (no positive)".to_string();
@@ -303,12 +304,7 @@ impl AnchorPlan {
                 if found.is_empty() && first_missing.is_none() {
                     let sel = request.selection;
                     first_missing = Some(match answer {
-                        Some(a) if !a.complete => {
-                            format!(
-                                "no {sel} negative among the {} nearest other-label neighbours",
-                                rules.max_depth
-                            )
-                        }
+                        Some(a) if !a.complete => format!("no {sel} negative among {reach}"),
                         _ => format!("no {sel} negative exists"),
                     });
                 }

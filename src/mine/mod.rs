@@ -17,7 +17,9 @@ use std::time::Instant;
 use tch::Device;
 
 use crate::embed::{embed_corpus, EmbedError, ModelChoice};
-use crate::knn::{Backend, HnswIndex, HnswLoader, HnswParams, KnnChoice, NeighbourIndex, Points};
+use crate::knn::{
+    Backend, HnswIndex, HnswLoader, HnswParams, KnnChoice, KnnConfig, NeighbourIndex, Points,
+};
 use crate::output::{crash_point, write_atomic, write_json, HashingWriter};
 use crate::store::{self, EmbeddingSet, EmbeddingsInput, StoreError};
 use crate::triplets::{self, TripletRow};
@@ -45,8 +47,7 @@ pub struct MineConfig {
     /// `None` writes the CSV to stdout (and no sidecar).
     pub out: Option<PathBuf>,
     pub rules: MiningRules,
-    pub knn: KnnChoice,
-    pub hnsw: HnswParams,
+    pub knn: KnnConfig,
     pub exclude: Option<PathBuf>,
     pub device: Device,
 }
@@ -292,23 +293,24 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
     let points = labelled.points();
     // hnsw_rs borrows the loader of a saved index for as long as the index lives.
     let mut loader = None;
-    let cache = match (&cfg.source, cfg.knn.resolve(points.len())) {
+    let (choice, reason) = cfg.knn.resolve(points);
+    let cache = match (&cfg.source, choice) {
         (
             EmbeddingSource::Files {
                 input: EmbeddingsInput::Dir(dir),
                 normalise: false,
             },
             KnnChoice::Hnsw,
-        ) => Some(HnswCache::new(dir, &set, &excluded, cfg.hnsw)),
+        ) => Some(HnswCache::new(dir, &set, &excluded, cfg.knn.hnsw)),
         _ => None,
     };
     let index = match cache
         .as_ref()
-        .and_then(|c| c.load(&mut loader, points, cfg.hnsw))
+        .and_then(|c| c.load(&mut loader, points, cfg.knn.hnsw))
     {
         Some(loaded) => Backend::Hnsw(loaded),
         None => {
-            let built = crate::knn::build(points, cfg.knn, cfg.hnsw, cfg.device);
+            let built = crate::knn::build_as(points, choice, &cfg.knn, cfg.device);
             if let (Some(cache), Backend::Hnsw(index)) = (&cache, &built) {
                 cache.save(index);
             }
@@ -316,7 +318,8 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
         }
     };
     let (triplets, stats) = mine(points, &index, &cfg.rules);
-    let backend = index.describe();
+    let mut backend = index.describe();
+    backend["chosen"] = reason.into();
     let rows = triplets.iter().map(|t| {
         TripletRow::new(t, |i| {
             let s = &set.samples[labelled.origin[i]];

@@ -28,7 +28,7 @@ use tch::{Device, Tensor};
 use crate::corpus::{self, CorpusError, Sample};
 use crate::embed::{decode_samples, embed_pixels, pixel_tensor};
 use crate::eval::{self, Metrics};
-use crate::knn::{HnswParams, KnnChoice, Points};
+use crate::knn::{KnnConfig, Points};
 use crate::mine::{self, PositiveRule, Strategy, Triplet};
 use crate::model::{parse_device, Embedder, ModelError, ModelSpec};
 use crate::output::write_json;
@@ -95,8 +95,7 @@ pub struct TrainConfig {
     pub strategy: Strategy,
     pub positives: PositiveRule,
     pub negatives_per_anchor: usize,
-    pub knn: KnnChoice,
-    pub hnsw: HnswParams,
+    pub knn: KnnConfig,
     pub validation: Validation,
     pub exclude: Option<PathBuf>,
 }

@@ -373,7 +373,7 @@ impl<'a> NeighbourBatches<'a> {
             dim: cfg.network.dim as usize,
             labels: &self.train.labels,
         };
-        let index = knn::build(points, cfg.knn, cfg.hnsw, self.device);
+        let index = knn::build(points, &cfg.knn, self.device);
         let all: Vec<usize> = (0..points.len()).collect();
         let depth = GRAPH_DEPTH + cfg.skip_nearest;
         let as_indices = |lists: Vec<Vec<knn::Neighbour>>| -> Vec<Vec<usize>> {

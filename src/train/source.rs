@@ -397,7 +397,7 @@ impl<'a> GlobalTriplets<'a> {
             ..MiningRules::default()
         };
         let started = Instant::now();
-        let index = knn::build(points, cfg.knn, cfg.hnsw, self.device);
+        let index = knn::build(points, &cfg.knn, self.device);
         let (triplets, stats) = mine::mine(points, &index, &rules);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let rows = triplets
