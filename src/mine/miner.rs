@@ -40,7 +40,10 @@ pub fn mine(
     rules: &MiningRules,
 ) -> (Vec<Triplet>, MineStats) {
     let members = members_by_label(points.labels);
-    let anchors = choose_anchors(points, &members, rules);
+    let mut anchors = choose_anchors(points, &members, rules);
+    // Class by class, so that a chunk holds few classes whole (the classes backend ranks
+    // candidate classes once per class); the triplets are put back in anchor order below.
+    anchors.sort_by_key(|&a| (points.labels[a], a));
     let mut stats = MineStats {
         anchors: anchors.len(),
         ..Default::default()
@@ -82,6 +85,7 @@ pub fn mine(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    triplets.sort_by_key(|t| t.anchor);
     (triplets, stats)
 }
 
