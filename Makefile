@@ -79,6 +79,10 @@ bench-mine: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
 	$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-faiss
+	$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-faiss-100 \
+		--per-class 100 --contenders faiss-flat,tripmine-exact,tripmine-classes
+	$(if $(MINE_1M),$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-1m \
+		--n 1000000 --contenders tripmine-classes)
 
 # The benchmark that decides the default training regime (scripts/bench_train.py: its docstring
 # lists corpora, sizes and contenders): tripmine's miners and pytorch-metric-learning on the

@@ -8,6 +8,8 @@
 //! picked, so a band is exact (and says so) whenever the cap cut no class it could reach.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -18,20 +20,16 @@ use super::{Band, BandHits, ExactIndex, Neighbour, NeighbourIndex, Points, Restr
 /// Slack on the centroid bound for float32 rounding in the scores it is compared with.
 const BOUND_SLACK: f32 = 1e-4;
 
-/// From this many classes on, scoring every anchor against every centroid costs more than
-/// the search itself (at 50,000 classes, 13 TFLOP for 1M anchors): each class keeps a short
-/// list of its [`SHORTLIST_FACTOR`] × `candidates` nearest classes, and its anchors rank
-/// only those.
-const SHORTLIST_FROM: usize = 8192;
-const SHORTLIST_FACTOR: usize = 4;
-
 /// Anchor × centroid scores live at once.
 const CENTROID_SCORES_IN_FLIGHT: usize = 8 << 20;
 
 pub struct ClassIndex {
     exact: ExactIndex,
-    /// The points with each class's members in one run of rows.
-    grouped: Tensor,
+    /// The points with each class's members in one run of rows (row-major, `dim` wide).
+    grouped: Vec<f32>,
+    dim: usize,
+    /// Row of `grouped` of each sample.
+    position: Vec<usize>,
     /// Sample index of each row of `grouped`.
     order: Vec<usize>,
     /// Rows of `grouped` per class.
@@ -42,8 +40,6 @@ pub struct ClassIndex {
     centroids: Tensor,
     /// Largest distance of a member from its class mean.
     radius: Vec<f32>,
-    /// Present when there are more than [`SHORTLIST_FROM`] classes.
-    shortlists: Option<Shortlists>,
     candidates: usize,
 }
 
@@ -95,36 +91,27 @@ impl ClassIndex {
                 *slot = *m as f32;
             }
         }
-        let ids: Vec<i64> = order.iter().map(|&i| i as i64).collect();
-        let grouped = exact
-            .data
-            .index_select(0, &Tensor::from_slice(&ids).to_device(device));
+        let grouped: Vec<f32> = order.iter().flat_map(|&i| points.row(i)).copied().collect();
+        let mut position = vec![0; order.len()];
+        for (row, &i) in order.iter().enumerate() {
+            position[i] = row;
+        }
         let centroids = Tensor::from_slice(&means)
             .view([labels.len() as i64, dim as i64])
             .to_device(device);
         let candidates = candidates.max(1);
-        let length = SHORTLIST_FACTOR * candidates;
-        let shortlists = (labels.len() > SHORTLIST_FROM && length + 1 < labels.len())
-            .then(|| tch::no_grad(|| Shortlists::new(&centroids, &radius, length)));
         ClassIndex {
             exact,
             grouped,
+            dim,
+            position,
             order,
             runs,
             class_of,
             centroids,
             radius,
-            shortlists,
             candidates,
         }
-    }
-
-    /// Short lists of `length` classes whatever the number of classes (for tests of that path
-    /// on small data).
-    #[cfg(test)]
-    fn with_shortlists(mut self, length: usize) -> Self {
-        self.shortlists = Some(Shortlists::new(&self.centroids, &self.radius, length));
-        self
     }
 
     pub fn classes(&self) -> usize {
@@ -139,153 +126,43 @@ impl ClassIndex {
         let device = self.exact.data.device();
         let classes = self.runs.len();
         let mut picked_by: Vec<Vec<u32>> = vec![Vec::new(); classes];
-        let mut searched_all = vec![true; rows.len()];
-        // Rows that share their centroids: blocks of any rows against every centroid, or
-        // the rows of one class against that class's short list.
-        let groups: Vec<(Vec<u32>, Option<usize>)> = match &self.shortlists {
-            None => {
-                let block = (CENTROID_SCORES_IN_FLIGHT / classes).max(1) as u32;
-                (0..rows.len() as u32)
-                    .step_by(block as usize)
-                    .map(|start| {
-                        (
-                            (start..(start + block).min(rows.len() as u32)).collect(),
-                            None,
-                        )
-                    })
-                    .collect()
-            }
-            Some(_) => {
-                let mut of_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
-                for (r, row) in (0u32..).zip(rows) {
-                    of_class[self.class_of[row.query]].push(r);
-                }
-                of_class
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, ids)| !ids.is_empty())
-                    .map(|(c, ids)| (ids, Some(c)))
-                    .collect()
-            }
-        };
+        let mut searched_all = Vec::with_capacity(rows.len());
+        let block = (CENTROID_SCORES_IN_FLIGHT / classes).max(1);
         // Plain slices for the worker threads (tensors are not `Sync`).
         let (class_of, radius, limit) = (&self.class_of[..], &self.radius[..], self.candidates);
-        for (ids, class) in groups {
-            let (listed, beyond): (Option<&[u32]>, f32) = match (&self.shortlists, class) {
-                (Some(lists), Some(c)) => (Some(&lists.nearest[c][..]), lists.beyond[c]),
-                _ => (None, f32::NEG_INFINITY),
-            };
-            let centroids = match listed {
-                Some(list) => {
-                    let list: Vec<i64> = list.iter().map(|&d| i64::from(d)).collect();
-                    self.centroids
-                        .index_select(0, &Tensor::from_slice(&list).to_device(device))
-                }
-                None => self.centroids.shallow_clone(),
-            };
-            let width = listed.map_or(classes, <[u32]>::len);
-            let class_at = |s: usize| listed.map_or(s, |l| l[s] as usize);
-            let queries: Vec<i64> = ids.iter().map(|&r| rows[r as usize].query as i64).collect();
+        for (first, block_rows) in (0..).step_by(block).zip(rows.chunks(block)) {
+            let queries: Vec<i64> = block_rows.iter().map(|row| row.query as i64).collect();
             let scores = host_floats(
                 &self
                     .exact
                     .data
                     .index_select(0, &Tensor::from_slice(&queries).to_device(device))
-                    .mm(&centroids.tr()),
+                    .mm(&self.centroids.tr()),
             );
-            let picks: Vec<(Vec<usize>, bool)> = ids
+            let picks: Vec<(Vec<usize>, bool)> = block_rows
                 .par_iter()
-                .zip(scores.par_chunks(width))
-                .map(|(&r, scores)| {
-                    let row = &rows[r as usize];
+                .zip(scores.par_chunks(classes))
+                .map(|(row, scores)| {
                     let own = class_of[row.query];
-                    let eligible: Vec<usize> = (0..width)
-                        .filter(|&s| {
-                            let d = class_at(s);
-                            d != own && scores[s] + radius[d] + BOUND_SLACK >= row.threshold
+                    let eligible: Vec<usize> = (0..classes)
+                        .filter(|&d| {
+                            d != own && scores[d] + radius[d] + BOUND_SLACK >= row.threshold
                         })
                         .collect();
                     // Nearest centroid first: ranking by the bound (adding the radius) lost
                     // recall on clustered data.
-                    let (picked, capped) = nearest(eligible, limit, |s| scores[s]);
-                    let whole = !capped && beyond + BOUND_SLACK < row.threshold;
-                    (picked.into_iter().map(class_at).collect(), whole)
+                    let (picked, capped) = nearest(eligible, limit, |d| scores[d]);
+                    (picked, !capped)
                 })
                 .collect();
-            for (&r, (picked, whole)) in ids.iter().zip(picks) {
-                searched_all[r as usize] = whole;
+            for (r, (picked, whole)) in (first..).zip(picks) {
+                searched_all.push(whole);
                 for d in picked {
                     picked_by[d].push(r);
                 }
             }
         }
-        // Rows were grouped by class; each class's anchors go in ascending order.
-        if self.shortlists.is_some() {
-            for list in &mut picked_by {
-                list.sort_unstable();
-            }
-        }
         (picked_by, searched_all)
-    }
-}
-
-/// Each class's nearest classes by centroid, for corpora with too many classes to score
-/// every anchor against every centroid.
-struct Shortlists {
-    nearest: Vec<Vec<u32>>,
-    /// The largest bound on an anchor–member dot product over the classes left off a list:
-    /// a band whose floor lies above it lost nothing to the list.
-    beyond: Vec<f32>,
-}
-
-impl Shortlists {
-    /// `length` nearest classes of each class. For anchor a of class c (mean μ_c, radius
-    /// r_c) and member x of class d: a·x ≤ μ_c·μ_d + r_c‖μ_d‖ + r_d.
-    fn new(centroids: &Tensor, radius: &[f32], length: usize) -> Self {
-        let classes = radius.len();
-        let norms: Vec<f32> = host_floats(
-            &centroids
-                .square()
-                .sum_dim_intlist(1, false, Kind::Float)
-                .sqrt(),
-        );
-        let block = (CENTROID_SCORES_IN_FLIGHT / classes).max(1);
-        let mut lists = Vec::with_capacity(classes);
-        let mut beyond = Vec::with_capacity(classes);
-        for start in (0..classes).step_by(block) {
-            let len = block.min(classes - start);
-            let scores = host_floats(
-                &centroids
-                    .narrow(0, start as i64, len as i64)
-                    .mm(&centroids.tr()),
-            );
-            let block_lists: Vec<(Vec<u32>, f32)> = (start..start + len)
-                .into_par_iter()
-                .zip(scores.par_chunks(classes))
-                .map(|(c, scores)| {
-                    let others: Vec<usize> = (0..classes).filter(|&d| d != c).collect();
-                    let (mut list, _) = nearest(others, length, |d| scores[d]);
-                    list.sort_unstable();
-                    let mut listed = vec![false; classes];
-                    for &d in &list {
-                        listed[d] = true;
-                    }
-                    let bound = (0..classes)
-                        .filter(|&d| d != c && !listed[d])
-                        .map(|d| scores[d] + radius[c] * norms[d] + radius[d])
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    (list.into_iter().map(|d| d as u32).collect(), bound)
-                })
-                .collect();
-            for (list, bound) in block_lists {
-                lists.push(list);
-                beyond.push(bound);
-            }
-        }
-        Shortlists {
-            nearest: lists,
-            beyond,
-        }
     }
 }
 
@@ -314,50 +191,62 @@ impl NeighbourIndex for ClassIndex {
     /// only the anchors are gathered) and the scores go through those anchors' rows.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
         let mut band_rows = BandRows::new(bands);
-        let device = self.exact.data.device();
         let labels = &self.exact.labels[..];
         let (picked_by, searched_all) = tch::no_grad(|| self.pick_classes(&band_rows.rows));
-        // Each row's ceiling and threshold, apart from the rows: most of a class's scores are
-        // rejected by them, and the rows' collectors stay out of the cache.
-        let mut bounds: Vec<(f32, f32)> = band_rows
-            .rows
-            .iter()
-            .map(|row| (row.ceiling, row.threshold))
+        // Classes run in parallel, so a row can be offered scores by two threads: each row
+        // has a lock, taken only when a score clears the row's ceiling and threshold, which
+        // are read without it (a stale threshold is lower, so it only costs a wasted lock).
+        let rows: Vec<Mutex<Row>> = std::mem::take(&mut band_rows.rows)
+            .into_iter()
+            .map(Mutex::new)
             .collect();
-        tch::no_grad(|| {
-            // The queries once, so that each class gathers its anchors from a cached block.
-            let queries: Vec<i64> = band_rows.rows.iter().map(|r| r.query as i64).collect();
-            let queries = self
-                .exact
-                .data
-                .index_select(0, &Tensor::from_slice(&queries).to_device(device));
-            for (class, rows) in picked_by.iter().enumerate() {
-                if rows.is_empty() {
-                    continue;
-                }
-                let run = self.runs[class].clone();
-                let columns = &self.order[run.clone()];
-                let ids: Vec<i64> = rows.iter().map(|&r| i64::from(r)).collect();
-                let anchors = queries.index_select(0, &Tensor::from_slice(&ids).to_device(device));
-                let members = self.grouped.narrow(0, run.start as i64, run.len() as i64);
-                let scores = host_floats(&anchors.mm(&members.tr()));
-                for (&r, scores) in rows.iter().zip(scores.chunks(run.len())) {
+        let bounds: Vec<(f32, AtomicU32)> = rows
+            .iter()
+            .map(|row| {
+                let row = row.lock().expect("unpoisoned");
+                (row.ceiling, AtomicU32::new(row.threshold.to_bits()))
+            })
+            .collect();
+        let anchor_rows: Vec<usize> = rows
+            .iter()
+            .map(|row| self.position[row.lock().expect("unpoisoned").query])
+            .collect();
+        let (grouped, dim) = (&self.grouped[..], self.dim);
+        let (runs, order) = (&self.runs[..], &self.order[..]);
+        picked_by
+            .par_iter()
+            .enumerate()
+            .filter(|(_, picked)| !picked.is_empty())
+            .for_each(|(class, picked)| {
+                let run = runs[class].clone();
+                let members = &grouped[run.start * dim..run.end * dim];
+                let columns = &order[run.clone()];
+                let mut scores = vec![0f32; run.len()];
+                for &r in picked {
                     let r = r as usize;
-                    let (ceiling, threshold) = bounds[r];
-                    if scores.iter().all(|&x| x < threshold || x > ceiling) {
+                    let at = anchor_rows[r] * dim;
+                    let anchor = &grouped[at..at + dim];
+                    score_members(anchor, members, &mut scores);
+                    let (ceiling, threshold) = &bounds[r];
+                    let floor = f32::from_bits(threshold.load(Ordering::Relaxed));
+                    if scores.iter().all(|&x| x < floor || x > *ceiling) {
                         continue;
                     }
-                    let row = &mut band_rows.rows[r];
-                    row.scan(scores, |c| columns[c], labels);
-                    bounds[r].1 = row.threshold;
+                    let mut row = rows[r].lock().expect("unpoisoned");
+                    row.scan(&scores, |c| columns[c], labels);
+                    threshold.store(row.threshold.to_bits(), Ordering::Relaxed);
                 }
-            }
-        });
+            });
+        band_rows.rows = rows
+            .into_iter()
+            .map(|row| row.into_inner().expect("unpoisoned"))
+            .collect();
         band_rows.answers(bands, |r| searched_all[r])
     }
 
-    /// Large enough that each class meets many anchors per call, so that its matrix multiply
-    /// is not a sliver.
+    /// Large enough that each class meets many anchors per call: its members are loaded once
+    /// for all of them, and the anchors come class by class, so a class's short list serves
+    /// all its anchors at once.
     fn anchor_chunk(&self) -> usize {
         (self.runs.len() * 8).clamp(8192, 131_072)
     }
@@ -373,6 +262,53 @@ impl NeighbourIndex for ClassIndex {
             "classes": self.runs.len(),
             "candidate_classes": self.candidates,
         })
+    }
+}
+
+/// One anchor's dot product with each member (rows of `anchor.len()` values) into `scores`.
+fn score_members(anchor: &[f32], members: &[f32], scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features this function is compiled for.
+        unsafe { score_members_fused(anchor, members, scores) };
+        return;
+    }
+    score_members_with(anchor, members, scores, |x, y, acc| acc + x * y);
+}
+
+/// The same with fused multiply-adds on 8-float vectors (the portable build targets SSE2):
+/// this is the bulk of the classes path's work.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_members_fused(anchor: &[f32], members: &[f32], scores: &mut [f32]) {
+    score_members_with(anchor, members, scores, f32::mul_add);
+}
+
+/// Each dot product in eight lanes, which the compiler turns into vector instructions (a
+/// plain iterator sum must keep its order and stays scalar). `step(x, y, acc)` accumulates.
+/// Four accumulators, or four members at a time, measured slower here.
+#[inline(always)]
+fn score_members_with(
+    anchor: &[f32],
+    members: &[f32],
+    scores: &mut [f32],
+    step: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    for (score, member) in scores.iter_mut().zip(members.chunks_exact(anchor.len())) {
+        let mut lanes = [0f32; 8];
+        let (a8, b8) = (anchor.chunks_exact(8), member.chunks_exact(8));
+        let tail: f32 = a8
+            .remainder()
+            .iter()
+            .zip(b8.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in a8.zip(b8) {
+            for i in 0..8 {
+                lanes[i] = step(x[i], y[i], lanes[i]);
+            }
+        }
+        *score = lanes.iter().sum::<f32>() + tail;
     }
 }
 
@@ -425,15 +361,11 @@ mod tests {
             labels: &labels,
         };
         let bands = semi_hard_bands(points, 0.05, 4);
-        for index in [
-            ClassIndex::new(points, 9, Device::Cpu),
-            ClassIndex::new(points, 9, Device::Cpu).with_shortlists(8),
-        ] {
-            for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
-                let got_ids: Vec<usize> = got.hits.iter().map(|n| n.index).collect();
-                assert_eq!(got_ids, band_oracle(points, band), "{band:?}");
-                assert!(got.complete);
-            }
+        let index = ClassIndex::new(points, 9, Device::Cpu);
+        for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
+            let got_ids: Vec<usize> = got.hits.iter().map(|n| n.index).collect();
+            assert_eq!(got_ids, band_oracle(points, band), "{band:?}");
+            assert!(got.complete);
         }
     }
 
@@ -445,16 +377,7 @@ mod tests {
             dim: 24,
             labels: &labels,
         };
-        let every_centroid = ClassIndex::new(points, 15, Device::Cpu);
-        assert!(every_centroid.shortlists.is_none());
-        assert_recall_and_honesty(points, &every_centroid);
-        let short_lists = ClassIndex::new(points, 15, Device::Cpu).with_shortlists(30);
-        assert_recall_and_honesty(points, &short_lists);
-    }
-
-    /// Over 90% of the true band members found, every band that says it is complete exact,
-    /// and the cap binding somewhere (else the test measures nothing).
-    fn assert_recall_and_honesty(points: Points, index: &ClassIndex) {
+        let index = ClassIndex::new(points, 15, Device::Cpu);
         let bands = semi_hard_bands(points, 0.05, 5);
         let (mut found, mut wanted, mut incomplete) = (0, 0, 0);
         for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
