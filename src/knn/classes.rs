@@ -244,13 +244,6 @@ impl NeighbourIndex for ClassIndex {
         band_rows.answers(bands, |r| searched_all[r])
     }
 
-    /// Large enough that each class meets many anchors per call: its members are loaded once
-    /// for all of them, and the anchors come class by class, so a class's short list serves
-    /// all its anchors at once.
-    fn anchor_chunk(&self) -> usize {
-        (self.runs.len() * 8).clamp(8192, 131_072)
-    }
-
     fn band_reach(&self, _max_depth: usize) -> String {
         format!("the members of the {} nearest classes", self.candidates)
     }

@@ -65,11 +65,6 @@ pub trait NeighbourIndex {
         format!("the {max_depth} nearest other-label neighbours")
     }
 
-    /// Anchors per [`band_search`](Self::band_search) call that the miner should send.
-    fn anchor_chunk(&self) -> usize {
-        8192
-    }
-
     /// Band members of each query. This default searches the `start_depth` nearest
     /// other-label neighbours and widens ×4 up to `max_depth` for the bands not yet answered;
     /// backends that can test the band directly override it.
@@ -237,14 +232,6 @@ impl NeighbourIndex for Backend<'_> {
             Backend::Exact(i) => i.search(queries, k, restriction),
             Backend::Classes(i) => i.search(queries, k, restriction),
             Backend::Hnsw(i) => i.search(queries, k, restriction),
-        }
-    }
-
-    fn anchor_chunk(&self) -> usize {
-        match self {
-            Backend::Exact(i) => i.anchor_chunk(),
-            Backend::Classes(i) => i.anchor_chunk(),
-            Backend::Hnsw(i) => i.anchor_chunk(),
         }
     }
 

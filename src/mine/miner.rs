@@ -34,6 +34,9 @@ const EDGE_SLACK: f32 = 1e-5;
 /// fall within the 2·10⁻⁵-wide edge zones of one band.
 const EDGE_EXTRA: usize = 8;
 
+/// Anchors are processed in chunks so that neighbour lists never exist for the whole corpus.
+const ANCHOR_CHUNK: usize = 8192;
+
 pub fn mine(
     points: Points,
     index: &dyn NeighbourIndex,
@@ -41,8 +44,10 @@ pub fn mine(
 ) -> (Vec<Triplet>, MineStats) {
     let members = members_by_label(points.labels);
     let mut anchors = choose_anchors(points, &members, rules);
-    // Class by class, so that a chunk holds few classes whole (the classes backend ranks
-    // candidate classes once per class); the triplets are put back in anchor order below.
+    // Class by class, so that a chunk's anchors are neighbours in the classes backend's
+    // class-ordered copy of the points (8,192 anchors, 4 MB at 128-d, stay in cache while
+    // each class is scored against them: 18.8 s at 100k against 21.3 s with 16,384); the
+    // triplets are put back in anchor order below.
     anchors.sort_by_key(|&a| (points.labels[a], a));
     let mut stats = MineStats {
         anchors: anchors.len(),
@@ -51,9 +56,7 @@ pub fn mine(
     let mut triplets = Vec::new();
     let reach = index.band_reach(rules.max_depth);
     let bar = crate::progress::bar(anchors.len() as u64, "mining");
-    // Anchors go in chunks (the index's choice) so that neighbour lists never exist for the
-    // whole corpus.
-    for chunk in anchors.chunks(index.anchor_chunk()) {
+    for chunk in anchors.chunks(ANCHOR_CHUNK) {
         let plans: Vec<AnchorPlan> = chunk
             .par_iter()
             .map(|&a| AnchorPlan::new(points, a, &members, rules))
