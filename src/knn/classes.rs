@@ -1,11 +1,12 @@
 //! Approximate band search through class centroids. An anchor's other-label neighbours in a
 //! band lie almost all in the classes whose centroids are nearest to it: on 100,000 clustered
 //! points in 5,000 classes, its 500 nearest class centroids held 99.3% of its true in-band
-//! negatives. So each anchor is scored against every centroid, picks its `candidates`
-//! nearest classes, and each class is then multiplied once with the anchors that picked it
-//! (its members are one run of rows, so only anchors are gathered). The scores pass through
-//! the exact backend's fused row scan. Classes that the triangle inequality rules out are never
-//! picked, so a band is exact (and says so) whenever the cap cut no class it could reach.
+//! negatives. So each anchor is scored against every centroid (one libtorch GEMM per block of
+//! anchors) and picks its `candidates` nearest classes; then each class, whose members are one
+//! run of a class-ordered copy of the points, is scored against the anchors that picked it, and
+//! the scores pass through the exact backend's fused row scan. Classes that the triangle
+//! inequality rules out are never picked, so a band is exact (and says so) whenever the cap
+//! cut no class it could reach.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,7 +45,7 @@ pub struct ClassIndex {
 }
 
 impl ClassIndex {
-    /// Indexes `points` for searching the `candidates` nearest classes of each query class.
+    /// Indexes `points` for searching the `candidates` nearest classes of each anchor.
     pub fn new(points: Points, candidates: usize, device: Device) -> Self {
         let exact = ExactIndex::new(points, device);
         let mut labels: Vec<u32> = points.labels.to_vec();
@@ -112,10 +113,6 @@ impl ClassIndex {
             radius,
             candidates,
         }
-    }
-
-    pub fn classes(&self) -> usize {
-        self.runs.len()
     }
 
     /// The rows that search each class (ascending), and whether each row searched every
