@@ -75,6 +75,9 @@ bench-audit: $(LIBTORCH) $(BENCH_READY)
 	cargo run --release --example bench_audit
 	$(BENCH_PY) scripts/bench_audit_real.py --bin target/release/tripmine --out out/bench-audit
 
+# Mining side by side: tripmine's backends on 1,000-class data (examples/bench_mine.rs), then
+# against numpy + faiss with float64 checks at 100k (class sizes 5-35, and 100 per class).
+# MINE_1M=1 adds the classes path on 1M samples (about 12 minutes on 2 cores).
 bench-mine: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
