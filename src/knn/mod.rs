@@ -109,7 +109,7 @@ pub trait NeighbourIndex {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KnnChoice {
-    /// by the cost model of [`KnnConfig::resolve`]
+    /// exact, classes or HNSW by corpus size and number of classes (the sidecar says why)
     Auto,
     Exact,
     /// band search in each anchor's nearest classes (approximate; k-NN lists stay exact)
