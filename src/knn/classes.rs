@@ -224,20 +224,19 @@ impl NeighbourIndex for ClassIndex {
         // Classes run in parallel, so a row can be offered scores by two threads: each row
         // has a lock, taken only when a score clears the row's ceiling and threshold, which
         // are read without it (a stale threshold is lower, so it only costs a wasted lock).
+        let bounds: Vec<(f32, AtomicU32)> = band_rows
+            .rows
+            .iter()
+            .map(|row| (row.ceiling, AtomicU32::new(row.threshold.to_bits())))
+            .collect();
+        let anchor_rows: Vec<usize> = band_rows
+            .rows
+            .iter()
+            .map(|row| self.position[row.query])
+            .collect();
         let rows: Vec<Mutex<Row>> = std::mem::take(&mut band_rows.rows)
             .into_iter()
             .map(Mutex::new)
-            .collect();
-        let bounds: Vec<(f32, AtomicU32)> = rows
-            .iter()
-            .map(|row| {
-                let row = row.lock().expect("unpoisoned");
-                (row.ceiling, AtomicU32::new(row.threshold.to_bits()))
-            })
-            .collect();
-        let anchor_rows: Vec<usize> = rows
-            .iter()
-            .map(|row| self.position[row.lock().expect("unpoisoned").query])
             .collect();
         let (grouped, dim) = (&self.grouped[..], self.dim);
         let (runs, order) = (&self.runs[..], &self.order[..]);

@@ -1,5 +1,6 @@
-//! The neighbour layer: one interface, two backends (exact blocked GEMM in libtorch, and
-//! HNSW through hnsw_rs). Mining, evaluation and audit all ask their questions here.
+//! The neighbour layer: one interface, three backends (exact blocked GEMM in libtorch, the
+//! approximate classes path, and HNSW through hnsw_rs). Mining, evaluation and audit all ask
+//! their questions here.
 
 mod classes;
 mod exact;
