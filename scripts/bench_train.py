@@ -39,7 +39,8 @@ not recorded. Prints one markdown table per corpus and its best contender by mea
 
 train images/s = training-split images x epochs / seconds of the training process (start-up,
 decoding, training, and for tripmine its per-epoch validation and checkpoints); wall s =
-training plus the test evaluation, as seen from here.
+training plus the test evaluation, as seen from here; peak RSS MiB = the largest peak resident
+memory of the training process over the seeds (for pml the one process also evaluates).
 """
 import argparse
 import csv
@@ -88,15 +89,19 @@ class RunFailed(Exception):
 
 
 def run_cmd(cmd, log):
-    """Runs cmd, logging both outputs; returns stdout; raises RunFailed."""
+    """Runs cmd, logging both outputs; returns stdout and the process's peak resident memory
+    in MiB (wait4's ru_maxrss: that process alone); raises RunFailed."""
     with open(log, "a") as err:
         err.write("$ " + " ".join(cmd) + "\n")
         err.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        err.write(proc.stdout)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.write(stdout)
     if proc.returncode != 0:
         raise RunFailed(f"exit {proc.returncode}: {' '.join(cmd)} (see {log})")
-    return proc.stdout
+    return stdout, usage.ru_maxrss / 1024
 
 
 def last_json(stdout, what):
@@ -133,15 +138,15 @@ def run_tripmine(args, flags, manifest, corpus, seed, epochs, run_dir, n_train, 
         "--classes-per-batch", str(COMMON["P"]), "--samples-per-class", str(COMMON["K"]),
         "--batch-size", "64", "--lr", str(COMMON["lr"]), "--no-augment", "--device", "cpu"]
     t0 = time.time()
-    run_cmd(train, log)
+    _, peak_mib = run_cmd(train, log)
     train_s = time.time() - t0
     evaluate = [args.bin, "eval", "--corpus", manifest, "--model", os.path.join(run_dir, "last"),
                 "--split", "test", "--json", "--threads", str(COMMON["threads"]), "--device", "cpu"]
-    metrics = last_json(run_cmd(evaluate, log), "tripmine eval")
+    metrics = last_json(run_cmd(evaluate, log)[0], "tripmine eval")
     wall = time.time() - t0
     return {"map_at_r": metrics["map_at_r"], "p_at_1": metrics["p_at_1"],
             "train_images_per_s": n_train * epochs / train_s, "wall_s": wall, "train_s": train_s,
-            "test_queries": metrics.get("queries")}
+            "peak_rss_mib": peak_mib, "test_queries": metrics.get("queries")}
 
 
 def run_pml(args, miner, manifest, corpus, seed, epochs, log):
@@ -150,13 +155,14 @@ def run_pml(args, miner, manifest, corpus, seed, epochs, log):
            "--dim", str(COMMON["dim"]), "--seed", str(seed), "--classes-per-batch", str(COMMON["P"]),
            "--samples-per-class", str(COMMON["K"]), "--lr", str(COMMON["lr"]), "--threads", str(COMMON["threads"])]
     t0 = time.time()
-    out = last_json(run_cmd(cmd, log), "bench_pml.py")
+    stdout, peak_mib = run_cmd(cmd, log)
+    out = last_json(stdout, "bench_pml.py")
     wall = time.time() - t0
     # Count interpreter start-up and imports as training time, as a process start counts for tripmine.
     train_s = wall - (out["wall_s"] - out["train_s"])
     return {"map_at_r": out["map_at_r"], "p_at_1": out["p_at_1"],
             "train_images_per_s": out["train_images"] * epochs / train_s, "wall_s": wall, "train_s": train_s,
-            "test_queries": out["test_queries"]}
+            "peak_rss_mib": peak_mib, "test_queries": out["test_queries"]}
 
 
 def load_results(path):
@@ -190,20 +196,26 @@ def mean_sd(values):
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def peak_rss(runs):
+    """The largest training-process peak among runs that recorded one (older ones did not)."""
+    peaks = [r["peak_rss_mib"] for r in runs if "peak_rss_mib" in r]
+    return f"{max(peaks):.0f}" if peaks else "—"
+
+
 def print_table(title, contenders, rows, seeds, failed):
     print(f"\n### {title}\n")
-    print("| contender | test MAP@R mean ± sd | P@1 mean ± sd | train images/s mean | wall s mean | seeds |")
-    print("|---|---|---|---|---|---|")
+    print("| contender | test MAP@R mean ± sd | P@1 mean ± sd | train images/s mean | peak RSS MiB | wall s mean | seeds |")
+    print("|---|---|---|---|---|---|---|")
     best = None
     for name in contenders:
         rs = rows.get(name, [])
         if not rs:
             note = "failed" if name in failed else "not run"
-            print(f"| {name} | {note} | | | | 0/{len(seeds)} |")
+            print(f"| {name} | {note} | | | | | 0/{len(seeds)} |")
             continue
         maps = [r["map_at_r"] for r in rs]
         print(f"| {name} | {mean_sd(maps)} | {mean_sd([r['p_at_1'] for r in rs])} | "
-              f"{statistics.mean(r['train_images_per_s'] for r in rs):.0f} | "
+              f"{statistics.mean(r['train_images_per_s'] for r in rs):.0f} | {peak_rss(rs)} | "
               f"{statistics.mean(r['wall_s'] for r in rs):.0f} | {len(rs)}/{len(seeds)} |")
         if len(rs) == len(seeds) and (best is None or statistics.mean(maps) > best[1]):
             best = (name, statistics.mean(maps), statistics.stdev(maps) if len(maps) > 1 else 0.0)

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::corpus::{self, decode_image, Corpus, CorpusError, Preprocess, Problem, Sample};
 use crate::definitions::Distance;
@@ -91,15 +91,15 @@ pub struct Embedded {
     pub problems: Vec<Problem>,
 }
 
-/// Decodes `samples` in parallel into one preprocessed CHW buffer; returns the buffer, the
-/// samples that decoded (in order) and the problems of the rest.
+/// Decodes `samples` in parallel into one buffer of HWC bytes ([`Preprocess::pixels`]);
+/// returns the buffer, the samples that decoded (in order) and the problems of the rest.
 pub fn decode_samples(
     samples: &[Sample],
     pre: &Preprocess,
-) -> (Vec<f32>, Vec<Sample>, Vec<Problem>) {
-    let decoded: Vec<Result<Vec<f32>, String>> = samples
+) -> (Vec<u8>, Vec<Sample>, Vec<Problem>) {
+    let decoded: Vec<Result<Vec<u8>, String>> = samples
         .par_iter()
-        .map(|s| decode_image(&s.file).map(|img| pre.apply(&img)))
+        .map(|s| decode_image(&s.file).map(|img| pre.pixels(&img)))
         .collect();
     let mut pixels = Vec::with_capacity(samples.len() * pre.len());
     let mut kept = Vec::new();
@@ -119,36 +119,28 @@ pub fn decode_samples(
     (pixels, kept, problems)
 }
 
-/// Preprocessed pixels (N × C × S × S) as a tensor.
-pub fn pixel_tensor(pixels: &[f32], pre: &Preprocess) -> Tensor {
-    let side = pre.input_size as i64;
-    let n = (pixels.len() / pre.len().max(1)) as i64;
-    Tensor::from_slice(pixels).view([n, pre.channels as i64, side, side])
-}
-
-/// Embeddings of already-preprocessed images, `batch_size` at a time, as N×D row-major floats.
+/// Embeddings of decoded images (concatenated HWC bytes), `batch_size` at a time, as N×D
+/// row-major floats; only one batch is ever held as network input.
 pub fn embed_pixels(
     model: &Embedder,
-    images: &Tensor,
+    pixels: &[u8],
     batch_size: usize,
 ) -> Result<Vec<f32>, ModelError> {
-    let n = images.size()[0];
-    let mut out = Vec::with_capacity(n as usize * model.spec.dim as usize);
-    let mut start = 0;
-    while start < n {
-        let len = (batch_size as i64).min(n - start);
+    let pre = &model.spec.preprocess;
+    let mut out = Vec::with_capacity(pixels.len() / pre.len().max(1) * model.spec.dim as usize);
+    for chunk in pixels.chunks(batch_size.max(1) * pre.len().max(1)) {
         let emb = model
-            .embed(&images.narrow(0, start, len))?
+            .embed(&pre.input_tensor(chunk))?
             .to_device(Device::Cpu)
             .contiguous()
             .view([-1]);
         out.extend(Vec::<f32>::try_from(&emb)?);
-        start += len;
     }
     Ok(out)
 }
 
-/// Embeds `samples` in batches. Decoding runs on rayon's pool, the network on libtorch's.
+/// Embeds `samples` in batches. A scoped thread decodes the next batch (on rayon's pool)
+/// while the network (on libtorch's) embeds the current one.
 pub fn embed_samples(
     samples: &[Sample],
     model: &Embedder,
@@ -162,19 +154,26 @@ pub fn embed_samples(
         dim: model.spec.dim as usize,
         problems: Vec::new(),
     };
-    for chunk in samples.chunks(batch_size.max(1)) {
-        let (pixels, kept, problems) = decode_samples(chunk, pre);
-        if !kept.is_empty() {
-            out.data.extend(embed_pixels(
-                model,
-                &pixel_tensor(&pixels, pre),
-                chunk.len(),
-            )?);
+    std::thread::scope(|scope| {
+        let (decoded, ready) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in samples.chunks(batch_size.max(1)) {
+                if decoded
+                    .send((chunk.len(), decode_samples(chunk, pre)))
+                    .is_err()
+                {
+                    return; // the embedding side stopped on an error
+                }
+            }
+        });
+        for (len, (pixels, kept, problems)) in ready {
+            out.data.extend(embed_pixels(model, &pixels, len)?);
+            out.samples.extend(kept);
+            out.problems.extend(problems);
+            bar.inc(len as u64);
         }
-        out.samples.extend(kept);
-        out.problems.extend(problems);
-        bar.inc(chunk.len() as u64);
-    }
+        Ok::<_, ModelError>(())
+    })?;
     bar.finish_and_clear();
     Ok(out)
 }

@@ -55,7 +55,9 @@ pub fn mine(
     };
     let mut triplets = Vec::new();
     let reach = index.band_reach(rules.max_depth);
-    let bar = crate::progress::bar(anchors.len() as u64, "mining");
+    // One chunk (the trainer's in-batch mining, every step) has no progress worth showing.
+    let bar = (anchors.len() > ANCHOR_CHUNK)
+        .then(|| crate::progress::bar(anchors.len() as u64, "mining"));
     for chunk in anchors.chunks(ANCHOR_CHUNK) {
         let plans: Vec<AnchorPlan> = chunk
             .par_iter()
@@ -85,9 +87,13 @@ pub fn mine(
             stats.record(&outcome);
             triplets.extend(outcome.triplets);
         }
-        bar.inc(chunk.len() as u64);
+        if let Some(bar) = &bar {
+            bar.inc(chunk.len() as u64);
+        }
     }
-    bar.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     triplets.sort_by_key(|t| t.anchor);
     (triplets, stats)
 }

@@ -153,7 +153,9 @@ impl Embedder {
 
     /// Unit-norm embeddings of a batch (N × C × H × W, already preprocessed).
     pub fn forward(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let raw = self.net.forward(&images.to_device(self.device()), train)?;
+        let raw = self
+            .net
+            .forward(&channels_last(&images.to_device(self.device())), train)?;
         Ok(l2_normalise(&raw))
     }
 
@@ -161,6 +163,23 @@ impl Embedder {
     pub fn embed(&self, images: &Tensor) -> Result<Tensor, ModelError> {
         tch::no_grad(|| self.forward(images, false))
     }
+}
+
+/// A batch of images in channels-last memory, shape unchanged: oneDNN's convolutions run
+/// faster on it than on NCHW-contiguous input (1.24× per training step of the built-in ResNet
+/// at 32 px, batch 64, on 2 CPU cores; the same measured in PyTorch). Other ranks pass as they are.
+fn channels_last(images: &Tensor) -> Tensor {
+    let size = images.size();
+    let &[_, c, h, w] = size.as_slice() else {
+        return images.shallow_clone();
+    };
+    if images.stride() == [h * w * c, 1, w * c, c] {
+        return images.shallow_clone();
+    }
+    images
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .permute([0, 3, 1, 2])
 }
 
 fn l2_normalise(x: &Tensor) -> Tensor {

@@ -103,17 +103,17 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let y = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train);
-        let skip = match &self.shortcut {
-            Some((c, bn)) => xs.apply(c).apply_t(bn, train),
-            None => xs.shallow_clone(),
-        };
-        (y + skip).relu()
+        // In place where autograd allows (batch norm keeps its input, not its output; a sum
+        // keeps neither): two fewer activations per block held for the backward pass.
+        let mut y = xs.apply(&self.conv1).apply_t(&self.bn1, train);
+        let _ = y.relu_();
+        let mut y = y.apply(&self.conv2).apply_t(&self.bn2, train);
+        match &self.shortcut {
+            Some((c, bn)) => y += xs.apply(c).apply_t(bn, train),
+            None => y += xs,
+        }
+        let _ = y.relu_();
+        y
     }
 }
 
@@ -166,7 +166,8 @@ impl Resnet {
 
 impl ModuleT for Resnet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
+        let mut x = xs.apply(&self.stem).apply_t(&self.stem_bn, train);
+        let _ = x.relu_();
         if self.stem_pool {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }

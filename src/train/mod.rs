@@ -6,6 +6,7 @@ mod augment;
 mod loss;
 mod neighbour_batches;
 mod optim;
+mod prefetch;
 mod report;
 mod run_dir;
 mod sampler;
@@ -25,8 +26,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::corpus::{self, CorpusError, Sample};
-use crate::embed::{decode_samples, embed_pixels, pixel_tensor};
+use crate::corpus::{self, CorpusError, Preprocess, Sample};
+use crate::embed::{decode_samples, embed_pixels};
 use crate::eval::{self, Metrics};
 use crate::knn::{KnnConfig, Points};
 use crate::mine::{self, PositiveRule, Strategy, Triplet};
@@ -35,6 +36,7 @@ use crate::output::write_json;
 use crate::report::Tiles;
 use crate::rng::Rng;
 use optim::{learning_rate, Optimizer, RunPosition};
+use prefetch::Prefetch;
 use source::{BatchTriplets, MemoryNegatives, StepBatch, TrainedStep};
 
 /// Which samples validate.
@@ -153,7 +155,10 @@ struct ImageSet {
     labels: Vec<u32>,
     /// Label names by id (shared by both splits).
     label_names: Vec<String>,
-    pixels: Tensor,
+    /// Decoded images as HWC bytes (`Preprocess::pixels`), a quarter of their f32 size;
+    /// batches are normalised from them as they are drawn.
+    pixels: Vec<u8>,
+    preprocess: Preprocess,
 }
 
 impl ImageSet {
@@ -168,7 +173,8 @@ impl ImageSet {
         }
         let labels = kept.iter().map(|s| label_ids[&s.label]).collect();
         ImageSet {
-            pixels: pixel_tensor(&pixels, &network.preprocess),
+            pixels,
+            preprocess: network.preprocess.clone(),
             samples: kept,
             labels,
             label_names,
@@ -181,6 +187,16 @@ impl ImageSet {
 
     fn embed(&self, model: &Embedder) -> Result<Vec<f32>, ModelError> {
         embed_pixels(model, &self.pixels, 256)
+    }
+
+    /// The network input of the images at `indices`, in that order.
+    fn input(&self, indices: &[usize]) -> Tensor {
+        let len = self.preprocess.len();
+        let mut bytes = Vec::with_capacity(indices.len() * len);
+        for &i in indices {
+            bytes.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
+        }
+        self.preprocess.input_tensor(&bytes)
     }
 }
 
@@ -400,67 +416,41 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
         let steps_in_epoch = source.begin_epoch(epoch, &model)?;
-        let (mut loss_sum, mut active, mut total, mut lr) = (0.0, 0usize, 0usize, 0.0);
-        let mut step_in_epoch = 0;
-        while let Some(batch) = source.next_batch(&model)? {
-            let at = RunPosition {
-                epoch,
-                step: step_in_epoch,
-                steps_in_epoch,
-                epochs: cfg.epochs,
-            };
-            step_in_epoch += 1;
-            lr = learning_rate(&cfg.optim, at);
-            let mut rng = Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), at.step as u64);
-            let Some(step) = train_step(cfg, &model, &train, &batch, &mut rng)? else {
-                continue;
-            };
-            let value = f64::try_from(&step.loss).unwrap_or(f64::NAN);
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    value,
-                    epoch: epoch + 1,
-                    step: state.step,
-                    last: run_dir::last(run),
-                });
-            }
-            optimizer.zero_grad();
-            step.loss.backward();
-            optimizer.step(lr);
-            state.step += 1;
-            source.trained(&TrainedStep {
-                images: &batch.images,
-                embeddings: &step.embeddings,
-                mined: &step.mined,
-            });
-            loss_sum += value * step.active as f64;
-            active += step.active;
-            total += step.total;
-        }
+        let sums = train_epoch(
+            cfg,
+            &model,
+            &mut optimizer,
+            &mut state,
+            source.as_mut(),
+            &train,
+            epoch,
+            steps_in_epoch,
+            run,
+        )?;
         source.end_epoch()?;
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {
             epoch: epoch + 1,
             step: state.step,
-            loss: if active == 0 {
+            loss: if sums.active == 0 {
                 0.0
             } else {
-                loss_sum / active as f64
+                sums.loss_sum / sums.active as f64
             },
-            active_fraction: if total == 0 {
+            active_fraction: if sums.total == 0 {
                 0.0
             } else {
-                active as f64 / total as f64
+                sums.active as f64 / sums.total as f64
             },
-            triplets: total,
+            triplets: sums.total,
             p_at_1: metrics.p_at_1,
             r_precision: metrics.r_precision,
             map_at_r: metrics.map_at_r,
-            lr,
+            lr: sums.lr,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if active == 0 {
+        if sums.active == 0 {
             warnings.push(format!(
                 "epoch {}: every triplet already satisfied the margin (zero loss); try a harder --strategy or a larger --margin",
                 epoch + 1
@@ -510,6 +500,97 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         rows,
         best_epoch: state.best_epoch,
         warnings,
+    })
+}
+
+/// What an epoch's steps add up to.
+struct EpochSums {
+    /// Sum over steps of the mean loss of the active triplets, weighted by their number.
+    loss_sum: f64,
+    active: usize,
+    total: usize,
+    /// The learning rate of the last step.
+    lr: f64,
+}
+
+/// Runs epoch `epoch`'s steps. A prefetch thread builds each batch's input (gathered,
+/// normalised, augmented) while the step before it runs backward and updates the weights.
+/// The source still draws a batch only after the step before it has reported what it
+/// trained on, so the batches are the same as without prefetching.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    cfg: &TrainConfig,
+    model: &Embedder,
+    optimizer: &mut Optimizer,
+    state: &mut RunState,
+    source: &mut dyn source::BatchSource,
+    train: &ImageSet,
+    epoch: usize,
+    steps_in_epoch: usize,
+    run: &Path,
+) -> Result<EpochSums, TrainError> {
+    let mut sums = EpochSums {
+        loss_sum: 0.0,
+        active: 0,
+        total: 0,
+        lr: 0.0,
+    };
+    // The augmentation of the epoch's `step`-th batch draws from its own stream, so that a
+    // resumed run augments as the uninterrupted one did.
+    let augment_rng = |step: usize| {
+        cfg.augment
+            .then(|| Rng::for_item(cfg.seed ^ ((epoch as u64) << 32), step as u64))
+    };
+    std::thread::scope(|scope| {
+        let prefetch = Prefetch::spawn(scope, train);
+        let mut next = source.next_batch(model)?;
+        if let Some(batch) = &next {
+            prefetch.request(&batch.images, augment_rng(0));
+        }
+        let mut step_in_epoch = 0;
+        while let Some(batch) = next.take() {
+            let at = RunPosition {
+                epoch,
+                step: step_in_epoch,
+                steps_in_epoch,
+                epochs: cfg.epochs,
+            };
+            step_in_epoch += 1;
+            sums.lr = learning_rate(&cfg.optim, at);
+            let input = prefetch.take();
+            let outcome = train_step(cfg, model, train, &batch, input)?;
+            if let Some(step) = &outcome {
+                source.trained(&TrainedStep {
+                    images: &batch.images,
+                    embeddings: &step.embeddings,
+                    mined: &step.mined,
+                });
+            }
+            next = source.next_batch(model)?;
+            if let Some(batch) = &next {
+                prefetch.request(&batch.images, augment_rng(step_in_epoch));
+            }
+            let Some(step) = outcome else {
+                continue;
+            };
+            let value = f64::try_from(&step.loss).unwrap_or(f64::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    value,
+                    epoch: epoch + 1,
+                    step: state.step,
+                    last: run_dir::last(run),
+                });
+            }
+            optimizer.zero_grad();
+            step.loss.backward();
+            optimizer.step(sums.lr);
+            state.step += 1;
+            sums.loss_sum += value * step.active as f64;
+            sums.active += step.active;
+            sums.total += step.total;
+        }
+        Ok(sums)
     })
 }
 
@@ -601,7 +682,7 @@ fn train_step(
     model: &Embedder,
     train: &ImageSet,
     batch: &StepBatch,
-    rng: &mut Rng,
+    input: Tensor,
 ) -> Result<Option<StepOutcome>, ModelError> {
     let images = &batch.images;
     if images.len() < 3 {
@@ -612,12 +693,7 @@ fn train_step(
         .enumerate()
         .map(|(i, &s)| (s, i as i64))
         .collect();
-    let index = Tensor::from_slice(&images.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let mut x = train.pixels.index_select(0, &index);
-    if cfg.augment {
-        x = augment::augment(&x, rng);
-    }
-    let emb = model.forward(&x, true)?;
+    let emb = model.forward(&input, true)?;
     let mut embeddings = Vec::new();
     let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match &batch.triplets {
         BatchTriplets::Given(ts) => (

@@ -138,26 +138,39 @@ impl Optimizer {
                     continue;
                 }
                 let mut p = p.shallow_clone();
+                let decayed = |grad: Tensor| {
+                    if cfg.weight_decay == 0.0 {
+                        grad
+                    } else {
+                        grad + cfg.weight_decay * &p
+                    }
+                };
+                // State and weights are updated in place; each step allocates only a few
+                // parameter-sized temporaries.
                 match cfg.kind {
                     OptimizerKind::Sgd => {
-                        let g = &grad + cfg.weight_decay * &p;
-                        self.first[i] = cfg.momentum * &self.first[i] + &g;
-                        p.copy_(&(&p - lr * &self.first[i]));
+                        let g = decayed(grad);
+                        let velocity = &mut self.first[i];
+                        *velocity *= cfg.momentum;
+                        *velocity += &g;
+                        p += &*velocity * -lr;
                     }
                     OptimizerKind::Adam | OptimizerKind::Adamw => {
                         let g = if cfg.kind == OptimizerKind::Adam {
-                            &grad + cfg.weight_decay * &p
+                            decayed(grad)
                         } else {
+                            p *= 1.0 - lr * cfg.weight_decay;
                             grad
                         };
-                        if cfg.kind == OptimizerKind::Adamw {
-                            p.copy_(&(&p * (1.0 - lr * cfg.weight_decay)));
-                        }
-                        self.first[i] = BETA1 * &self.first[i] + (1.0 - BETA1) * &g;
-                        self.second[i] = BETA2 * &self.second[i] + (1.0 - BETA2) * (&g * &g);
-                        let m_hat = &self.first[i] / (1.0 - BETA1.powi(t));
-                        let v_hat = &self.second[i] / (1.0 - BETA2.powi(t));
-                        p.copy_(&(&p - lr * m_hat / (v_hat.sqrt() + EPS)));
+                        let (mean, square) = (&mut self.first[i], &mut self.second[i]);
+                        *mean *= BETA1;
+                        *mean += &g * (1.0 - BETA1);
+                        *square *= BETA2;
+                        let _ = square.addcmul_(&g, &(&g * (1.0 - BETA2)));
+                        let mut denominator = square.sqrt();
+                        denominator *= 1.0 / (1.0 - BETA2.powi(t)).sqrt();
+                        denominator += EPS;
+                        let _ = p.addcdiv_(&(&*mean * (-lr / (1.0 - BETA1.powi(t)))), &denominator);
                     }
                 }
             }
@@ -276,5 +289,65 @@ mod tests {
             opt.step(0.1);
         }
         assert!(f64::try_from(x.abs().max()).unwrap() < 0.05);
+    }
+
+    /// Two steps on f(x) = Σ x² from x = [1, -2] against the update rules written out in f64.
+    #[test]
+    fn updates_follow_the_textbook_rules_for_each_optimiser() {
+        for (kind, weight_decay) in [
+            (OptimizerKind::Adam, 0.1),
+            (OptimizerKind::Adamw, 0.1),
+            (OptimizerKind::Sgd, 0.1),
+        ] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let x = vs
+                .root()
+                .var_copy("x", &Tensor::from_slice(&[1.0f32, -2.0]));
+            let c = OptimConfig {
+                kind,
+                weight_decay,
+                ..cfg(ScheduleKind::Constant)
+            };
+            let mut opt = Optimizer::new(&vs, c.clone());
+            let lr = 0.05;
+            let mut expected = [1.0f64, -2.0];
+            let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
+            for t in 1..=2 {
+                opt.zero_grad();
+                (&x * &x).sum(tch::Kind::Float).backward();
+                opt.step(lr);
+                for j in 0..2 {
+                    let p = expected[j];
+                    let mut g = 2.0 * p;
+                    match kind {
+                        OptimizerKind::Sgd => {
+                            g += weight_decay * p;
+                            m[j] = c.momentum * m[j] + g;
+                            expected[j] = p - lr * m[j];
+                        }
+                        _ => {
+                            let mut p = p;
+                            if kind == OptimizerKind::Adam {
+                                g += weight_decay * p;
+                            } else {
+                                p *= 1.0 - lr * weight_decay;
+                            }
+                            m[j] = BETA1 * m[j] + (1.0 - BETA1) * g;
+                            v[j] = BETA2 * v[j] + (1.0 - BETA2) * g * g;
+                            let m_hat = m[j] / (1.0 - BETA1.powi(t));
+                            let v_hat = v[j] / (1.0 - BETA2.powi(t));
+                            expected[j] = p - lr * m_hat / (v_hat.sqrt() + EPS);
+                        }
+                    }
+                }
+            }
+            let got = Vec::<f32>::try_from(&x.detach()).unwrap();
+            for j in 0..2 {
+                assert!(
+                    (got[j] as f64 - expected[j]).abs() < 1e-5,
+                    "{kind:?}: {got:?} against {expected:?}"
+                );
+            }
+        }
     }
 }
