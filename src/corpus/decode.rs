@@ -67,9 +67,9 @@ impl Preprocess {
             .collect()
     }
 
-    /// Network inputs (N × C × S × S in channels-last memory, the layout oneDNN's convolutions
-    /// run fastest in: 1.24× per training step on the built-in ResNet) of `n` images given as
-    /// concatenated HWC bytes from [`Preprocess::pixels`].
+    /// Network inputs (N × C × S × S, in the channels-last memory the network runs on; see
+    /// `Embedder::forward`) of images given as concatenated HWC bytes from
+    /// [`Preprocess::pixels`].
     pub fn input_tensor(&self, pixels: &[u8]) -> Tensor {
         let table = self.value_table();
         let c = self.channels as usize;

@@ -158,16 +158,16 @@ impl KnnConfig {
         if self.choice != KnnChoice::Auto {
             return (self.choice, "asked for with --knn".to_string());
         }
-        let mut labels = points.labels.to_vec();
-        labels.sort_unstable();
-        labels.dedup();
-        let share = self.candidate_classes as f64 / labels.len().max(1) as f64;
         if n < AUTO_APPROXIMATE_FROM {
             return (
                 KnnChoice::Exact,
                 format!("auto: {n} samples, under {AUTO_APPROXIMATE_FROM}, exact is fast"),
             );
         }
+        let mut labels = points.labels.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        let share = self.candidate_classes as f64 / labels.len().max(1) as f64;
         if share < AUTO_CLASSES_BELOW {
             return (
                 KnnChoice::Classes,

@@ -415,7 +415,6 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     );
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
-        let steps_in_epoch = source.begin_epoch(epoch, &model)?;
         let sums = train_epoch(
             cfg,
             &model,
@@ -424,10 +423,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             source.as_mut(),
             &train,
             epoch,
-            steps_in_epoch,
-            run,
         )?;
-        source.end_epoch()?;
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {
@@ -513,11 +509,10 @@ struct EpochSums {
     lr: f64,
 }
 
-/// Runs epoch `epoch`'s steps. A prefetch thread builds each batch's input (gathered,
-/// normalised, augmented) while the step before it runs backward and updates the weights.
-/// The source still draws a batch only after the step before it has reported what it
-/// trained on, so the batches are the same as without prefetching.
-#[allow(clippy::too_many_arguments)]
+/// Plans, runs and closes epoch `epoch`. A prefetch thread builds each batch's input
+/// (gathered, normalised, augmented) while the step before it runs backward and updates the
+/// weights. The source still draws a batch only after the step before it has reported what
+/// it trained on, so the batches are the same as without prefetching.
 fn train_epoch(
     cfg: &TrainConfig,
     model: &Embedder,
@@ -526,9 +521,8 @@ fn train_epoch(
     source: &mut dyn source::BatchSource,
     train: &ImageSet,
     epoch: usize,
-    steps_in_epoch: usize,
-    run: &Path,
 ) -> Result<EpochSums, TrainError> {
+    let steps_in_epoch = source.begin_epoch(epoch, model)?;
     let mut sums = EpochSums {
         loss_sum: 0.0,
         active: 0,
@@ -579,7 +573,7 @@ fn train_epoch(
                     value,
                     epoch: epoch + 1,
                     step: state.step,
-                    last: run_dir::last(run),
+                    last: run_dir::last(&cfg.out),
                 });
             }
             optimizer.zero_grad();
@@ -590,8 +584,10 @@ fn train_epoch(
             sums.active += step.active;
             sums.total += step.total;
         }
-        Ok(sums)
-    })
+        Ok::<_, TrainError>(())
+    })?;
+    source.end_epoch()?;
+    Ok(sums)
 }
 
 fn training_note(cfg: &TrainConfig, state: &RunState) -> serde_json::Value {
