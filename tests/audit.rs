@@ -149,10 +149,14 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
         "mislabels: {} flagged, recall {recall:.2}, precision {precision:.2}",
         issues.len()
     );
-    // Measured: 4-5 of 6 found among 6-7 flagged (recall 0.67-0.83, precision 0.57-0.83; the
-    // base rate is 6 in 294), all in the first 10. The fixed vote rule of the first audit flagged 54.
+    // The model is trained here, so what it finds depends on the float rounding of the CPU's
+    // kernels: 3-5 of 6 found among 4-7 flagged (precision 0.57-1.0) across
+    // ATEN_CPU_CAPABILITY=avx512|avx2|default and on another machine's CPU, with 3-5 of them in
+    // the first 10. The bars sit one below the worst seen; flagging 7 of the 294 samples at
+    // random would find 0.14 planted ones, so 2 is still far from chance. The vote rule itself
+    // is unit-tested in findings.rs, independent of a model.
     assert!(
-        recall >= 0.6,
+        found >= 2,
         "recall {recall} ({found} of {})",
         MISLABELLED.len()
     );
@@ -161,7 +165,7 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
         .iter()
         .filter(|p| issues.iter().take(10).any(|i| i == *p))
         .count();
-    assert!(top >= 3, "{top} planted mislabels in the first 10");
+    assert!(top >= 2, "{top} planted mislabels in the first 10");
     // The three noise images embed as a tight group beside the stripes class, where no
     // distance in the embedding singles them out; their pixels do (pixel-isolated).
     let outliers = read_csv(&out.join("outliers.csv"));
@@ -182,6 +186,7 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
     // The model's own quality on the corpus is measured, and this one is trusted.
     let quality = &report["model_quality"];
     let p_at_1 = quality["p_at_1"].as_f64().unwrap();
+    eprintln!("model quality: leave-one-out P@1 {p_at_1:.3}");
     assert!(p_at_1 > quality["chance_p_at_1"].as_f64().unwrap() && p_at_1 <= 1.0);
     assert_eq!(quality["trusted"], true);
     assert!(report["warning"].is_null());
