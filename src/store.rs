@@ -258,6 +258,27 @@ pub fn read(dir: &Path) -> Result<EmbeddingSet, StoreError> {
 /// (or are normalised here when `normalise`), and when `embeddings.json` is present the
 /// `.npy` (and `samples.csv`) must be the files it was written with.
 pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, StoreError> {
+    let rows = if normalise {
+        RowCheck::Normalise
+    } else {
+        RowCheck::UnitLength
+    };
+    open_rows(input, rows)
+}
+
+/// What is asked of the rows of an array being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCheck {
+    /// Unit length (within 1e-3; such rows are renormalised exactly), else refused.
+    UnitLength,
+    /// Divided by their norm (`--normalise`); an all-zero row is refused.
+    Normalise,
+    /// Finite, otherwise as they are: features for a head to train on (`train --embeddings`).
+    AsTheyAre,
+}
+
+/// [`open`] with the row check spelled out.
+pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSet, StoreError> {
     let (dir, npy_path, labels_path, json_path) = match input {
         EmbeddingsInput::Dir(dir) => (
             dir.clone(),
@@ -390,25 +411,29 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
             .map(|v| (*v as f64) * (*v as f64))
             .sum::<f64>()
             .sqrt();
-        if normalise {
-            if norm < 1e-12 {
+        match check {
+            RowCheck::AsTheyAre => continue,
+            RowCheck::Normalise if norm < 1e-12 => {
                 return Err(bad(format!(
                     "row {i} ({sample}) is all zeros and has no direction to normalise"
                 )));
             }
-            row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
-        } else if (norm - 1.0).abs() > 1e-3 {
-            return Err(bad(format!(
-                "row {i} ({sample}) has norm {norm:.6}; tripmine expects L2-normalised rows. \
-                 Pass --normalise to divide every row by its norm (distances then compare \
-                 directions only, as cosine similarity does)"
-            )));
+            RowCheck::UnitLength if (norm - 1.0).abs() > 1e-3 => {
+                return Err(bad(format!(
+                    "row {i} ({sample}) has norm {norm:.6}; tripmine expects L2-normalised rows. \
+                     Pass --normalise to divide every row by its norm (distances then compare \
+                     directions only, as cosine similarity does)"
+                )));
+            }
+            // Nearly-unit rows are made unit too: d(x, x) of a row of norm 1.001 would be
+            // far from 0 at float precision, and bounds assume unit rows.
+            _ => row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32),
         }
     }
     let meta = EmbeddingsMeta {
         count: rows,
         dim,
-        normalised: true,
+        normalised: check != RowCheck::AsTheyAre,
         ..meta
     };
     Ok(EmbeddingSet {
@@ -421,7 +446,7 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
             metadata: json_path,
             dtype: matrix.dtype,
             fortran_order: matrix.fortran_order,
-            normalised_on_load: normalise,
+            normalised_on_load: check == RowCheck::Normalise,
         }),
         meta,
     })

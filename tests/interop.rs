@@ -336,7 +336,15 @@ fn a_replaced_backbone_is_refused_when_its_checkpoint_is_loaded() {
     };
     save(12);
     let pre = tripmine::corpus::Preprocess::standard(32, 3);
-    let spec = tripmine::model::ModelSpec::backbone(&pt, pre, 16, 0).unwrap();
+    let spec = tripmine::model::ModelSpec::backbone(
+        &pt,
+        pre,
+        16,
+        0,
+        tripmine::model::TrunkMode::Frozen,
+        false,
+    )
+    .unwrap();
     let ckpt = dir.path().join("ckpt");
     tripmine::model::Embedder::init(spec, tch::Device::Cpu)
         .unwrap()

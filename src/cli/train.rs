@@ -9,9 +9,11 @@ use super::{RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::knn::{KnnChoice, KnnConfig};
 use crate::mine::{PositiveRule, Strategy};
+use crate::model::{HeadKind, ModelSpec, TrunkMode};
 use crate::train::{
-    InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind, TrainConfig,
-    Validation, DEFAULT_RANDOM_CLASSES,
+    FeatureSource, InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind,
+    TrainConfig, Validation, DEFAULT_BACKBONE_LR_SCALE, DEFAULT_CACHED_VIEWS,
+    DEFAULT_RANDOM_CLASSES,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -23,13 +25,30 @@ use crate::train::{
         "margin", "distance", "soft_margin", "swap", "optimizer", "lr", "weight_decay", "momentum",
         "schedule", "warmup_epochs", "lr_step", "lr_gamma", "no_augment", "strategy", "positives",
         "negatives_per_anchor", "knn", "val_classes", "val_samples", "exclude", "device", "seed",
-        "dim", "input_size", "channels", "backbone",
+        "dim", "input_size", "channels", "backbone", "preprocess", "mean", "std", "resize",
+        "freeze_backbone", "backbone_lr_scale", "freeze_backbone_epochs", "freeze_bn",
+        "cached_views", "head", "embeddings",
     ]))
 )]
 pub struct TrainArgs {
     /// ImageFolder root or CSV manifest
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "embeddings"], conflicts_with = "embeddings")]
     pub corpus: Option<PathBuf>,
+    /// Train a projection head over feature rows instead of a network over images: a
+    /// directory with embeddings.npy + samples.csv, or an .npy (N×F) with --labels. Rows are
+    /// read as they are (any length) and standardised with the training rows' statistics
+    #[arg(long, conflicts_with_all = ["backbone", "input_size", "channels", "preprocess", "mean", "std"])]
+    pub embeddings: Option<PathBuf>,
+    /// CSV naming the rows of --embeddings in order: path,label[,split] (or just label)
+    #[arg(long, requires = "embeddings")]
+    pub labels: Option<PathBuf>,
+    /// L2-normalise each feature row before it is standardised (the head keeps doing so when
+    /// it embeds)
+    #[arg(long, requires = "embeddings")]
+    pub normalise: bool,
+    /// The head over --embeddings: linear, or mlp (linear, ReLU, linear)
+    #[arg(long, value_enum, default_value_t = HeadKind::default(), requires = "embeddings")]
+    pub head: HeadKind,
     /// Run directory (metrics.csv, last/, best/, rounds/, config.json)
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
@@ -39,6 +58,28 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub network: NetworkArgs,
+    /// Keep the --backbone trunk's weights fixed and train only the head
+    #[arg(long, requires = "backbone")]
+    pub freeze_backbone: bool,
+    /// Learning rate of a fine-tuned --backbone trunk relative to --lr (the head's)
+    #[arg(long, default_value_t = DEFAULT_BACKBONE_LR_SCALE, requires = "backbone", conflicts_with = "freeze_backbone")]
+    pub backbone_lr_scale: f64,
+    /// Train the head alone for the first N epochs, then fine-tune the --backbone trunk too
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "backbone",
+        conflicts_with = "freeze_backbone"
+    )]
+    pub freeze_backbone_epochs: usize,
+    /// Keep the --backbone trunk's batch norm statistics while it fine-tunes (evaluation
+    /// mode: dropout off too), the usual practice in metric learning
+    #[arg(long, requires = "backbone", conflicts_with = "freeze_backbone")]
+    pub freeze_bn: bool,
+    /// With --freeze-backbone and augmentation: augmented views per image whose trunk
+    /// features are computed once and cached in the run directory (features/)
+    #[arg(long, default_value_t = DEFAULT_CACHED_VIEWS)]
+    pub cached_views: usize,
     /// Epochs (default: enough for about 3,000 steps, between 10 and 60)
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -167,11 +208,14 @@ impl TrainArgs {
                 "--remine-every must be at least 0.05 epochs and --random-classes in [0, 1]".into(),
             ));
         }
-        let lr_ok = self.lr.is_finite() && self.lr > 0.0;
+        let lr_ok = self.lr.is_finite()
+            && self.lr > 0.0
+            && self.backbone_lr_scale.is_finite()
+            && self.backbone_lr_scale >= 0.0;
         let margin_ok = self.margin.is_finite() && self.margin >= 0.0;
         if !(lr_ok && margin_ok) {
             return Err(usage(
-                "--lr must be positive and --margin non-negative".into(),
+                "--lr must be positive, --backbone-lr-scale and --margin non-negative".into(),
             ));
         }
         let validation = match (self.val_classes, self.val_samples) {
@@ -186,9 +230,35 @@ impl TrainArgs {
         }
         Ok((
             TrainConfig {
-                corpus: self.corpus.clone().expect("required by clap"),
+                corpus: self.corpus.clone().unwrap_or_default(),
+                features: self.embeddings.as_ref().map(|e| FeatureSource {
+                    embeddings: e.clone(),
+                    labels: self.labels.clone(),
+                    normalise: self.normalise,
+                }),
+                cached_views: self.cached_views,
                 out: self.out.clone().expect("required by clap"),
-                network: self.network.fresh_spec(self.runtime.seed)?,
+                network: match &self.embeddings {
+                    // Width and standardisation are filled from the training rows.
+                    Some(_) => ModelSpec::head(
+                        0,
+                        self.head,
+                        self.normalise,
+                        (Vec::new(), Vec::new()),
+                        self.network.dim,
+                        self.runtime.seed,
+                    ),
+                    None => self.network.fresh_spec(
+                        self.runtime.seed,
+                        if self.freeze_backbone {
+                            TrunkMode::Frozen
+                        } else {
+                            TrunkMode::FineTuned
+                        },
+                        self.freeze_bn,
+                    )?,
+                },
+                freeze_backbone_epochs: self.freeze_backbone_epochs,
                 device: self.runtime.device.clone(),
                 seed: self.runtime.seed,
                 epochs: self.epochs.unwrap_or(0),
@@ -211,6 +281,7 @@ impl TrainArgs {
                     warmup_epochs: self.warmup_epochs,
                     lr_step_epochs: self.lr_step,
                     lr_gamma: self.lr_gamma,
+                    backbone_lr_scale: self.backbone_lr_scale,
                 },
                 mining,
                 remine_every: self.remine_every,

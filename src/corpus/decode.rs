@@ -4,12 +4,13 @@ use std::fs;
 use std::path::Path;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageError, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError, ImageReader};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// How an image becomes a network input. Stored in `model.json` so that a checkpoint is always
-/// fed the way it was trained.
+/// fed the way it was trained. Every image is first turned upright by its EXIF orientation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
     /// Square input side in pixels.
@@ -18,7 +19,33 @@ pub struct Preprocess {
     pub channels: u32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// How a non-square image becomes square. Checkpoints written before this field existed
+    /// stretched, so that is what a missing field means.
+    #[serde(default = "Resize::legacy")]
+    pub resize: Resize,
 }
+
+/// How an image is brought to the square input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Shorter side to the input size, then the centre square (aspect ratio kept, as
+    /// torchvision's Resize + CenterCrop do for pretrained networks).
+    CentreCrop,
+    /// Both sides to the input size (distorts a non-square image).
+    Stretch,
+}
+
+impl Resize {
+    fn legacy() -> Self {
+        Resize::Stretch
+    }
+}
+
+/// ImageNet's per-channel mean and standard deviation (RGB), which ImageNet-pretrained
+/// networks expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl Preprocess {
     /// ImageNet statistics for RGB, mid-grey for one channel.
@@ -26,13 +53,14 @@ impl Preprocess {
         let (mean, std) = if channels == 1 {
             (vec![0.5], vec![0.25])
         } else {
-            (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
+            (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec())
         };
         Preprocess {
             input_size,
             channels,
             mean,
             std,
+            resize: Resize::CentreCrop,
         }
     }
 
@@ -49,7 +77,10 @@ impl Preprocess {
     /// (a quarter of the network input's size) in which decoded images are kept.
     pub fn pixels(&self, img: &DynamicImage) -> Vec<u8> {
         let s = self.input_size;
-        let resized = img.resize_exact(s, s, FilterType::Triangle);
+        let resized = match self.resize {
+            Resize::CentreCrop => img.resize_to_fill(s, s, FilterType::Triangle),
+            Resize::Stretch => img.resize_exact(s, s, FilterType::Triangle),
+        };
         if self.channels == 1 {
             resized.into_luma8().into_raw()
         } else {
@@ -86,7 +117,9 @@ impl Preprocess {
     }
 }
 
-/// Decodes `file` by content (not extension). The error is the reason written to `skipped.csv`.
+/// Decodes `file` by content (not extension) and turns it upright by its EXIF orientation (a
+/// phone photo stored sideways is seen as it was taken). The error is the reason written to
+/// `skipped.csv`.
 pub fn decode_image(file: &Path) -> Result<DynamicImage, String> {
     let meta = fs::metadata(file).map_err(|e| format!("unreadable: {e}"))?;
     if meta.len() == 0 {
@@ -102,11 +135,17 @@ pub fn decode_image(file: &Path) -> Result<DynamicImage, String> {
     };
     let mut reader = ImageReader::open(file).map_err(|e| format!("unreadable: {e}"))?;
     reader.set_format(format);
-    reader.decode().map_err(|e| match e {
+    let failed = |e: ImageError| match e {
         ImageError::Unsupported(u) => format!("unsupported format {format:?}: {u}"),
         ImageError::IoError(io) => format!("corrupt or truncated {format:?} image: {io}"),
         other => format!("corrupt or truncated {format:?} image: {other}"),
-    })
+    };
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    // A malformed EXIF block costs the rotation, not the image.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 #[cfg(test)]
@@ -144,6 +183,7 @@ mod tests {
             channels: 3,
             mean: vec![0.0, 0.5, 0.0],
             std: vec![1.0, 0.5, 2.0],
+            resize: Resize::Stretch,
         };
         let bytes = p.pixels(&DynamicImage::ImageRgb8(rgb));
         assert_eq!(bytes.len(), p.len());

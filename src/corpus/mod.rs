@@ -4,7 +4,7 @@
 mod decode;
 mod source;
 
-pub use decode::{decode_image, Preprocess};
+pub use decode::{decode_image, Preprocess, Resize, IMAGENET_MEAN, IMAGENET_STD};
 pub use source::open;
 
 use std::collections::BTreeMap;

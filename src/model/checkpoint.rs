@@ -1,25 +1,103 @@
 //! A checkpoint is a directory: `model.safetensors` (weights, readable by Python's
-//! `safetensors`) and `model.json` (the [`ModelSpec`] needed to rebuild the network).
+//! `safetensors`), `model.json` (the [`ModelSpec`] needed to rebuild the network) and, for a
+//! fine-tuned TorchScript trunk, `backbone.pt` (the trained module with its batch-norm
+//! statistics, which are buffers, not parameters, and so not in the VarStore).
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use super::{Embedder, ModelError, ModelSpec, SPEC_FORMAT};
+use super::{Architecture, Embedder, ModelError, ModelSpec, TrunkMode, SPEC_FORMAT};
 use crate::output::{produce_atomic, write_json};
 
 pub const MODEL_JSON: &str = "model.json";
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
+pub const BACKBONE_MODULE: &str = "backbone.pt";
 
 pub(super) fn save(model: &Embedder, dir: &Path) -> Result<(), ModelError> {
     fs::create_dir_all(dir)?;
     produce_atomic(&dir.join(MODEL_WEIGHTS), |tmp| {
         model.vs.save(tmp).map_err(ModelError::from)
     })?;
-    write_json(&dir.join(MODEL_JSON), &model.spec)?;
+    if model.spec.fine_tunes_trunk() {
+        produce_atomic(&dir.join(BACKBONE_MODULE), |tmp| model.net.save_module(tmp))?;
+    }
+    let mut spec = model.spec.clone();
+    if let Architecture::Backbone { file, .. } = &mut spec.architecture {
+        *file = relative_to(file, &fs::canonicalize(dir)?);
+    }
+    write_json(&dir.join(MODEL_JSON), &spec)?;
     Ok(())
+}
+
+/// `file` (absolute) as a path relative to the folder `from` (absolute, canonical).
+fn relative_to(file: &Path, from: &Path) -> PathBuf {
+    let file = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let (a, b): (Vec<Component>, Vec<Component>) =
+        (file.components().collect(), from.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return file;
+    }
+    let mut rel: PathBuf = b[common..].iter().map(|_| Component::ParentDir).collect();
+    rel.extend(&a[common..]);
+    rel
+}
+
+/// The TorchScript file a checkpoint's `model.json` names: at the recorded path (relative to
+/// the checkpoint folder), else any file beside the checkpoint, its run directory or the
+/// folder above with the recorded SHA-256 (a run directory copied with its backbone).
+fn locate_backbone(dir: &Path, recorded: &Path, sha256: &str) -> Result<PathBuf, String> {
+    let at = dir.join(recorded);
+    let at_hash = fs::read(&at).map(|b| crate::store::sha256_hex(&b));
+    if at_hash.as_deref().ok() == Some(sha256) {
+        return Ok(at);
+    }
+    let mut searched = Vec::new();
+    let mut folder = Some(dir);
+    for _ in 0..3 {
+        let Some(f) = folder else { break };
+        searched.push(f.display().to_string());
+        let mut entries: Vec<PathBuf> = fs::read_dir(f)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().is_some_and(|e| {
+                        ["pt", "pth", "ts", "jit"].contains(&&*e.to_string_lossy())
+                    })
+            })
+            .collect();
+        entries.sort();
+        for candidate in entries {
+            let bytes = fs::read(&candidate).unwrap_or_default();
+            if crate::store::sha256_hex(&bytes) == sha256 {
+                return Ok(candidate);
+            }
+        }
+        folder = f.parent();
+    }
+    Err(match at_hash {
+        Ok(actual) => format!(
+            "the backbone {} has SHA-256 {actual}, but {MODEL_JSON} records {sha256}: the \
+             file was replaced after this checkpoint was made, and no file with the recorded \
+             hash is beside the checkpoint ({}). Restore the original file or train a new \
+             head on this one",
+            at.display(),
+            searched.join(", ")
+        ),
+        Err(e) => format!(
+            "{MODEL_JSON} names the backbone {} (SHA-256 {sha256}), which cannot be read \
+             ({e}), and no file with that hash is beside the checkpoint ({}); put the \
+             TorchScript file back at that path or beside the run directory",
+            at.display(),
+            searched.join(", ")
+        ),
+    })
 }
 
 pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
@@ -45,25 +123,31 @@ pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
             spec.format
         )));
     }
-    if let super::Architecture::Backbone { file, sha256, .. } = &spec.architecture {
-        let bytes = fs::read(file).map_err(|e| {
-            bad(format!(
-                "{MODEL_JSON} names the backbone {}, which cannot be read ({e}); put the \
-                 TorchScript file back at that path",
-                file.display()
-            ))
-        })?;
-        let actual = crate::store::sha256_hex(&bytes);
-        if actual != *sha256 {
-            return Err(bad(format!(
-                "the backbone {} has SHA-256 {actual}, but {MODEL_JSON} records {sha256}: the \
-                 file was replaced after this checkpoint was made. Restore the original file \
-                 or train a new head on this one",
-                file.display()
-            )));
+    let mut spec = spec;
+    let module = match &mut spec.architecture {
+        Architecture::Backbone {
+            file,
+            sha256,
+            trunk,
+            ..
+        } => {
+            // The original is named for provenance; a fine-tuned trunk loads from the
+            // checkpoint's own module, so a copied run directory needs nothing else.
+            let original = locate_backbone(dir, file, sha256);
+            let module = match trunk {
+                TrunkMode::FineTuned => dir.join(BACKBONE_MODULE),
+                TrunkMode::Frozen => original.clone().map_err(bad)?,
+            };
+            *file = original.unwrap_or_else(|_| dir.join(&*file));
+            Some(module)
         }
+        Architecture::Resnet { .. } | Architecture::Head { .. } => None,
+    };
+    let model = match &module {
+        Some(m) => Embedder::init_with_module(spec, device, m),
+        None => Embedder::init(spec, device),
     }
-    let model = Embedder::init(spec, device).map_err(|e| bad(e.to_string()))?;
+    .map_err(|e| bad(e.to_string()))?;
     let weights = dir.join(MODEL_WEIGHTS);
     if !weights.is_file() {
         return Err(bad(format!("{MODEL_WEIGHTS} is missing")));

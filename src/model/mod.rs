@@ -4,7 +4,7 @@
 mod checkpoint;
 mod net;
 
-pub use checkpoint::{MODEL_JSON, MODEL_WEIGHTS};
+pub use checkpoint::{BACKBONE_MODULE, MODEL_JSON, MODEL_WEIGHTS};
 
 use std::path::{Path, PathBuf};
 
@@ -20,13 +20,57 @@ use net::Net;
 pub enum Architecture {
     /// A small residual CNN: one basic block per stage, stride 2 from the second stage on.
     Resnet { widths: Vec<i64> },
-    /// A frozen TorchScript trunk followed by a trainable linear head.
+    /// A TorchScript trunk followed by a trainable linear head.
     Backbone {
+        /// The original TorchScript file: absolute in memory, relative to the checkpoint
+        /// folder in a checkpoint's `model.json` (so that a copied run directory still finds it).
         file: PathBuf,
         sha256: String,
         features: i64,
+        /// Whether training changes the trunk's weights (checkpoints of fine-tuned trunks hold
+        /// them, with the module itself, in `backbone.pt`).
+        #[serde(default)]
+        trunk: TrunkMode,
+        /// Keep the trunk in evaluation mode while it trains: batch norm uses and keeps its
+        /// running statistics, dropout is off.
+        #[serde(default)]
+        freeze_bn: bool,
+    },
+    /// A projection head over feature rows (`train --embeddings`): rows are L2-normalised
+    /// first when `normalise_input`, then standardised with the training rows' statistics.
+    Head {
+        features: i64,
+        head: HeadKind,
+        normalise_input: bool,
+        mean: Vec<f32>,
+        std: Vec<f32>,
     },
 }
+
+/// The layers of a projection head over feature rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKind {
+    /// One linear layer.
+    #[default]
+    Linear,
+    /// Linear, ReLU, linear (hidden width = the input's, at most 1,024).
+    Mlp,
+}
+
+/// What training does to a TorchScript trunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrunkMode {
+    /// Constant: only the head trains, and the trunk's features can be computed once.
+    #[default]
+    Frozen,
+    /// Trained with the head (its parameters join the VarStore under `trunk.`).
+    FineTuned,
+}
+
+/// Prefix of the trunk's parameters in the VarStore, the checkpoint and the optimiser state.
+pub const TRUNK_PREFIX: &str = "trunk.";
 
 /// Everything `model.json` records about a network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +92,17 @@ pub const SPEC_FORMAT: &str = "tripmine-model-1";
 pub const DEFAULT_WIDTHS: [i64; 4] = [32, 64, 128, 256];
 
 impl ModelSpec {
+    /// Whether training changes a TorchScript trunk (checkpoints then carry its module).
+    pub fn fine_tunes_trunk(&self) -> bool {
+        matches!(
+            self.architecture,
+            Architecture::Backbone {
+                trunk: TrunkMode::FineTuned,
+                ..
+            }
+        )
+    }
+
     /// A freshly initialised built-in network.
     pub fn resnet(preprocess: Preprocess, dim: i64, seed: u64) -> Self {
         ModelSpec {
@@ -116,7 +171,8 @@ impl Embedder {
             )));
         }
         let p = &spec.preprocess;
-        if !(p.channels == 1 || p.channels == 3)
+        let takes_images = !matches!(spec.architecture, Architecture::Head { .. });
+        if takes_images && !(p.channels == 1 || p.channels == 3)
             || p.mean.len() != p.channels as usize
             || p.std.len() != p.channels as usize
         {
@@ -125,7 +181,7 @@ impl Embedder {
                 p.channels, p.mean, p.std
             )));
         }
-        if p.input_size < 8 {
+        if takes_images && p.input_size < 8 {
             return Err(ModelError::Config(format!(
                 "input size must be at least 8, got {}",
                 p.input_size
@@ -133,8 +189,50 @@ impl Embedder {
         }
         tch::manual_seed(spec.seed as i64);
         let vs = nn::VarStore::new(device);
-        let net = Net::build(&vs.root(), &spec, device)?;
+        let module = match &spec.architecture {
+            Architecture::Backbone { file, .. } => Some(file.clone()),
+            Architecture::Resnet { .. } | Architecture::Head { .. } => None,
+        };
+        let net = Net::build(&vs.root(), &spec, device, module.as_deref())?;
         Ok(Embedder { spec, vs, net })
+    }
+
+    /// Like [`Embedder::init`], with the TorchScript trunk read from `module` (a checkpoint's
+    /// fine-tuned `backbone.pt`, or the original file found where the checkpoint says).
+    fn init_with_module(
+        spec: ModelSpec,
+        device: Device,
+        module: &Path,
+    ) -> Result<Self, ModelError> {
+        let mut with_module = spec.clone();
+        if let Architecture::Backbone { file, .. } = &mut with_module.architecture {
+            *file = module.to_path_buf();
+        }
+        let mut model = Embedder::init(with_module, device)?;
+        model.spec = spec;
+        Ok(model)
+    }
+
+    /// Whether the trunk's weights get gradients in the steps that follow (with
+    /// `--freeze-backbone-epochs` the head trains alone first). No effect on a frozen trunk.
+    pub fn set_trunk_trainable(&self, trainable: bool) {
+        self.net.set_trunk_trainable(trainable);
+    }
+
+    /// The features the trunk gives a batch (N × F, no gradient, evaluation mode): what a
+    /// frozen trunk's cache holds. `None` for the built-in network, which has no separate trunk.
+    pub fn trunk_features(&self, images: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        self.net
+            .trunk_features(&channels_last(&images.to_device(self.device())))
+    }
+
+    /// Unit-norm embeddings of trunk features (N × F, as [`Embedder::trunk_features`] gives
+    /// them): the head and neck alone, so that a frozen trunk runs once per image.
+    pub fn forward_features(&self, features: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let raw = self
+            .net
+            .forward_head(&features.to_device(self.device()), train)?;
+        Ok(l2_normalise(&raw))
     }
 
     /// Loads a checkpoint directory written by [`Embedder::save`].
@@ -149,6 +247,17 @@ impl Embedder {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Whether the network takes feature rows rather than images (a head trained with
+    /// `train --embeddings`).
+    pub fn takes_features(&self) -> bool {
+        matches!(self.spec.architecture, Architecture::Head { .. })
+    }
+
+    /// Embeddings of feature rows without gradients, in evaluation mode.
+    pub fn embed_features(&self, features: &Tensor) -> Result<Tensor, ModelError> {
+        tch::no_grad(|| self.forward_features(features, false))
     }
 
     /// Unit-norm embeddings of a batch (N × C × H × W, already preprocessed).
@@ -190,6 +299,82 @@ fn l2_normalise(x: &Tensor) -> Tensor {
 }
 
 impl ModelSpec {
+    /// A fresh projection head over `features`-wide rows, standardised with `mean` and `std`.
+    pub fn head(
+        features: i64,
+        head: HeadKind,
+        normalise_input: bool,
+        (mean, std): (Vec<f32>, Vec<f32>),
+        dim: i64,
+        seed: u64,
+    ) -> Self {
+        ModelSpec {
+            architecture: Architecture::Head {
+                features,
+                head,
+                normalise_input,
+                mean,
+                std,
+            },
+            origin: format!(
+                "random initialisation of a {head:?} head over {features}-d features (seed {seed})"
+            )
+            .to_lowercase(),
+            ..ModelSpec::resnet(Preprocess::standard(8, 3), dim, seed)
+        }
+    }
+
+    /// A head's spec with the width and standardisation of its training rows (`data`, N ×
+    /// `dim`, as read: normalised here first when the head normalises its input). Other
+    /// architectures are returned as they are.
+    pub fn with_input_statistics(&self, data: &[f32], dim: usize) -> Self {
+        let mut spec = self.clone();
+        if let Architecture::Head {
+            features,
+            normalise_input,
+            mean,
+            std,
+            ..
+        } = &mut spec.architecture
+        {
+            let n = (data.len() / dim.max(1)).max(1) as f64;
+            let (mut sum, mut square) = (vec![0f64; dim], vec![0f64; dim]);
+            for row in data.chunks_exact(dim) {
+                let scale = if *normalise_input {
+                    1.0 / row
+                        .iter()
+                        .map(|v| (*v as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-12)
+                } else {
+                    1.0
+                };
+                for (j, v) in row.iter().enumerate() {
+                    let v = *v as f64 * scale;
+                    sum[j] += v;
+                    square[j] += v * v;
+                }
+            }
+            *features = dim as i64;
+            *mean = sum.iter().map(|s| (s / n) as f32).collect();
+            // A constant feature keeps unit scale rather than being blown up.
+            *std = sum
+                .iter()
+                .zip(&square)
+                .map(|(s, q)| {
+                    let var = (q / n - (s / n).powi(2)).max(0.0);
+                    if var.sqrt() < 1e-6 {
+                        1.0
+                    } else {
+                        var.sqrt() as f32
+                    }
+                })
+                .collect();
+        }
+        spec
+    }
+
     /// A TorchScript trunk from `file` with a fresh linear head; the trunk's feature size is
     /// found by running it once on a blank input.
     pub fn backbone(
@@ -197,6 +382,8 @@ impl ModelSpec {
         preprocess: Preprocess,
         dim: i64,
         seed: u64,
+        trunk: TrunkMode,
+        freeze_bn: bool,
     ) -> Result<Self, ModelError> {
         let bytes = std::fs::read(file).map_err(|e| ModelError::Backbone {
             file: file.to_path_buf(),
@@ -215,6 +402,8 @@ impl ModelSpec {
                 file,
                 sha256,
                 features,
+                trunk,
+                freeze_bn,
             },
             ..ModelSpec::resnet(preprocess, dim, seed)
         })

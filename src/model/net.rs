@@ -1,11 +1,14 @@
-//! The network layers: a small ResNet, or a TorchScript trunk with a linear head.
+//! The network layers: a small ResNet, or a TorchScript trunk (frozen or fine-tuned) with a
+//! linear head.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use tch::nn::{self, ModuleT};
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{CModule, Device, Kind, Tensor, TrainableCModule};
 
-use super::{Architecture, ModelError, ModelSpec};
+use super::{Architecture, HeadKind, ModelError, ModelSpec, TrunkMode, TRUNK_PREFIX};
 
 pub(super) struct Net {
     trunk: Trunk,
@@ -18,15 +21,42 @@ pub(super) struct Net {
 enum Trunk {
     Resnet(Box<Resnet>),
     Backbone(Backbone),
+    Head(FeatureHead),
 }
 
+/// A projection head over feature rows: optional L2 normalisation, standardisation with
+/// recorded statistics, then one linear layer or a two-layer MLP.
+struct FeatureHead {
+    normalise_input: bool,
+    mean: Tensor,
+    std: Tensor,
+    layers: nn::Sequential,
+}
+
+impl FeatureHead {
+    fn forward(&self, features: &Tensor) -> Tensor {
+        let mut x = features.to_kind(Kind::Float);
+        if self.normalise_input {
+            x = &x
+                / x.norm_scalaropt_dim(2, [1i64].as_slice(), true)
+                    .clamp_min(1e-12);
+        }
+        ((x - &self.mean) / &self.std).apply(&self.layers)
+    }
+}
+
+/// Hidden width of an MLP head: the input's, capped so a wide input stays a small GEMM.
+const MLP_HIDDEN_MAX: i64 = 1024;
+
 impl Net {
+    /// `module` is the TorchScript file a backbone's trunk is read from.
     pub(super) fn build(
         p: &nn::Path,
         spec: &ModelSpec,
         device: Device,
+        module: Option<&Path>,
     ) -> Result<Self, ModelError> {
-        let trunk = Trunk::build(p, spec, device)?;
+        let trunk = Trunk::build(p, spec, device, module)?;
         let neck_cfg = nn::BatchNormConfig {
             affine: false,
             ..Default::default()
@@ -38,14 +68,57 @@ impl Net {
     pub(super) fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let raw = match &self.trunk {
             Trunk::Resnet(r) => r.forward_t(xs, train),
-            Trunk::Backbone(b) => b.forward(xs)?,
+            Trunk::Backbone(b) => b.features(xs, train)?.apply(&b.head),
+            Trunk::Head(_) => {
+                return Err(ModelError::Config(
+                    "this model is a head trained over feature rows: give it features with \
+                     --embeddings, not images"
+                        .into(),
+                ))
+            }
         };
         Ok(raw.apply_t(&self.neck, train))
+    }
+
+    pub(super) fn trunk_features(&self, xs: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        match &self.trunk {
+            Trunk::Resnet(_) | Trunk::Head(_) => Ok(None),
+            Trunk::Backbone(b) => Ok(Some(tch::no_grad(|| b.features(xs, false))?)),
+        }
+    }
+
+    pub(super) fn forward_head(
+        &self,
+        features: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        match &self.trunk {
+            Trunk::Resnet(_) => Err(ModelError::Config(
+                "the built-in network has no separate trunk whose features a head could take"
+                    .into(),
+            )),
+            Trunk::Backbone(b) => Ok(features
+                .to_kind(Kind::Float)
+                .apply(&b.head)
+                .apply_t(&self.neck, train)),
+            Trunk::Head(h) => Ok(h.forward(features).apply_t(&self.neck, train)),
+        }
+    }
+
+    pub(super) fn set_trunk_trainable(&self, trainable: bool) {
+        if let Trunk::Backbone(b) = &self.trunk {
+            b.trainable_now.store(trainable, Ordering::Relaxed);
+        }
     }
 }
 
 impl Trunk {
-    fn build(p: &nn::Path, spec: &ModelSpec, device: Device) -> Result<Self, ModelError> {
+    fn build(
+        p: &nn::Path,
+        spec: &ModelSpec,
+        device: Device,
+        module: Option<&Path>,
+    ) -> Result<Self, ModelError> {
         match &spec.architecture {
             Architecture::Resnet { widths } => {
                 if widths.is_empty() || widths.iter().any(|&w| w < 1) {
@@ -55,10 +128,84 @@ impl Trunk {
                 let resnet = Resnet::new(p, channels, spec.preprocess.input_size, widths, spec.dim);
                 Ok(Trunk::Resnet(Box::new(resnet)))
             }
-            Architecture::Backbone { file, features, .. } => {
-                let trunk = Backbone::load_trunk(file, device)?;
+            Architecture::Head {
+                features,
+                head,
+                normalise_input,
+                mean,
+                std,
+            } => {
+                let width = *features as usize;
+                if mean.len() != width || std.len() != width || std.iter().any(|s| *s <= 0.0) {
+                    return Err(ModelError::Config(format!(
+                        "a head over {features}-d features needs {features} means and positive standard deviations (got {} and {})",
+                        mean.len(),
+                        std.len()
+                    )));
+                }
+                let stat = |v: &[f32]| Tensor::from_slice(v).view([1, *features]).to_device(device);
+                let mut layers = nn::seq();
+                match head {
+                    HeadKind::Linear => {
+                        layers = layers.add(nn::linear(
+                            p / "head",
+                            *features,
+                            spec.dim,
+                            Default::default(),
+                        ));
+                    }
+                    HeadKind::Mlp => {
+                        let hidden = (*features).min(MLP_HIDDEN_MAX);
+                        layers = layers
+                            .add(nn::linear(
+                                p / "hidden",
+                                *features,
+                                hidden,
+                                Default::default(),
+                            ))
+                            .add_fn(|x| x.relu())
+                            .add(nn::linear(p / "head", hidden, spec.dim, Default::default()));
+                    }
+                }
+                Ok(Trunk::Head(FeatureHead {
+                    normalise_input: *normalise_input,
+                    mean: stat(mean),
+                    std: stat(std),
+                    layers,
+                }))
+            }
+            Architecture::Backbone {
+                file,
+                features,
+                trunk,
+                freeze_bn,
+                ..
+            } => {
+                let file = module.unwrap_or(file);
+                let module = match trunk {
+                    TrunkMode::Frozen => TrunkModule::Frozen(Backbone::load_trunk(file, device)?),
+                    TrunkMode::FineTuned => {
+                        let path = p / TRUNK_PREFIX.trim_end_matches('.');
+                        let mut m = TrainableCModule::load(file, path).map_err(|e| {
+                            ModelError::Backbone {
+                                file: file.to_path_buf(),
+                                message: format!("not a loadable TorchScript module: {e}"),
+                            }
+                        })?;
+                        m.set_eval();
+                        TrunkModule::FineTuned(Mutex::new(Moded {
+                            module: m,
+                            training: false,
+                        }))
+                    }
+                };
                 let head = nn::linear(p / "head", *features, spec.dim, Default::default());
-                Ok(Trunk::Backbone(Backbone { trunk, head }))
+                Ok(Trunk::Backbone(Backbone {
+                    trunk: module,
+                    head,
+                    freeze_bn: *freeze_bn,
+                    trainable_now: AtomicBool::new(true),
+                }))
             }
         }
     }
@@ -181,8 +328,24 @@ impl ModuleT for Resnet {
 }
 
 pub(super) struct Backbone {
-    trunk: CModule,
+    trunk: TrunkModule,
     head: nn::Linear,
+    freeze_bn: bool,
+    /// Off while `--freeze-backbone-epochs` lets the head train alone.
+    trainable_now: AtomicBool,
+}
+
+enum TrunkModule {
+    /// Always in evaluation mode and run without gradients.
+    Frozen(CModule),
+    /// Switched between training and evaluation mode as each forward pass asks; the lock
+    /// makes that switch and the pass one unit.
+    FineTuned(Mutex<Moded>),
+}
+
+struct Moded {
+    module: TrainableCModule,
+    training: bool,
 }
 
 impl Backbone {
@@ -214,10 +377,52 @@ impl Backbone {
         }
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
-        // The trunk is frozen: its features are constants for the head.
-        let feats = tch::no_grad(|| self.trunk.forward_ts(&[xs]))?;
-        Ok(pooled(&feats).to_kind(Kind::Float).apply(&self.head))
+    /// Pooled float features of a batch. A frozen trunk's are constants for the head; a
+    /// fine-tuned trunk runs in training mode (batch norm updating its statistics, dropout on:
+    /// a scripted module follows this, a traced one keeps the mode it was traced in) with
+    /// gradients when `train` asks and no `--freeze-bn` or frozen epoch says otherwise.
+    fn features(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let raw = match &self.trunk {
+            TrunkModule::Frozen(m) => tch::no_grad(|| m.forward_ts(&[xs]))?,
+            TrunkModule::FineTuned(lock) => {
+                let learning = train && self.trainable_now.load(Ordering::Relaxed);
+                let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let training_mode = learning && !self.freeze_bn;
+                if m.training != training_mode {
+                    if training_mode {
+                        m.module.set_train();
+                    } else {
+                        m.module.set_eval();
+                    }
+                    m.training = training_mode;
+                }
+                if learning {
+                    m.module.forward_ts(&[xs])?
+                } else {
+                    tch::no_grad(|| m.module.forward_ts(&[xs]))?
+                }
+            }
+        };
+        Ok(pooled(&raw).to_kind(Kind::Float))
+    }
+}
+
+impl Net {
+    /// Writes a fine-tuned trunk (weights and batch-norm statistics) as TorchScript; a frozen
+    /// trunk's module is its original file, and the built-in network has none.
+    pub(super) fn save_module(&self, path: &Path) -> Result<(), ModelError> {
+        match &self.trunk {
+            Trunk::Backbone(Backbone {
+                trunk: TrunkModule::FineTuned(lock),
+                ..
+            }) => {
+                let m = lock.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(m.module.save(path)?)
+            }
+            _ => Err(ModelError::Config(
+                "only a fine-tuned trunk is saved as a module".into(),
+            )),
+        }
     }
 }
 

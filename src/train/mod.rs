@@ -3,6 +3,7 @@
 //! re-mining, a fixed triplet CSV); validation metrics every epoch; resumable run dirs.
 
 mod augment;
+mod inputs;
 mod loss;
 mod neighbour_batches;
 mod optim;
@@ -14,7 +15,7 @@ mod source;
 
 pub use loss::LossConfig;
 pub use neighbour_batches::{BatchComposition, BATCHES_JSON};
-pub use optim::{OptimConfig, OptimizerKind, ScheduleKind};
+pub use optim::{OptimConfig, OptimizerKind, ScheduleKind, DEFAULT_BACKBONE_LR_SCALE};
 pub use report::{RoundRecord, REPORT_HTML};
 pub use run_dir::{MetricsRow, RunState, CONFIG_JSON, METRICS_CSV};
 pub use source::{InBatchMiner, Mining};
@@ -26,15 +27,17 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::corpus::{self, CorpusError, Preprocess, Sample};
-use crate::embed::{decode_samples, embed_pixels};
+use crate::corpus::{self, CorpusError, Sample};
+use crate::embed::decode_samples;
 use crate::eval::{self, Metrics};
 use crate::knn::{KnnConfig, Points};
 use crate::mine::{self, PositiveRule, Strategy, Triplet};
-use crate::model::{parse_device, Embedder, ModelError, ModelSpec};
+use crate::model::{parse_device, Architecture, Embedder, ModelError, ModelSpec, TrunkMode};
 use crate::output::write_json;
 use crate::report::Tiles;
 use crate::rng::Rng;
+use crate::store::{self, EmbeddingsInput, RowCheck};
+use inputs::{DecodedImages, FeatureRows, Inputs};
 use optim::{learning_rate, Optimizer, RunPosition};
 use prefetch::Prefetch;
 use source::{BatchTriplets, MemoryNegatives, StepBatch, TrainedStep};
@@ -60,6 +63,9 @@ pub struct TrainConfig {
     pub corpus: PathBuf,
     pub out: PathBuf,
     pub network: ModelSpec,
+    /// Epochs in which a fine-tuned trunk stays fixed while the head trains alone.
+    #[serde(default)]
+    pub freeze_backbone_epochs: usize,
     pub device: String,
     pub seed: u64,
     pub epochs: usize,
@@ -100,6 +106,91 @@ pub struct TrainConfig {
     pub knn: KnnConfig,
     pub validation: Validation,
     pub exclude: Option<PathBuf>,
+    /// Feature rows to train a head on (`--embeddings`) instead of the images of `corpus`.
+    #[serde(default)]
+    pub features: Option<FeatureSource>,
+    /// Augmented views per image cached when a frozen trunk's features are (with augmentation).
+    #[serde(default = "default_cached_views")]
+    pub cached_views: usize,
+}
+
+/// Four augmented views per image: a head over a frozen trunk still sees varied inputs, for
+/// five trunk passes per image in the whole run.
+pub const DEFAULT_CACHED_VIEWS: usize = 4;
+
+fn default_cached_views() -> usize {
+    DEFAULT_CACHED_VIEWS
+}
+
+/// `train --embeddings FILE [--labels CSV] [--normalise]`: the rows a head trains on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSource {
+    pub embeddings: PathBuf,
+    pub labels: Option<PathBuf>,
+    /// L2-normalise each row before it is standardised (the head does, so `embed` does too).
+    pub normalise: bool,
+}
+
+impl FeatureSource {
+    /// The rows' samples (named by their paths, which must be distinct) and the rows.
+    fn load(&self) -> Result<(Vec<Sample>, FeatureTable), TrainError> {
+        let input = EmbeddingsInput::from_args(&self.embeddings, self.labels.as_deref())
+            .map_err(TrainError::Input)?;
+        let set = store::open_rows(&input, RowCheck::AsTheyAre)
+            .map_err(|e| TrainError::Input(e.to_string()))?;
+        let mut row_of = HashMap::with_capacity(set.len());
+        for (i, s) in set.samples.iter().enumerate() {
+            if row_of.insert(s.path.clone(), i).is_some() {
+                return Err(TrainError::Input(format!(
+                    "{}: the path {:?} names more than one row; each row must be a distinct sample",
+                    input.path().display(),
+                    s.path
+                )));
+            }
+        }
+        let samples = set
+            .samples
+            .iter()
+            .map(|s| Sample {
+                path: s.path.clone(),
+                file: PathBuf::from(&s.path),
+                label: s.label.clone(),
+                split: s.split.clone(),
+            })
+            .collect();
+        Ok((
+            samples,
+            FeatureTable {
+                row_of,
+                data: set.data,
+                dim: set.dim,
+            },
+        ))
+    }
+}
+
+/// Feature rows by sample path, as read.
+struct FeatureTable {
+    row_of: HashMap<String, usize>,
+    data: Vec<f32>,
+    dim: usize,
+}
+
+impl FeatureTable {
+    /// The rows of `samples`, in that order, as read (the head normalises and standardises).
+    fn gather(&self, samples: &[Sample]) -> FeatureRows {
+        let mut data = Vec::with_capacity(samples.len() * self.dim);
+        for s in samples {
+            let i = self.row_of[&s.path];
+            data.extend_from_slice(&self.data[i * self.dim..(i + 1) * self.dim]);
+        }
+        FeatureRows {
+            data,
+            dim: self.dim,
+            samples: samples.len(),
+            views: 1,
+        }
+    }
 }
 
 /// Half of a neighbour batch's groups come from the graph, half at random
@@ -149,35 +240,42 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Decoded, preprocessed images of one split with dense label ids.
-struct ImageSet {
+/// A split's inputs as read, before a frozen trunk's features replace its images.
+enum RawInputs {
+    Images(DecodedImages),
+    Rows(FeatureRows),
+}
+
+/// The run directory's folder of cached trunk features (`train.npy` + `train.json` with the
+/// key it was computed under, and `val.*`).
+pub const FEATURE_CACHE: &str = "features";
+
+/// One split's samples with dense label ids and their inputs (decoded images, or feature
+/// rows): everything the batch sources, prefetch and validation need.
+struct TrainingSet {
     samples: Vec<Sample>,
     labels: Vec<u32>,
     /// Label names by id (shared by both splits).
     label_names: Vec<String>,
-    /// Decoded images as HWC bytes (`Preprocess::pixels`), a quarter of their f32 size;
-    /// batches are normalised from them as they are drawn.
-    pixels: Vec<u8>,
-    preprocess: Preprocess,
+    inputs: Box<dyn Inputs>,
 }
 
-impl ImageSet {
-    fn new(samples: &[Sample], network: &ModelSpec, label_ids: &BTreeMap<String, u32>) -> Self {
+impl TrainingSet {
+    fn new(
+        samples: Vec<Sample>,
+        label_ids: &BTreeMap<String, u32>,
+        inputs: Box<dyn Inputs>,
+    ) -> Self {
         let mut label_names = vec![String::new(); label_ids.len()];
         for (name, &id) in label_ids {
             label_names[id as usize] = name.clone();
         }
-        let (pixels, kept, problems) = decode_samples(samples, &network.preprocess);
-        for p in &problems {
-            eprintln!("warning: skipping {}: {}", p.path, p.reason);
-        }
-        let labels = kept.iter().map(|s| label_ids[&s.label]).collect();
-        ImageSet {
-            pixels,
-            preprocess: network.preprocess.clone(),
-            samples: kept,
+        let labels = samples.iter().map(|s| label_ids[&s.label]).collect();
+        TrainingSet {
+            samples,
             labels,
             label_names,
+            inputs,
         }
     }
 
@@ -186,17 +284,7 @@ impl ImageSet {
     }
 
     fn embed(&self, model: &Embedder) -> Result<Vec<f32>, ModelError> {
-        embed_pixels(model, &self.pixels, 256)
-    }
-
-    /// The network input of the images at `indices`, in that order.
-    fn input(&self, indices: &[usize]) -> Tensor {
-        let len = self.preprocess.len();
-        let mut bytes = Vec::with_capacity(indices.len() * len);
-        for &i in indices {
-            bytes.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
-        }
-        self.preprocess.input_tensor(&bytes)
+        self.inputs.embed(model)
     }
 }
 
@@ -310,16 +398,24 @@ pub fn default_epochs(train_images: usize, batch_images: usize) -> usize {
 pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> {
     let device = parse_device(&cfg.device).map_err(TrainError::Input)?;
     let run = &cfg.out;
-    let corpus = corpus::open(&cfg.corpus)?;
-    for p in &corpus.problems {
-        eprintln!("warning: skipping {}: {}", p.path, p.reason);
-    }
+    let (samples, rows_by_path) = match &cfg.features {
+        Some(features) => {
+            let (samples, rows) = features.load()?;
+            (samples, Some(rows))
+        }
+        None => {
+            let corpus = corpus::open(&cfg.corpus)?;
+            for p in &corpus.problems {
+                eprintln!("warning: skipping {}: {}", p.path, p.reason);
+            }
+            (corpus.samples, None)
+        }
+    };
     let excluded = match &cfg.exclude {
         Some(path) => mine::read_exclude(path).map_err(|e| TrainError::Input(e.to_string()))?,
         None => HashSet::new(),
     };
-    let samples: Vec<Sample> = corpus
-        .samples
+    let samples: Vec<Sample> = samples
         .into_iter()
         .filter(|s| !excluded.contains(&s.path))
         .collect();
@@ -332,18 +428,48 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .map(|(i, l)| (l.clone(), i as u32))
         .collect();
     let (train_samples, val_samples, mut notices) = split(samples, &cfg.validation, cfg.seed);
-    let train = ImageSet::new(&train_samples, &cfg.network, &label_ids);
-    let val = ImageSet::new(&val_samples, &cfg.network, &label_ids);
-    check_trainable(&train.labels)?;
     let mut cfg = cfg.clone();
+    // The inputs of each split, before a frozen trunk's features replace its images.
+    let (train_inputs, val_inputs) = match &rows_by_path {
+        Some(rows) => {
+            let train = rows.gather(&train_samples);
+            if !resume {
+                cfg.network = cfg.network.with_input_statistics(&train.data, train.dim);
+            }
+            let val = rows.gather(&val_samples);
+            (
+                (train_samples, RawInputs::Rows(train)),
+                (val_samples, RawInputs::Rows(val)),
+            )
+        }
+        None => {
+            let decode = |samples: &[Sample]| {
+                let (pixels, kept, problems) = decode_samples(samples, &cfg.network.preprocess);
+                for p in &problems {
+                    eprintln!("warning: skipping {}: {}", p.path, p.reason);
+                }
+                let images = DecodedImages {
+                    pixels,
+                    preprocess: cfg.network.preprocess.clone(),
+                };
+                (kept, RawInputs::Images(images))
+            };
+            (decode(&train_samples), decode(&val_samples))
+        }
+    };
+    let train_labels: Vec<u32> = train_inputs.0.iter().map(|s| label_ids[&s.label]).collect();
+    check_trainable(&train_labels)?;
     if cfg.epochs == 0 {
-        cfg.epochs = default_epochs(train.len(), cfg.classes_per_batch * cfg.samples_per_class);
+        cfg.epochs = default_epochs(
+            train_inputs.0.len(),
+            cfg.classes_per_batch * cfg.samples_per_class,
+        );
     }
     let cfg = &cfg;
-    if val.len() < 2 {
+    if val_inputs.0.len() < 2 {
         notices.push(format!(
             "the validation split has {} sample(s): no validation metrics, and best/ is simply the last epoch. Give the corpus a `val` split, or use --val-samples 0.1 or --val-classes 0.25",
-            val.len()
+            val_inputs.0.len()
         ));
     }
     // Said before training starts, where they can still save a wasted run.
@@ -386,8 +512,34 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             best_map_at_r: f64::NEG_INFINITY,
             best_epoch: 0,
         };
+        (model, optimizer, state, Vec::new())
+    };
+    // A frozen trunk gives each image the same features every epoch: computed once (per
+    // cached view), the epochs then train the head at the cost of a small GEMM.
+    let cached = matches!(
+        cfg.network.architecture,
+        Architecture::Backbone {
+            trunk: TrunkMode::Frozen,
+            ..
+        }
+    );
+    let views = if cfg.augment { cfg.cached_views } else { 0 };
+    let cache_dir = run.join(FEATURE_CACHE);
+    let to_set = |(samples, raw): (Vec<Sample>, RawInputs), name: &str, views: usize| {
+        let inputs: Box<dyn Inputs> = match raw {
+            RawInputs::Rows(rows) => Box::new(rows),
+            RawInputs::Images(images) if cached => Box::new(inputs::cached_trunk_features(
+                &model, &images, &samples, views, cfg.seed, &cache_dir, name,
+            )?),
+            RawInputs::Images(images) => Box::new(images),
+        };
+        Ok::<_, TrainError>(TrainingSet::new(samples, &label_ids, inputs))
+    };
+    let train = to_set(train_inputs, "train", views)?;
+    let val = to_set(val_inputs, "val", 0)?;
+    if rows.is_empty() {
         let (before, _) = validate(&model, &val, device)?;
-        let row = MetricsRow {
+        rows.push(MetricsRow {
             epoch: 0,
             step: 0,
             loss: f64::NAN,
@@ -398,9 +550,8 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             map_at_r: before.map_at_r,
             lr: 0.0,
             seconds: 0.0,
-        };
-        (model, optimizer, state, vec![row])
-    };
+        });
+    }
 
     let mut source = source::for_config(cfg, &train, device)?;
     if resume {
@@ -415,6 +566,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     );
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
+        model.set_trunk_trainable(epoch >= cfg.freeze_backbone_epochs);
         let sums = train_epoch(
             cfg,
             &model,
@@ -519,7 +671,7 @@ fn train_epoch(
     optimizer: &mut Optimizer,
     state: &mut RunState,
     source: &mut dyn source::BatchSource,
-    train: &ImageSet,
+    train: &TrainingSet,
     epoch: usize,
 ) -> Result<EpochSums, TrainError> {
     let steps_in_epoch = source.begin_epoch(epoch, model)?;
@@ -622,7 +774,7 @@ fn check_trainable(labels: &[u32]) -> Result<(), TrainError> {
 /// embedding pass over the validation split; both are absent below two samples (metrics NaN).
 fn validate(
     model: &Embedder,
-    val: &ImageSet,
+    val: &TrainingSet,
     device: Device,
 ) -> Result<(Metrics, Option<f64>), ModelError> {
     if val.len() < 2 {
@@ -676,7 +828,7 @@ struct StepOutcome {
 fn train_step(
     cfg: &TrainConfig,
     model: &Embedder,
-    train: &ImageSet,
+    train: &TrainingSet,
     batch: &StepBatch,
     input: Tensor,
 ) -> Result<Option<StepOutcome>, ModelError> {
@@ -689,7 +841,7 @@ fn train_step(
         .enumerate()
         .map(|(i, &s)| (s, i as i64))
         .collect();
-    let emb = model.forward(&input, true)?;
+    let emb = train.inputs.forward(model, &input, true)?;
     let mut embeddings = Vec::new();
     let (triplets, mined): (Vec<(i64, i64, i64)>, Vec<Triplet>) = match &batch.triplets {
         BatchTriplets::Given(ts) => (

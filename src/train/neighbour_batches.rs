@@ -21,7 +21,7 @@ use tch::Device;
 use super::source::{
     BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch, TrainedStep,
 };
-use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
+use super::{io_err, run_dir, TrainConfig, TrainError, TrainingSet};
 use crate::knn::{self, NeighbourIndex, Points, Restriction};
 use crate::mine::{self, MiningRules, PositiveRule, Triplet};
 use crate::model::Embedder;
@@ -296,7 +296,7 @@ pub struct NeighbourBatches<'a> {
     /// Each training sample's embedding from its latest training step (or from the first
     /// refresh's embedding pass): what refreshes index, so they cost no extra forward pass.
     bank: Option<Vec<f32>>,
-    train: &'a ImageSet,
+    train: &'a TrainingSet,
     device: Device,
     eligible: Vec<usize>,
     classes: usize,
@@ -313,7 +313,7 @@ pub struct NeighbourBatches<'a> {
 }
 
 impl<'a> NeighbourBatches<'a> {
-    pub fn new(cfg: &'a TrainConfig, train: &'a ImageSet, device: Device) -> Self {
+    pub fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, device: Device) -> Self {
         let mut counts: HashMap<u32, usize> = HashMap::new();
         for &l in &train.labels {
             *counts.entry(l).or_default() += 1;

@@ -39,6 +39,17 @@ pub struct OptimConfig {
     pub warmup_epochs: f64,
     pub lr_step_epochs: usize,
     pub lr_gamma: f64,
+    /// A fine-tuned trunk's learning rate relative to the head's.
+    #[serde(default = "default_backbone_lr_scale")]
+    pub backbone_lr_scale: f64,
+}
+
+/// A pretrained trunk learns ten times slower than the fresh head on it, so that the head's
+/// first, large gradients do not wreck its features.
+pub const DEFAULT_BACKBONE_LR_SCALE: f64 = 0.1;
+
+fn default_backbone_lr_scale() -> f64 {
+    DEFAULT_BACKBONE_LR_SCALE
 }
 
 /// Where a step falls in the run: `epoch` (0-based) and the step's place in that epoch's true
@@ -88,6 +99,8 @@ pub fn learning_rate(cfg: &OptimConfig, at: RunPosition) -> f64 {
 pub struct Optimizer {
     cfg: OptimConfig,
     params: Vec<(String, Tensor)>,
+    /// Each parameter's learning rate relative to the step's (a trunk's is scaled).
+    lr_scale: Vec<f64>,
     /// First moments (Adam) or momentum buffers (SGD), one per parameter.
     first: Vec<Tensor>,
     second: Vec<Tensor>,
@@ -112,9 +125,20 @@ impl Optimizer {
                 .map(|(_, p)| p.zeros_like())
                 .collect::<Vec<_>>()
         };
+        let lr_scale = params
+            .iter()
+            .map(|(name, _)| {
+                if name.starts_with(crate::model::TRUNK_PREFIX) {
+                    cfg.backbone_lr_scale
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         Optimizer {
             first: zeros(),
             second: zeros(),
+            lr_scale,
             params,
             cfg,
             steps: 0,
@@ -127,7 +151,7 @@ impl Optimizer {
         }
     }
 
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, step_lr: f64) {
         self.steps += 1;
         let t = self.steps as i32;
         let cfg = &self.cfg;
@@ -137,6 +161,7 @@ impl Optimizer {
                 if !grad.defined() {
                     continue;
                 }
+                let lr = step_lr * self.lr_scale[i];
                 let mut p = p.shallow_clone();
                 let decayed = |grad: Tensor| {
                     if cfg.weight_decay == 0.0 {
@@ -231,6 +256,7 @@ mod tests {
             warmup_epochs: 1.0,
             lr_step_epochs: 2,
             lr_gamma: 0.1,
+            backbone_lr_scale: 0.1,
         }
     }
 

@@ -1,12 +1,12 @@
-//! Batch inputs built on a worker thread while the current step trains: the images' stored
-//! bytes gathered, normalised and, when asked, augmented.
+//! Batch inputs built on a worker thread while the current step trains: the samples' stored
+//! inputs gathered and, when asked, augmented (`inputs::Inputs::batch`).
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::Scope;
 
 use tch::Tensor;
 
-use super::{augment, ImageSet};
+use super::TrainingSet;
 use crate::rng::Rng;
 
 /// One batch in flight: requested as soon as the source has drawn it, taken by the step that
@@ -20,17 +20,13 @@ impl Prefetch {
     /// A worker in `scope` that builds inputs from `images` until this handle is dropped.
     pub(super) fn spawn<'scope, 'env>(
         scope: &'scope Scope<'scope, 'env>,
-        images: &'env ImageSet,
+        images: &'env TrainingSet,
     ) -> Self {
         let (requests, inbox) = mpsc::sync_channel::<(Vec<usize>, Option<Rng>)>(1);
         let (built, ready) = mpsc::sync_channel(1);
         scope.spawn(move || {
             for (indices, rng) in inbox {
-                let input = images.input(&indices);
-                let input = match rng {
-                    Some(mut rng) => augment::augment(&input, &mut rng),
-                    None => input,
-                };
+                let input = images.inputs.batch(&indices, rng);
                 if built.send(input).is_err() {
                     return;
                 }

@@ -12,7 +12,7 @@ use tch::Device;
 
 use super::neighbour_batches::NeighbourBatches;
 use super::report::{self, RoundRecorder};
-use super::{io_err, run_dir, ImageSet, TrainConfig, TrainError};
+use super::{io_err, run_dir, TrainConfig, TrainError, TrainingSet};
 use crate::knn::{self, NeighbourIndex, Points};
 use crate::mine::{self, MiningRules, NegativeOrder, PositiveRule, Selection, Strategy, Triplet};
 use crate::model::Embedder;
@@ -217,7 +217,7 @@ pub struct TrainedStep<'a> {
 /// The batch source of `cfg.mining`: the one place that looks at the regime.
 pub fn for_config<'a>(
     cfg: &'a TrainConfig,
-    train: &'a ImageSet,
+    train: &'a TrainingSet,
     device: Device,
 ) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
     Ok(match &cfg.mining {
@@ -243,13 +243,13 @@ fn triplet_batches(triplets: &[Triplet], cfg: &TrainConfig, epoch: usize) -> Vec
 /// Records each epoch of an in-batch miner as a round of its own.
 pub(super) struct EpochRecorder<'a> {
     cfg: &'a TrainConfig,
-    train: &'a ImageSet,
+    train: &'a TrainingSet,
     name: String,
     current: Option<RoundRecorder>,
 }
 
 impl<'a> EpochRecorder<'a> {
-    pub(super) fn new(cfg: &'a TrainConfig, train: &'a ImageSet, name: String) -> Self {
+    pub(super) fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, name: String) -> Self {
         EpochRecorder {
             cfg,
             train,
@@ -287,14 +287,14 @@ impl<'a> EpochRecorder<'a> {
 /// P×K batches of random classes, mined inside (batch-hard, batch-semihard, batch-all).
 struct InBatch<'a> {
     cfg: &'a TrainConfig,
-    train: &'a ImageSet,
+    train: &'a TrainingSet,
     miner: InBatchMiner,
     batches: VecDeque<Vec<usize>>,
     recorder: EpochRecorder<'a>,
 }
 
 impl<'a> InBatch<'a> {
-    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, miner: InBatchMiner) -> Self {
+    fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, miner: InBatchMiner) -> Self {
         InBatch {
             cfg,
             train,
@@ -341,14 +341,14 @@ impl BatchSource for InBatch<'_> {
 /// and mined whole with `tripmine mine`'s rules; the round's triplets are exported.
 struct GlobalTriplets<'a> {
     cfg: &'a TrainConfig,
-    train: &'a ImageSet,
+    train: &'a TrainingSet,
     device: Device,
     round: Option<(usize, Vec<Triplet>)>,
     batches: VecDeque<StepBatch>,
 }
 
 impl<'a> GlobalTriplets<'a> {
-    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, device: Device) -> Self {
+    fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, device: Device) -> Self {
         GlobalTriplets {
             cfg,
             train,
@@ -439,7 +439,7 @@ struct FixedTriplets<'a> {
 }
 
 impl<'a> FixedTriplets<'a> {
-    fn new(cfg: &'a TrainConfig, train: &'a ImageSet, path: &Path) -> Result<Self, TrainError> {
+    fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, path: &Path) -> Result<Self, TrainError> {
         let triplets = read_fixed_triplets(path, train)?;
         if !report::has_record(&cfg.out, 0) {
             let mut recorder = RoundRecorder::new(0, 1, "triplets", cfg.loss.distance);
@@ -466,7 +466,7 @@ impl BatchSource for FixedTriplets<'_> {
 }
 
 /// Triplets of a CSV as training-set indices; unknown paths are an error naming a few.
-fn read_fixed_triplets(path: &Path, train: &ImageSet) -> Result<Vec<Triplet>, TrainError> {
+fn read_fixed_triplets(path: &Path, train: &TrainingSet) -> Result<Vec<Triplet>, TrainError> {
     let rows = triplets::read(path).map_err(TrainError::Input)?;
     let index: HashMap<&str, usize> = train
         .samples
