@@ -266,6 +266,9 @@ pub fn open(input: &EmbeddingsInput, normalise: bool) -> Result<EmbeddingSet, St
     open_rows(input, rows)
 }
 
+/// A row this close to unit length is unit as float32 writes it (a few ulps of rounding).
+const UNIT_AS_WRITTEN: f64 = 1e-5;
+
 /// What is asked of the rows of an array being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowCheck {
@@ -425,8 +428,10 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
                      directions only, as cosine similarity does)"
                 )));
             }
-            // Nearly-unit rows are made unit too: d(x, x) of a row of norm 1.001 would be
-            // far from 0 at float precision, and bounds assume unit rows.
+            // Nearly-unit rows are made unit too (d(x, x) of a row of norm 1.001 is far from
+            // 0, and the classes path's bounds assume unit rows); rows already unit to float
+            // precision, as tripmine's own, are kept bit for bit.
+            RowCheck::UnitLength if (norm - 1.0).abs() <= UNIT_AS_WRITTEN => {}
             _ => row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32),
         }
     }

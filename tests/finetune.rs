@@ -312,9 +312,9 @@ fn planted_features(dir: &Path) -> (PathBuf, PathBuf) {
         .map(|_| [gauss(), gauss(), gauss(), gauss()])
         .collect();
     let (mut data, mut csv) = (Vec::new(), String::from("path,label,split\n"));
-    for c in 0..30 {
+    for (c, centre) in centres.iter().enumerate() {
         for i in 0..20 {
-            data.extend(centres[c].iter().map(|m| m + 0.15 * gauss()));
+            data.extend(centre.iter().map(|m| m + 0.15 * gauss()));
             data.extend((0..60).map(|_| 8.0 * gauss()));
             let split = if c < 20 { "train" } else { "test" };
             csv.push_str(&format!("row/{c}_{i},c{c},{split}\n"));

@@ -35,7 +35,7 @@ pub enum Command {
     /// Mine hard / semi-hard / easy triplets over the whole corpus and export them as CSV
     Mine(MineArgs),
     /// Train the embedding network with triplet loss (global re-mining or in-batch miners)
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Retrieval metrics of a checkpoint on a corpus: P@1, R-Precision, MAP@R, Recall@K
     Eval(EvalArgs),
     /// Audit a corpus: duplicates, label conflicts, likely mislabels, outliers, split leakage
