@@ -171,7 +171,7 @@ fn a_fine_tuned_trunk_learns_and_a_frozen_one_stays_bit_identical() {
         key.contains(&original_sha) && key.contains("\"views\": 4"),
         "{key}"
     );
-    // The head moved; the trunk's features did not (bit for bit, unaugmented view).
+    // The head moved; the trunk's features did not (unaugmented view).
     let model = tripmine::model::Embedder::load(&frozen.join("last"), tch::Device::Cpu).unwrap();
     // Row 0 of the cache is the training split's first sample by path.
     let mut train: Vec<String> = read_csv(&fixtures().join("manifest.csv"))
@@ -185,10 +185,15 @@ fn a_fine_tuned_trunk_learns_and_a_frozen_one_stays_bit_identical() {
     let input = pre.input_tensor(&pre.pixels(&first));
     let f = model.trunk_features(&input).unwrap().unwrap();
     let again = Vec::<f32>::try_from(f.view([-1])).unwrap();
-    assert_eq!(
-        again,
-        cached[..24],
-        "sample 0's cached features are the trunk's"
+    // Equal to rounding: a batch of 64 and a batch of 1 may take different kernels (they do
+    // under ATEN_CPU_CAPABILITY=avx2).
+    assert!(
+        again
+            .iter()
+            .zip(&cached[..24])
+            .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
+        "sample 0's cached features are the trunk's: {again:?} against {:?}",
+        &cached[..24]
     );
 }
 
