@@ -248,16 +248,7 @@ fn torchscript_backbone_with_linear_head() {
     let script = "import torch,sys\n\
                   m=torch.nn.Sequential(torch.nn.Conv2d(3,12,3,padding=1),torch.nn.ReLU())\n\
                   torch.jit.script(m).save(sys.argv[1])\n";
-    let made = Command::new(python())
-        .args(["-c", script])
-        .arg(&pt)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    run_python(script, &pt);
     let out = dir.path().join("emb");
     let corpus = fixtures().join("corpus");
     ok(&[

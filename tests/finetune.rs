@@ -19,16 +19,7 @@ fn scripted_trunk(dir: &Path) -> PathBuf {
                   m=torch.nn.Sequential(torch.nn.Conv2d(3,8,3,padding=1),torch.nn.BatchNorm2d(8),\
                   torch.nn.ReLU(),torch.nn.Conv2d(8,24,3,stride=2,padding=1),torch.nn.ReLU())\n\
                   torch.jit.script(m).save(sys.argv[1])\n";
-    let made = Command::new(python())
-        .args(["-c", script])
-        .arg(&pt)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    run_python(script, &pt);
     pt
 }
 
@@ -256,14 +247,6 @@ fn a_copied_run_directory_loads_and_embeds_the_same_vectors() {
         stderr.contains("trunk.pt") && stderr.contains("beside"),
         "{stderr}"
     );
-}
-
-fn completed_epochs(run: &Path) -> usize {
-    fs::read_to_string(run.join("last/state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["epoch"].as_u64())
-        .unwrap_or(0) as usize
 }
 
 #[test]

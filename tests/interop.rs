@@ -323,16 +323,7 @@ fn a_replaced_backbone_is_refused_when_its_checkpoint_is_loaded() {
              m=torch.nn.Sequential(torch.nn.Conv2d(3,{channels},3,padding=1),torch.nn.ReLU())\n\
              torch.jit.script(m).save(sys.argv[1])\n"
         );
-        let made = Command::new(python())
-            .args(["-c", &script])
-            .arg(&pt)
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        run_python(&script, &pt);
     };
     save(12);
     let pre = tripmine::corpus::Preprocess::standard(32, 3);

@@ -275,14 +275,6 @@ fn weights(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn completed_epochs(run: &Path) -> usize {
-    fs::read_to_string(run.join("last/state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["epoch"].as_u64())
-        .unwrap_or(0) as usize
-}
-
 #[test]
 fn a_run_killed_mid_training_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();

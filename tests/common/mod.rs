@@ -67,6 +67,30 @@ pub fn python() -> PathBuf {
     repo().join(".venv/bin/python")
 }
 
+/// Runs `script` in the venv's Python with `out` as its argument (`sys.argv[1]`): how tests
+/// save TorchScript modules.
+pub fn run_python(script: &str, out: &Path) {
+    let made = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// Epochs a run directory's `last/` checkpoint has completed (0 before the first).
+pub fn completed_epochs(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("last/state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["epoch"].as_u64())
+        .unwrap_or(0) as usize
+}
+
 /// Writes an embeddings directory of `classes` Gaussian clusters of `per_class` unit vectors.
 pub fn synthetic_embeddings(
     dir: &Path,
