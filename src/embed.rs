@@ -150,6 +150,30 @@ pub fn embed_pixels(
     Ok(out)
 }
 
+/// Rows a head embeds per call.
+const FEATURE_CHUNK: usize = 4096;
+
+/// Embeddings of feature rows (N × `width`, row-major) through a head, in chunks, as N×D
+/// row-major floats. A head is a small GEMM: no progress bar.
+pub fn embed_feature_rows(
+    model: &Embedder,
+    rows: &[f32],
+    width: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let width = width.max(1);
+    let n = rows.len() / width;
+    let mut out = Vec::with_capacity(n * model.spec.dim as usize);
+    for chunk in rows.chunks(FEATURE_CHUNK * width) {
+        let x = tch::Tensor::from_slice(chunk).view([-1, width as i64]);
+        let emb = model
+            .embed_features(&x)?
+            .to_device(Device::Cpu)
+            .contiguous();
+        out.extend(Vec::<f32>::try_from(emb.view([-1]))?);
+    }
+    Ok(out)
+}
+
 /// Embeds `samples` in batches. A scoped thread decodes the next batch (on rayon's pool)
 /// while the network (on libtorch's) embeds the current one.
 pub fn embed_samples(
@@ -323,18 +347,7 @@ pub fn embed_features(
         )));
     }
     let dim = network.spec.dim as usize;
-    let mut data = Vec::with_capacity(rows.len() * dim);
-    let bar = progress::bar(rows.len() as u64, "embedding");
-    for chunk in rows.data.chunks(4096 * rows.dim) {
-        let x = tch::Tensor::from_slice(chunk).view([-1, rows.dim as i64]);
-        let emb = network
-            .embed_features(&x)?
-            .to_device(Device::Cpu)
-            .contiguous();
-        data.extend(Vec::<f32>::try_from(emb.view([-1])).map_err(ModelError::from)?);
-        bar.inc((chunk.len() / rows.dim) as u64);
-    }
-    bar.finish_and_clear();
+    let data = embed_feature_rows(&network, &rows.data, rows.dim)?;
     let count = rows.len();
     let npy = store::npy_bytes(count, dim, &data);
     let meta = EmbeddingsMeta {

@@ -172,9 +172,10 @@ impl Embedder {
         }
         let p = &spec.preprocess;
         let takes_images = !matches!(spec.architecture, Architecture::Head { .. });
-        if takes_images && !(p.channels == 1 || p.channels == 3)
-            || p.mean.len() != p.channels as usize
-            || p.std.len() != p.channels as usize
+        if takes_images
+            && (!(p.channels == 1 || p.channels == 3)
+                || p.mean.len() != p.channels as usize
+                || p.std.len() != p.channels as usize)
         {
             return Err(ModelError::Config(format!(
                 "channels must be 1 or 3 with one mean and std each (got channels {}, mean {:?}, std {:?})",
@@ -222,8 +223,7 @@ impl Embedder {
     /// The features the trunk gives a batch (N × F, no gradient, evaluation mode): what a
     /// frozen trunk's cache holds. `None` for the built-in network, which has no separate trunk.
     pub fn trunk_features(&self, images: &Tensor) -> Result<Option<Tensor>, ModelError> {
-        self.net
-            .trunk_features(&channels_last(&images.to_device(self.device())))
+        self.net.trunk_features(&self.network_input(images))
     }
 
     /// Unit-norm embeddings of trunk features (N × F, as [`Embedder::trunk_features`] gives
@@ -262,10 +262,15 @@ impl Embedder {
 
     /// Unit-norm embeddings of a batch (N × C × H × W, already preprocessed).
     pub fn forward(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let raw = self
-            .net
-            .forward(&channels_last(&images.to_device(self.device())), train)?;
+        let raw = self.net.forward(&self.network_input(images), train)?;
         Ok(l2_normalise(&raw))
+    }
+
+    /// A batch on the network's device in channels-last memory, which the built-in ResNet and
+    /// TorchScript trunks alike run faster on (EfficientNet-Lite0 fine-tuning at 64 px: 123
+    /// images/s against 95 with NCHW-contiguous input, 2 cores).
+    fn network_input(&self, images: &Tensor) -> Tensor {
+        channels_last(&images.to_device(self.device()))
     }
 
     /// Embeddings without gradients, in evaluation mode.

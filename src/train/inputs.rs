@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 
 use super::{augment, io_err, TrainError};
 use crate::corpus::{Preprocess, Sample};
-use crate::embed::embed_pixels;
+use crate::embed::{embed_feature_rows, embed_pixels};
 use crate::model::{Architecture, Embedder, ModelError};
 use crate::output::{write_atomic, write_json};
 use crate::rng::Rng;
@@ -73,9 +73,6 @@ impl FeatureRows {
     }
 }
 
-/// Rows embedded per call of the head.
-const FEATURE_CHUNK: usize = 4096;
-
 impl Inputs for FeatureRows {
     fn batch(&self, indices: &[usize], augment: Option<Rng>) -> Tensor {
         let mut rng = augment.filter(|_| self.views > 1);
@@ -92,16 +89,7 @@ impl Inputs for FeatureRows {
     }
 
     fn embed(&self, model: &Embedder) -> Result<Vec<f32>, ModelError> {
-        let clean = &self.data[..self.samples * self.dim];
-        let mut out = Vec::with_capacity(self.samples * model.spec.dim as usize);
-        for chunk in clean.chunks(FEATURE_CHUNK * self.dim) {
-            let x = Tensor::from_slice(chunk).view([-1, self.dim as i64]);
-            let emb = tch::no_grad(|| model.forward_features(&x, false))?;
-            out.extend(Vec::<f32>::try_from(
-                emb.to_device(Device::Cpu).contiguous().view([-1]),
-            )?);
-        }
-        Ok(out)
+        embed_feature_rows(model, &self.data[..self.samples * self.dim], self.dim)
     }
 }
 
