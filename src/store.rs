@@ -377,6 +377,15 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
     }
     let samples =
         parse_samples(&labels_bytes).map_err(|e| bad(format!("{}: {e}", name(&labels_path))))?;
+    let mut seen = std::collections::HashSet::with_capacity(samples.len());
+    if let Some(dup) = samples.iter().find(|s| !seen.insert(s.path.as_str())) {
+        return Err(bad(format!(
+            "{} names {:?} on more than one row; each row must be a distinct sample (a \
+             triplet of one file three times teaches nothing)",
+            name(&labels_path),
+            dup.path
+        )));
+    }
     if samples.len() != rows {
         return Err(bad(format!(
             "{} has {rows} rows but {} names {} samples; row i of the array must belong to \

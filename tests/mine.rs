@@ -383,3 +383,52 @@ fn corrupt_or_mismatched_embeddings_fail_clearly() {
     assert!(e.contains("<i4") && e.contains("float32"), "{e}");
     assert!(!dir.path().join("t.csv").exists());
 }
+
+#[test]
+fn inputs_that_cannot_work_are_refused_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    synthetic_embeddings(&emb, 6, 8, 16, 0.1, 1);
+    let out = dir.path().join("t.csv");
+    let refused = |extra: &[&str], expected: &str| {
+        let mut args = vec!["mine", "--embeddings", s(&emb), "--out", s(&out)];
+        args.extend(extra);
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = tripmine(&args);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{extra:?} was not refused at once"
+        );
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    };
+    refused(
+        &["--negatives-per-anchor", "1000000000000"],
+        "--max-search-depth",
+    );
+    refused(
+        &["--knn", "classes", "--candidate-classes", "0"],
+        "--candidate-classes",
+    );
+
+    // A labels CSV naming one path on every row would make triplets of one file three times.
+    let npy = emb.join("embeddings.npy");
+    let labels = dir.path().join("labels.csv");
+    let rows: String = (0..48).map(|i| format!("same.png,c{}\n", i % 6)).collect();
+    fs::write(&labels, format!("path,label\n{rows}")).unwrap();
+    let (code, _, stderr) = tripmine(&[
+        "mine",
+        "--embeddings",
+        s(&npy),
+        "--labels",
+        s(&labels),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("same.png") && stderr.contains("more than one row"),
+        "{stderr}"
+    );
+}

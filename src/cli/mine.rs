@@ -80,10 +80,21 @@ impl MineArgs {
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return Err(usage("--margin must be a non-negative number"));
         }
-        if self.negatives_per_anchor == 0 || self.anchors_per_class == Some(0) {
+        if self.negatives_per_anchor == 0
+            || self.anchors_per_class == Some(0)
+            || self.candidate_classes == 0
+        {
             return Err(usage(
-                "--negatives-per-anchor and --anchors-per-class must be at least 1",
+                "--negatives-per-anchor, --anchors-per-class and --candidate-classes must be at least 1",
             ));
+        }
+        if self.negatives_per_anchor > self.max_search_depth {
+            return Err(UsageError(format!(
+                "--negatives-per-anchor {} exceeds --max-search-depth {}: no anchor's search \
+                 reaches that many negatives",
+                self.negatives_per_anchor, self.max_search_depth
+            ))
+            .into());
         }
         if !(1..=256).contains(&self.hnsw_m) || self.ef_construction == 0 || self.ef_search == 0 {
             return Err(usage(

@@ -196,10 +196,11 @@ impl TrainArgs {
         let mining: Mining = self.mining.parse().map_err(usage)?;
         if self.epochs == Some(0)
             || self.batch_size == 0
+            || self.negatives_per_anchor == 0
             || self.classes_per_batch < 2
             || self.samples_per_class < 2
         {
-            return Err(usage("--epochs and --batch-size must be positive; P×K needs at least 2 classes × 2 samples".into()));
+            return Err(usage("--epochs, --batch-size and --negatives-per-anchor must be positive; P×K needs at least 2 classes × 2 samples".into()));
         }
         let every_ok = self.remine_every.is_finite() && self.remine_every >= 0.05;
         let share_ok = (0.0..=1.0).contains(&self.random_classes);
@@ -293,7 +294,7 @@ impl TrainArgs {
                 threads: self.runtime.threads,
                 strategy: self.strategy.clone(),
                 positives: self.positives,
-                negatives_per_anchor: self.negatives_per_anchor.max(1),
+                negatives_per_anchor: self.negatives_per_anchor,
                 knn: KnnConfig {
                     choice: self.knn,
                     ..KnnConfig::default()

@@ -1,5 +1,6 @@
 //! Listing a corpus: an ImageFolder tree or a CSV manifest (`path,label[,split]`).
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -56,12 +57,24 @@ fn list_image_folder(root: &Path) -> Result<(Vec<Sample>, Vec<Problem>), CorpusE
     Ok((samples, problems))
 }
 
-/// Every non-hidden file below `dir`; symlinked directories are followed.
+/// Every non-hidden file below `dir`; symlinked directories are followed, each real folder
+/// once (a link back to a folder above would otherwise be walked round and round).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
+    walk_once(dir, out, &mut HashSet::new())
+}
+
+fn walk_once(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+) -> Result<(), CorpusError> {
     let io = |source| CorpusError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    if !seen.insert(fs::canonicalize(dir).map_err(io)?) {
+        return Ok(());
+    }
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         if entry.file_name().to_string_lossy().starts_with('.') {
@@ -69,7 +82,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
         }
         let path = entry.path();
         if path.is_dir() {
-            walk(&path, out)?;
+            walk_once(&path, out, seen)?;
         } else {
             out.push(path);
         }
@@ -133,6 +146,22 @@ fn read_manifest(manifest: &Path) -> Result<(Vec<Sample>, Vec<Problem>), CorpusE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_back_to_a_parent_folder_is_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        fs::create_dir_all(&a).unwrap();
+        fs::write(a.join("x.png"), b"x").unwrap();
+        std::os::unix::fs::symlink("..", a.join("up")).unwrap();
+        let mut files = Vec::new();
+        walk(dir.path(), &mut files).unwrap();
+        assert_eq!(
+            files,
+            [a.join("x.png")],
+            "the loop a/up -> .. is not walked round"
+        );
+    }
 
     #[test]
     fn manifest_with_wrong_header_names_the_expected_columns() {

@@ -34,8 +34,15 @@ pub struct RunState {
     /// Epochs completed (1-based count).
     pub epoch: usize,
     pub step: usize,
+    /// NaN (written as `null`: JSON has no NaN) when the run has no validation metrics.
+    #[serde(deserialize_with = "nan_if_null")]
     pub best_map_at_r: f64,
     pub best_epoch: usize,
+}
+
+/// serde_json writes a non-finite f64 as `null`; it reads back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One line of `metrics.csv`; epoch 0 is the network before training.
@@ -137,4 +144,24 @@ pub fn read_metrics(run: &Path) -> Vec<MetricsRow> {
     csv::Reader::from_path(run.join(METRICS_CSV))
         .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_without_validation_metrics_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RunState {
+            epoch: 2,
+            step: 14,
+            best_map_at_r: f64::NAN,
+            best_epoch: 2,
+        };
+        write_json(&dir.path().join(STATE_JSON), &state).unwrap();
+        let back = read_state(dir.path()).unwrap();
+        assert!(back.best_map_at_r.is_nan());
+        assert_eq!((back.epoch, back.step, back.best_epoch), (2, 14, 2));
+    }
 }
