@@ -19,7 +19,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-venv bench-audit clean-venv
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -107,6 +107,21 @@ bench-train: $(LIBTORCH) $(BENCH_READY)
 bench-train-quick: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
 	$(BENCH_TRAIN) --quick
+
+# Pretrained backbones (scripts/bench_finetune.py: its docstring lists corpora and contenders):
+# the ImageNet EfficientNet-Lite0 from scratch / frozen with a cached head / fine-tuned in
+# tripmine, and fine-tuned by PyTorch + pytorch-metric-learning, 3 seeds each, on unseen test
+# data. Full: about 25 minutes on 2 cores; quick: about 3.
+BENCH_FINETUNE := $(BENCH_PY) scripts/bench_finetune.py --bin target/release/tripmine --pml-python $(BENCH_PY) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(BENCH_FINETUNE_ARGS)
+
+bench-finetune: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
+	$(BENCH_FINETUNE)
+
+bench-finetune-quick: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
+	$(BENCH_FINETUNE) --quick
 
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses
