@@ -567,6 +567,12 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     for epoch in state.epoch..cfg.epochs {
         let started = Instant::now();
         model.set_trunk_trainable(epoch >= cfg.freeze_backbone_epochs);
+        // Light steps (a head over feature rows) run on one libtorch thread; validation
+        // gets them all back.
+        let threads = tch::get_num_threads();
+        if train.inputs.light_steps() {
+            tch::set_num_threads(1);
+        }
         let sums = train_epoch(
             cfg,
             &model,
@@ -575,7 +581,9 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             source.as_mut(),
             &train,
             epoch,
-        )?;
+        );
+        tch::set_num_threads(threads);
+        let sums = sums?;
         let (metrics, spread) = validate(&model, &val, device)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {

@@ -104,6 +104,9 @@ pub struct Optimizer {
     /// First moments (Adam) or momentum buffers (SGD), one per parameter.
     first: Vec<Tensor>,
     second: Vec<Tensor>,
+    /// Adam's denominator, one per parameter, rewritten every step (not state): a step of a
+    /// fine-tuned trunk then allocates nothing parameter-sized.
+    scratch: Vec<Tensor>,
     pub steps: i64,
 }
 
@@ -138,6 +141,7 @@ impl Optimizer {
         Optimizer {
             first: zeros(),
             second: zeros(),
+            scratch: zeros(),
             lr_scale,
             params,
             cfg,
@@ -187,15 +191,27 @@ impl Optimizer {
                             p *= 1.0 - lr * cfg.weight_decay;
                             grad
                         };
-                        let (mean, square) = (&mut self.first[i], &mut self.second[i]);
-                        *mean *= BETA1;
-                        *mean += &g * (1.0 - BETA1);
-                        *square *= BETA2;
-                        let _ = square.addcmul_(&g, &(&g * (1.0 - BETA2)));
-                        let mut denominator = square.sqrt();
-                        denominator *= 1.0 / (1.0 - BETA2.powi(t)).sqrt();
-                        denominator += EPS;
-                        let _ = p.addcdiv_(&(&*mean * (-lr / (1.0 - BETA1.powi(t)))), &denominator);
+                        let (mean, square, denominator) = (
+                            &mut self.first[i],
+                            &mut self.second[i],
+                            &mut self.scratch[i],
+                        );
+                        // In place throughout: m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²
+                        // (scaled first so that addcmul_ needs no temporary).
+                        let _ = mean.lerp_(&g, 1.0 - BETA1);
+                        *square *= BETA2 / (1.0 - BETA2);
+                        let _ = square.addcmul_(&g, &g);
+                        *square *= 1.0 - BETA2;
+                        if lr == 0.0 {
+                            continue;
+                        }
+                        // p −= lr/(1−β1ᵗ) · m / (√(v/(1−β2ᵗ)) + ε), with the step's factor folded
+                        // into the denominator.
+                        let _ = square.sqrt_out(denominator);
+                        *denominator *= 1.0 / (1.0 - BETA2.powi(t)).sqrt();
+                        *denominator += EPS;
+                        *denominator *= -(1.0 - BETA1.powi(t)) / lr;
+                        let _ = p.addcdiv_(mean, denominator);
                     }
                 }
             }
