@@ -440,3 +440,73 @@ fn preprocessing_recorded_in_model_json_is_the_one_embed_uses() {
         "the wide image embeds as its centre square (distance {d})"
     );
 }
+
+#[test]
+fn an_image_is_turned_upright_by_its_exif_orientation_before_it_is_embedded() {
+    use image::ImageEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    // A wide image with content that a rotation changes, stored as taken by a camera held
+    // sideways: pixels as they lie, plus EXIF orientation 6 (display rotated 90° clockwise).
+    let raw = image::RgbImage::from_fn(32, 16, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 16) as u8, 90])
+    });
+    let exif: Vec<u8> = [
+        &b"MM\x00\x2a\x00\x00\x00\x08"[..], // TIFF header, big-endian, first IFD at 8
+        &[0x00, 0x01],                      // one entry
+        &[
+            0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00,
+        ], // Orientation = 6
+        &[0x00, 0x00, 0x00, 0x00],          // no next IFD
+    ]
+    .concat();
+    let corpus = dir.path().join("c");
+    for label in ["sideways", "upright", "raw"] {
+        fs::create_dir_all(corpus.join(label)).unwrap();
+    }
+    let mut encoder = image::codecs::png::PngEncoder::new(
+        fs::File::create(corpus.join("sideways/x.png")).unwrap(),
+    );
+    encoder.set_exif_metadata(exif).unwrap();
+    encoder
+        .write_image(raw.as_raw(), 32, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    image::imageops::rotate90(&raw)
+        .save(corpus.join("upright/x.png"))
+        .unwrap();
+    raw.save(corpus.join("raw/x.png")).unwrap();
+    let out = dir.path().join("emb");
+    ok(&[
+        "embed",
+        "--corpus",
+        s(&corpus),
+        "--input-size",
+        "16",
+        "--out",
+        s(&out),
+    ]);
+    let rows: Vec<String> = read_csv(&out.join("samples.csv"))
+        .iter()
+        .map(|r| r[1].to_string())
+        .collect();
+    let (_, dim, data) =
+        npy::read_f32_matrix(&fs::read(out.join("embeddings.npy")).unwrap()).unwrap();
+    let row = |name: &str| {
+        let i = rows.iter().position(|p| p.starts_with(name)).unwrap();
+        &data[i * dim..(i + 1) * dim]
+    };
+    let d = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    };
+    assert!(
+        d(row("sideways"), row("upright")) < 1e-5,
+        "the EXIF rotation was not applied"
+    );
+    assert!(
+        d(row("sideways"), row("raw")) > 1e-3,
+        "the rotation changes the embedding"
+    );
+}
