@@ -289,7 +289,9 @@ pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
         } => {
             let mut corpus = crate::corpus::open(path).map_err(crate::embed::EmbedError::from)?;
             if let Some(split) = &cfg.split {
-                corpus.samples.retain(|s| &s.split == split);
+                corpus
+                    .samples
+                    .retain(|s| crate::corpus::split_matches(&s.split, split));
                 if corpus.samples.is_empty() {
                     return Err(no_split(path, split));
                 }
@@ -310,7 +312,7 @@ pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
                 .filter(|&i| {
                     cfg.split
                         .as_ref()
-                        .is_none_or(|s| &set.samples[i].split == s)
+                        .is_none_or(|s| crate::corpus::split_matches(&set.samples[i].split, s))
                 })
                 .collect();
             if keep.is_empty() {

@@ -53,8 +53,16 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_below_stays_in_range() {
-        let a: Vec<u64> = (0..5).map(|_| Rng::new(3).next_u64()).collect();
-        assert!(a.windows(2).all(|w| w[0] == w[1]));
+        let stream = |seed| {
+            let mut r = Rng::new(seed);
+            (0..5).map(|_| r.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(stream(3), stream(3), "a seed replays its stream");
+        assert_ne!(stream(3), stream(4), "another seed, another stream");
+        assert!(
+            stream(3).windows(2).all(|w| w[0] != w[1]),
+            "the stream moves"
+        );
         let mut r = Rng::new(9);
         assert!((0..1000).all(|_| r.below(7) < 7));
     }

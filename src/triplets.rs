@@ -68,13 +68,20 @@ pub fn write<W: io::Write>(w: W, rows: impl IntoIterator<Item = TripletRow>) -> 
     csv.flush()
 }
 
+/// The sidecar of the triplet CSV `csv`: the same name with `.json` (`t.csv` and `t` both get
+/// `t.json`); `None` for a name that already ends in `.json`, which would be its own sidecar.
+pub fn sidecar_path(csv: &Path) -> Option<std::path::PathBuf> {
+    csv.extension()
+        .is_none_or(|e| e != "json")
+        .then(|| csv.with_extension("json"))
+}
+
 /// Reads a triplet CSV, checking the header; errors name the file and the line. When the
 /// sidecar `<name>.json` records the CSV's SHA-256 (as `tripmine mine` writes it), the two
 /// must belong together: a CSV replaced after its sidecar was written is refused.
 pub fn read(path: &Path) -> Result<Vec<TripletRow>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let sidecar = path.with_extension("json");
-    if path.extension().is_some_and(|e| e != "json") {
+    if let Some(sidecar) = sidecar_path(path) {
         let recorded = std::fs::read_to_string(&sidecar)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

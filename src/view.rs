@@ -171,7 +171,7 @@ pub fn sort(rows: &mut [TripletRow], order: SortOrder, seed: u64) {
 }
 
 fn sidecar_margin(csv: &Path) -> Option<f32> {
-    let text = fs::read_to_string(csv.with_extension("json")).ok()?;
+    let text = fs::read_to_string(crate::triplets::sidecar_path(csv)?).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("margin")?.as_f64().map(|m| m as f32)
 }

@@ -432,3 +432,57 @@ fn inputs_that_cannot_work_are_refused_at_once_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_triplet_csv_and_its_sidecar_never_share_a_name_and_always_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    synthetic_embeddings(&emb, 6, 8, 16, 0.1, 1);
+    let json_out = dir.path().join("x.json");
+    let (code, _, stderr) = tripmine(&["mine", "--embeddings", s(&emb), "--out", s(&json_out)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(".json"), "{stderr}");
+    assert!(!json_out.exists());
+
+    // Without an extension the sidecar is t.json, and a CSV replaced later is caught.
+    let bare = dir.path().join("t");
+    ok(&["mine", "--embeddings", s(&emb), "--out", s(&bare)]);
+    assert!(dir.path().join("t.json").is_file());
+    assert!(triplets::read(&bare).is_ok());
+    let mut text = fs::read_to_string(&bare).unwrap();
+    text.push('\n'); // any change to the bytes
+    fs::write(&bare, text).unwrap();
+    let e = triplets::read(&bare).unwrap_err();
+    assert!(e.contains("does not belong to its sidecar"), "{e}");
+
+    // eval --split matches split values in any letter case, as train does.
+    let labels = dir.path().join("labels.csv");
+    let rows: String = read_csv(&emb.join("samples.csv"))
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "{},{},{}\n",
+                &r[1],
+                &r[2],
+                if i % 2 == 0 { "Test" } else { "Train" }
+            )
+        })
+        .collect();
+    fs::write(&labels, format!("path,label,split\n{rows}")).unwrap();
+    let npy = emb.join("embeddings.npy");
+    let stdout = ok(&[
+        "eval",
+        "--embeddings",
+        s(&npy),
+        "--labels",
+        s(&labels),
+        "--split",
+        "test",
+        "--json",
+    ]);
+    let queries = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["queries"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(queries, 24, "the 24 rows marked Test: {stdout}");
+}

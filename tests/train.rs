@@ -42,15 +42,43 @@ fn map_at_r(row: &csv::StringRecord) -> f64 {
 }
 
 #[test]
-fn the_default_regime_is_the_benchmark_winner() {
-    let (code, stdout, _) = tripmine(&["train", "--help"]);
-    assert_eq!(code, 0);
-    let mining = stdout
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("--mining"))
-        .take_while(|l| !l.contains("--remine-every"))
-        .collect::<String>();
-    assert!(mining.contains("[default: batch-semihard]"), "{mining}");
+fn without_mining_options_a_run_trains_batch_semihard_and_resumes_without_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fixtures().join("corpus");
+    let run = dir.path().join("run");
+    // No --mining: the default regime, end to end. --val-samples 0 leaves no validation
+    // split, so best MAP@R is NaN in state.json (written as null) and must still resume.
+    let mut args: Vec<&str> = vec!["train", "--corpus", s(&corpus), "--out", s(&run)];
+    args.extend([
+        "--epochs",
+        "2",
+        "--dim",
+        "16",
+        "--input-size",
+        "32",
+        "--val-samples",
+        "0",
+    ]);
+    ok(&args);
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["mining"], "batch-semihard");
+    let round: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("rounds/001/distances.json")).unwrap())
+            .unwrap();
+    let kinds = round["kinds"].as_object().unwrap();
+    assert!(kinds["semihard"].as_u64().unwrap() > 0, "{kinds:?}");
+    for other in ["hard", "easy"] {
+        assert_eq!(
+            kinds.get(other).and_then(|v| v.as_u64()).unwrap_or(0),
+            0,
+            "{kinds:?}"
+        );
+    }
+    let state = fs::read_to_string(run.join("last/state.json")).unwrap();
+    assert!(state.contains("null"), "{state}");
+    let stdout = ok(&["train", "--resume", s(&run)]);
+    assert!(stdout.contains("trained 2 epochs"), "{stdout}");
 }
 
 #[test]

@@ -88,6 +88,13 @@ impl MineArgs {
                 "--negatives-per-anchor, --anchors-per-class and --candidate-classes must be at least 1",
             ));
         }
+        if self.out.as_os_str() != "-" && crate::triplets::sidecar_path(&self.out).is_none() {
+            return Err(UsageError(format!(
+                "--out {}: a triplet CSV cannot end in .json, which is the name of its sidecar",
+                self.out.display()
+            ))
+            .into());
+        }
         if self.negatives_per_anchor > self.max_search_depth {
             return Err(UsageError(format!(
                 "--negatives-per-anchor {} exceeds --max-search-depth {}: no anchor's search \

@@ -12,6 +12,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// Whether a sample's split column names `wanted`: letter case and surrounding blanks do not
+/// matter (`Test`, `test ` and `TEST` are one split), as for `train`'s split roles.
+pub fn split_matches(value: &str, wanted: &str) -> bool {
+    value.trim().eq_ignore_ascii_case(wanted.trim())
+}
+
 /// One image of the corpus.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -372,7 +372,7 @@ pub fn write_triplet_set(
     .map_err(failed(path))?;
     crash_point("mine:csv-written");
     sidecar["csv_sha256"] = csv_sha256.into();
-    let json = path.with_extension("json");
+    let json = triplets::sidecar_path(path).expect("--out was checked not to end in .json");
     write_json(&json, &sidecar).map_err(failed(&json))
 }
 

@@ -309,11 +309,17 @@ fn split(
     };
     match validation {
         Validation::SplitColumn => {
-            let role = |split: &str| match split.trim().to_ascii_lowercase().as_str() {
-                "train" => Some(SplitRole::Train),
-                "val" | "valid" | "validation" => Some(SplitRole::Validate),
-                "test" => Some(SplitRole::Test),
-                _ => None,
+            let is = |split: &str, name: &str| corpus::split_matches(split, name);
+            let role = |split: &str| {
+                if is(split, "train") {
+                    Some(SplitRole::Train)
+                } else if ["val", "valid", "validation"].iter().any(|v| is(split, v)) {
+                    Some(SplitRole::Validate)
+                } else if is(split, "test") {
+                    Some(SplitRole::Test)
+                } else {
+                    None
+                }
             };
             let all = by_class.values().flatten();
             let has_val = all
@@ -606,7 +612,12 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             lr: sums.lr,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if sums.active == 0 {
+        if sums.total == 0 {
+            warnings.push(format!(
+                "epoch {}: no triplet could be formed in any batch (no class had two samples in a batch, or every negative was excluded); try more --samples-per-class or another --mining",
+                epoch + 1
+            ));
+        } else if sums.active == 0 {
             warnings.push(format!(
                 "epoch {}: every triplet already satisfied the margin (zero loss); try a harder --strategy or a larger --margin",
                 epoch + 1

@@ -406,8 +406,11 @@ impl<'a> GlobalTriplets<'a> {
         let mut sidecar = mine::rules_sidecar(&rules, &index.describe(), &stats);
         sidecar["round"] = round.into();
         sidecar["wall_seconds"] = started.elapsed().as_secs_f64().into();
-        mine::write_triplet_set(&csv, rows, sidecar)
-            .map_err(|e| TrainError::Input(e.to_string()))?;
+        // A round that cannot be written is a failure while working (exit 1), not bad input.
+        mine::write_triplet_set(&csv, rows, sidecar).map_err(|e| match e {
+            mine::MineError::Write { path, source } => TrainError::Io { path, source },
+            other => TrainError::Input(other.to_string()),
+        })?;
         record(&triplets)?;
         Ok(triplets)
     }
