@@ -19,7 +19,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-venv bench-audit clean-venv
+.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -122,6 +122,21 @@ bench-finetune: $(LIBTORCH) $(BENCH_READY)
 bench-finetune-quick: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
 	$(BENCH_FINETUNE) --quick
+
+# Where whole-corpus mining should pay: a corpus shaped like SOP (scripts/make_sop.py), from
+# scratch and heads over frozen features (EfficientNet-Lite0's, exported by bench-finetune, and
+# an in-domain ResNet's), tripmine's regimes against pml in-batch and XBM (scripts/bench_regime.py).
+BENCH_REGIME := $(BENCH_PY) scripts/bench_regime.py --bin $(BIN) --pml-python $(BENCH_PY)
+
+bench-regime: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
+	test -f out/bench-finetune/effnet_lite0_64.pt || $(BENCH_FINETUNE) --quick
+	$(BENCH_REGIME)
+
+bench-regime-quick: $(LIBTORCH) $(BENCH_READY)
+	cargo build --release
+	test -f out/bench-finetune/effnet_lite0_64.pt || $(BENCH_FINETUNE) --quick
+	$(BENCH_REGIME) --quick
 
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses

@@ -239,7 +239,12 @@ def main():
     start = time.time()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", required=True)
-    ap.add_argument("--miner", choices=["batch-hard", "batch-semihard"], default="batch-hard")
+    ap.add_argument("--miner", choices=["batch-hard", "batch-semihard", "xbm"], default="batch-hard",
+                    help="xbm: CrossBatchMemory over TripletMarginLoss with the semi-hard TripletMarginMiner, "
+                         "a memory of --xbm-memory of the training set, switched on after --xbm-warmup steps "
+                         "(plain in-batch semi-hard before), as XBM's released recipe")
+    ap.add_argument("--xbm-memory", type=float, default=0.9, help="memory size as a share of the training set")
+    ap.add_argument("--xbm-warmup", type=int, default=1000, help="steps before the memory is used")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--channels", type=int, choices=[1, 3], default=3)
@@ -285,6 +290,10 @@ def main():
         miner = miners.BatchHardMiner()
     else:
         miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard")
+    xbm = None
+    if args.miner == "xbm":
+        xbm = losses.CrossBatchMemory(loss=losses.TripletMarginLoss(margin=MARGIN), embedding_size=args.dim,
+                                      memory_size=max(batch, int(args.xbm_memory * len(train_y))), miner=miner)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     step, losses_seen = 0, []
@@ -297,7 +306,13 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = learning_rate(args.lr, step, total, steps_per_epoch)
             emb = model(x)
-            loss = loss_fn(emb, y, miner(emb, y))
+            if xbm is not None and step >= args.xbm_warmup:
+                loss = xbm(emb, y)
+            else:
+                loss = loss_fn(emb, y, miner(emb, y))
+                if xbm is not None:
+                    # The memory fills during the warm-up too, so it is full when it starts.
+                    xbm.add_to_memory(emb.detach(), y, len(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

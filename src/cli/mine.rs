@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{EmbeddingsArgs, RuntimeArgs, UsageError};
+use super::{EmbeddingsArgs, GuardArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::knn::{HnswParams, KnnChoice, KnnConfig};
 use crate::mine::{
@@ -13,7 +13,7 @@ use crate::mine::{
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head\n  tripmine mine --embeddings emb/ --out t.csv --knn classes --candidate-classes 1000"
+    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head\n  tripmine mine --embeddings emb/ --out t.csv --knn classes --candidate-classes 1000\n  tripmine mine --embeddings emb/ --out t.csv --skip-nearest 2 --negative-floor 0.9   # guard against false negatives"
 )]
 pub struct MineArgs {
     #[command(flatten)]
@@ -48,6 +48,8 @@ pub struct MineArgs {
     /// CSV with a `path` column: those samples take no role in any triplet
     #[arg(long)]
     pub exclude: Option<PathBuf>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
     /// Neighbour backend. auto: exact below 20,000 samples; from there the classes path when
     /// --candidate-classes is under 20% of the classes, else HNSW from 300,000 samples
     #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
@@ -76,6 +78,7 @@ pub struct MineArgs {
 impl MineArgs {
     pub fn to_config(&self) -> Result<MineConfig, anyhow::Error> {
         let device = self.runtime.apply()?;
+        self.guard.validate()?;
         let usage = |m: &str| -> anyhow::Error { UsageError(m.into()).into() };
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return Err(usage("--margin must be a non-negative number"));
@@ -139,6 +142,8 @@ impl MineArgs {
                 seed: self.runtime.seed,
                 start_depth: defaults.start_depth.min(self.max_search_depth),
                 max_depth: self.max_search_depth.max(1),
+                skip_nearest: self.guard.skip_nearest,
+                negative_floor: self.guard.negative_floor,
             },
             knn: KnnConfig {
                 choice: self.knn,

@@ -71,6 +71,32 @@ impl EmbeddingsArgs {
     }
 }
 
+/// The false-negative guard of every negative taken from the neighbour index: `mine`'s, and
+/// `train`'s global rounds, memory negatives and neighbour-batch seeds.
+#[derive(Debug, Clone, Args)]
+pub struct GuardArgs {
+    /// Never take an anchor's R nearest other-label samples as its negatives (they are often
+    /// duplicates or mislabels)
+    #[arg(long, default_value_t = 0)]
+    pub skip_nearest: usize,
+    /// Drop negatives closer to the anchor than F·d(a,p), which are likely false negatives
+    /// (0: off; NV-Retriever keeps those beyond 0.95 of the positive's similarity)
+    #[arg(long, default_value_t = 0.0)]
+    pub negative_floor: f32,
+}
+
+impl GuardArgs {
+    pub fn validate(&self) -> Result<(), UsageError> {
+        if !(self.negative_floor.is_finite() && self.negative_floor >= 0.0) {
+            return Err(UsageError(format!(
+                "--negative-floor {} must be a non-negative number",
+                self.negative_floor
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Options every libtorch-using subcommand shares.
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {

@@ -5,23 +5,23 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::embed::NetworkArgs;
-use super::{RuntimeArgs, UsageError};
+use super::{GuardArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::knn::{KnnChoice, KnnConfig};
 use crate::mine::{PositiveRule, Strategy};
 use crate::model::{HeadKind, ModelSpec, TrunkMode};
 use crate::train::{
-    FeatureSource, InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, ScheduleKind,
-    TrainConfig, Validation, DEFAULT_BACKBONE_LR_SCALE, DEFAULT_CACHED_VIEWS,
+    FeatureSource, InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, Period,
+    ScheduleKind, TrainConfig, Validation, DEFAULT_BACKBONE_LR_SCALE, DEFAULT_CACHED_VIEWS,
     DEFAULT_RANDOM_CLASSES,
 };
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # batch-semihard in P×K batches\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
+    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # --mining auto (config.json says what it chose)\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
     group(clap::ArgGroup::new("fresh").multiple(true).args([
         "epochs", "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
-        "memory_warmup", "skip_nearest", "batch_size", "classes_per_batch", "samples_per_class",
+        "memory_warmup", "global_warmup", "skip_nearest", "negative_floor", "batch_size", "classes_per_batch", "samples_per_class",
         "margin", "distance", "soft_margin", "swap", "optimizer", "lr", "weight_decay", "momentum",
         "schedule", "warmup_epochs", "lr_step", "lr_gamma", "no_augment", "strategy", "positives",
         "negatives_per_anchor", "knn", "val_classes", "val_samples", "exclude", "device", "seed",
@@ -83,14 +83,16 @@ pub struct TrainArgs {
     /// Epochs (default: enough for about 3,000 steps, between 10 and 60)
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// batch-semihard | batch-hard | batch-all | neighbour-batches | global | triplets:FILE.csv
-    /// (the default won `make bench-train`)
-    #[arg(long, default_value = "batch-semihard")]
+    /// auto | batch-semihard | batch-hard | batch-all | neighbour-batches | global |
+    /// triplets:FILE.csv. auto: with at most 10 samples per class, global over feature rows
+    /// or a frozen trunk and neighbour-batches over images, else batch-semihard (measured by
+    /// `make bench-regime` and `make bench-train`); config.json records the choice and why
+    #[arg(long, default_value = "auto")]
     pub mining: String,
-    /// Epochs between refreshes of the neighbour graph (fractions such as 0.5 allowed) or
-    /// between global re-mining rounds
-    #[arg(long, default_value_t = 1.0)]
-    pub remine_every: f64,
+    /// Between refreshes of the neighbour graph (and memory) or global re-mining rounds:
+    /// epochs (fractions such as 0.5 allowed) or steps (500steps)
+    #[arg(long, default_value = "1")]
+    pub remine_every: Period,
     /// Miner inside neighbour batches
     #[arg(long, value_enum, default_value_t = InBatchMiner::default())]
     pub batch_miner: InBatchMiner,
@@ -101,13 +103,17 @@ pub struct TrainArgs {
     /// embeddings, by the --strategy bands (0: off)
     #[arg(long, default_value_t = 0)]
     pub memory_negatives: usize,
-    /// Epochs before memory negatives start
-    #[arg(long, default_value_t = 1)]
-    pub memory_warmup: usize,
-    /// Never take a sample's R nearest other-label neighbours as graph-chosen negatives
-    /// (they are often duplicates or mislabels)
-    #[arg(long, default_value_t = 0)]
-    pub skip_nearest: usize,
+    /// Training before memory negatives start: epochs (fractions allowed) or steps (500steps)
+    #[arg(long, default_value = "1")]
+    pub memory_warmup: Period,
+    /// Global mining: training on P×K batches mined inside (--batch-miner) before the first
+    /// round, in epochs or steps
+    #[arg(long, default_value = "0")]
+    pub global_warmup: Period,
+    /// The guard of global rounds and memory negatives (as `mine`'s); --skip-nearest also
+    /// keeps a seed image's nearest neighbours out of its neighbour batch
+    #[command(flatten)]
+    pub guard: GuardArgs,
     /// Triplets per step (global and triplets:FILE)
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -202,13 +208,17 @@ impl TrainArgs {
         {
             return Err(usage("--epochs, --batch-size and --negatives-per-anchor must be positive; P×K needs at least 2 classes × 2 samples".into()));
         }
-        let every_ok = self.remine_every.is_finite() && self.remine_every >= 0.05;
+        let every_ok = match self.remine_every {
+            Period::Epochs(e) => e >= 0.05,
+            Period::Steps(n) => n >= 1,
+        };
         let share_ok = (0.0..=1.0).contains(&self.random_classes);
         if !(every_ok && share_ok) {
             return Err(usage(
-                "--remine-every must be at least 0.05 epochs and --random-classes in [0, 1]".into(),
+                "--remine-every must be at least 0.05 epochs or 1 step, and --random-classes in [0, 1]".into(),
             ));
         }
+        self.guard.validate()?;
         let lr_ok = self.lr.is_finite()
             && self.lr > 0.0
             && self.backbone_lr_scale.is_finite()
@@ -290,7 +300,9 @@ impl TrainArgs {
                 random_classes: self.random_classes,
                 memory_negatives: self.memory_negatives,
                 memory_warmup: self.memory_warmup,
-                skip_nearest: self.skip_nearest,
+                global_warmup: self.global_warmup,
+                skip_nearest: self.guard.skip_nearest,
+                negative_floor: self.guard.negative_floor,
                 threads: self.runtime.threads,
                 strategy: self.strategy.clone(),
                 positives: self.positives,
@@ -301,6 +313,7 @@ impl TrainArgs {
                 },
                 validation,
                 exclude: self.exclude.clone(),
+                mining_choice: None,
             },
             false,
         ))

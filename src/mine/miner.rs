@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::rules::{MiningRules, NegativeOrder, PositiveRule, Selection};
 use crate::definitions::{Triplet, TripletKind};
-use crate::knn::{Band, BandHits, NeighbourIndex, Points};
+use crate::knn::{Band, BandHits, NeighbourIndex, Points, Restriction};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -59,9 +59,21 @@ pub fn mine(
     let bar = (anchors.len() > ANCHOR_CHUNK)
         .then(|| crate::progress::bar(anchors.len() as u64, "mining"));
     for chunk in anchors.chunks(ANCHOR_CHUNK) {
+        // The guard's nearest other-label samples of each anchor, never its negatives.
+        let mut guarded = match rules.skip_nearest {
+            0 => Vec::new(),
+            skip => index.search(chunk, skip, Restriction::OtherLabels),
+        }
+        .into_iter();
         let plans: Vec<AnchorPlan> = chunk
-            .par_iter()
-            .map(|&a| AnchorPlan::new(points, a, &members, rules))
+            .iter()
+            .map(|&a| {
+                let skipped = guarded.next().unwrap_or_default();
+                (a, skipped.into_iter().map(|n| n.index).collect())
+            })
+            .collect::<Vec<(usize, Vec<usize>)>>()
+            .into_par_iter()
+            .map(|(a, skipped)| AnchorPlan::new(points, a, skipped, &members, rules))
             .collect();
         let requests: Vec<Request> = plans
             .iter()
@@ -148,6 +160,8 @@ struct AnchorPlan {
     anchor: usize,
     pairs: Vec<PairPlan>,
     seed: u64,
+    /// Other-label samples the false-negative guard keeps out (`skip_nearest`).
+    skipped: Vec<usize>,
 }
 
 struct PairPlan {
@@ -178,6 +192,7 @@ impl AnchorPlan {
     fn new(
         points: Points,
         anchor: usize,
+        skipped: Vec<usize>,
         members: &HashMap<u32, Vec<usize>>,
         rules: &MiningRules,
     ) -> Self {
@@ -227,6 +242,7 @@ impl AnchorPlan {
             anchor,
             pairs,
             seed,
+            skipped,
         }
     }
 
@@ -236,13 +252,14 @@ impl AnchorPlan {
             for &(selection, n) in &p.wanted {
                 let band = (!random_easy(selection, rules)).then(|| {
                     let (near, far) = selection.distance_range(p.d_ap, rules.margin);
+                    let near = near.max(rules.floor(p.d_ap));
                     Band {
                         query: self.anchor,
                         min_dot: rules.distance.to_dot(far) - EDGE_SLACK,
                         max_dot: rules.distance.to_dot(near) + EDGE_SLACK,
                         // Random order draws from the band's first max_depth members.
                         k: if rules.negative_order == NegativeOrder::Nearest {
-                            n + EDGE_EXTRA
+                            n + EDGE_EXTRA + self.skipped.len()
                         } else {
                             rules.max_depth
                         },
@@ -282,11 +299,14 @@ impl AnchorPlan {
         let mut first_missing: Option<String> = None;
         for (request, answer) in answered {
             let pair = &self.pairs[request.pair];
+            // Negatives already taken for this pair, and those the guard keeps out.
             let taken: Vec<usize> = triplets
                 .iter()
                 .filter(|t| t.positive == pair.positive)
                 .map(|t| t.negative)
+                .chain(self.skipped.iter().copied())
                 .collect();
+            let floor = rules.floor(pair.d_ap);
             let mut found: Vec<Triplet> = match answer {
                 None => sample_easy(
                     points,
@@ -299,13 +319,14 @@ impl AnchorPlan {
                 )
                 .into_iter()
                 .map(|n| exact_triplet(points, rules, self.anchor, pair.positive, n))
+                .filter(|t| t.d_an >= floor)
                 .collect(),
                 Some(a) => a
                     .hits
                     .iter()
                     .filter(|h| !taken.contains(&h.index))
                     .map(|h| exact_triplet(points, rules, self.anchor, pair.positive, h.index))
-                    .filter(|t| request.selection.accepts(t.kind))
+                    .filter(|t| request.selection.accepts(t.kind) && t.d_an >= floor)
                     .collect(),
             };
             if rules.negative_order == NegativeOrder::Random {
@@ -638,6 +659,48 @@ mod tests {
         for t in mined {
             let near = brute_force(points, t.anchor, 2, Restriction::OtherLabels);
             assert!(near.iter().any(|n| n.index == t.negative));
+        }
+    }
+
+    /// The false-negative guard holds for every negative: none among the anchor's
+    /// `skip_nearest` nearest other-label samples, none closer than `negative_floor`·d(a,p);
+    /// and it removes negatives that would be mined without it.
+    #[test]
+    fn the_false_negative_guard_holds_for_every_negative() {
+        let (data, labels) = data();
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        for strategy in ["hard", "semihard", "all"] {
+            let plain = rules(strategy, 3);
+            let guarded = MiningRules {
+                skip_nearest: 2,
+                negative_floor: 0.9,
+                ..plain.clone()
+            };
+            let (unguarded, _) = mine(points, &Brute(points), &plain);
+            let (mined, _) = mine(points, &Brute(points), &guarded);
+            assert!(!mined.is_empty(), "{strategy}: the guard left nothing");
+            for t in &mined {
+                let nearest = brute_force(points, t.anchor, 2, Restriction::OtherLabels);
+                assert!(
+                    nearest.iter().all(|n| n.index != t.negative),
+                    "{strategy}: {t:?} takes a skipped neighbour"
+                );
+                assert!(
+                    t.d_an >= 0.9 * t.d_ap,
+                    "{strategy}: {t:?} is under the floor"
+                );
+            }
+            let kept: std::collections::HashSet<(usize, usize)> =
+                mined.iter().map(|t| (t.anchor, t.negative)).collect();
+            let dropped = unguarded
+                .iter()
+                .filter(|t| !kept.contains(&(t.anchor, t.negative)))
+                .count();
+            assert!(dropped > 0, "{strategy}: the guard changed nothing");
         }
     }
 }

@@ -393,6 +393,8 @@ pub fn rules_sidecar(
         "negative_order": r.negative_order,
         "anchors_per_class": r.anchors_per_class,
         "search_depth": { "start": r.start_depth, "max": r.max_depth },
+        "skip_nearest": r.skip_nearest,
+        "negative_floor": crate::definitions::json_f32(r.negative_floor),
         "seed": r.seed,
         "backend": backend,
         "counts": {

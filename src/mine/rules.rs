@@ -139,6 +139,18 @@ pub struct MiningRules {
     pub start_depth: usize,
     /// The widening stops here; anchors still short are recorded with the reason.
     pub max_depth: usize,
+    /// The false-negative guard: an anchor's this many nearest other-label samples are never
+    /// its negatives (they are often duplicates or mislabels).
+    pub skip_nearest: usize,
+    /// The other guard (NV-Retriever's): no negative closer than this share of d(a,p); 0 is off.
+    pub negative_floor: f32,
+}
+
+impl MiningRules {
+    /// The nearest d(a,n) a negative of a pair at `d_ap` may have under the guard.
+    pub fn floor(&self, d_ap: f32) -> f32 {
+        self.negative_floor * d_ap
+    }
 }
 
 impl Default for MiningRules {
@@ -154,6 +166,8 @@ impl Default for MiningRules {
             seed: 0,
             start_depth: 64,
             max_depth: 4096,
+            skip_nearest: 0,
+            negative_floor: 0.0,
         }
     }
 }

@@ -7,6 +7,7 @@ mod inputs;
 mod loss;
 mod neighbour_batches;
 mod optim;
+mod period;
 mod prefetch;
 mod report;
 mod run_dir;
@@ -16,9 +17,10 @@ mod source;
 pub use loss::LossConfig;
 pub use neighbour_batches::{BatchComposition, BATCHES_JSON};
 pub use optim::{OptimConfig, OptimizerKind, ScheduleKind, DEFAULT_BACKBONE_LR_SCALE};
+pub use period::Period;
 pub use report::{RoundRecord, REPORT_HTML};
 pub use run_dir::{MetricsRow, RunState, CONFIG_JSON, METRICS_CSV};
-pub use source::{InBatchMiner, Mining};
+pub use source::{InBatchMiner, Mining, MiningChoice};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -77,9 +79,8 @@ pub struct TrainConfig {
     pub loss: LossConfig,
     pub optim: OptimConfig,
     pub mining: Mining,
-    /// Epochs between refreshes of the neighbour graph or global re-mining (fractions allowed
-    /// for neighbour batches).
-    pub remine_every: f64,
+    /// Between refreshes of the neighbour graph or global re-mining rounds.
+    pub remine_every: Period,
     /// The miner inside index-guided batches.
     #[serde(default)]
     pub batch_miner: InBatchMiner,
@@ -89,13 +90,19 @@ pub struct TrainConfig {
     /// Extra negatives per anchor from the last refresh's stored embeddings (0: off).
     #[serde(default)]
     pub memory_negatives: usize,
-    /// Epochs before memory negatives start.
-    #[serde(default)]
-    pub memory_warmup: usize,
-    /// Other-label neighbours of a sample never used as its negatives by the graph-guided
-    /// parts (likely duplicates or mislabels).
+    /// Training before memory negatives start.
+    #[serde(default = "default_memory_warmup")]
+    pub memory_warmup: Period,
+    /// Global mining: training on P×K batches mined inside before the first round.
+    #[serde(default = "default_global_warmup")]
+    pub global_warmup: Period,
+    /// The false-negative guard: a sample's nearest other-label neighbours never used as its
+    /// negatives by the index-mined parts (likely duplicates or mislabels).
     #[serde(default)]
     pub skip_nearest: usize,
+    /// The other guard: no index-mined negative closer than this share of d(a,p).
+    #[serde(default)]
+    pub negative_floor: f32,
     /// libtorch and decoding threads of the run (recorded so that `--resume` uses the same).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -112,6 +119,17 @@ pub struct TrainConfig {
     /// Augmented views per image cached when a frozen trunk's features are (with augmentation).
     #[serde(default = "default_cached_views")]
     pub cached_views: usize,
+    /// What `--mining auto` chose and why (absent when `--mining` was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mining_choice: Option<MiningChoice>,
+}
+
+fn default_memory_warmup() -> Period {
+    Period::Epochs(1.0)
+}
+
+fn default_global_warmup() -> Period {
+    Period::ZERO
 }
 
 /// Four augmented views per image: a head over a frozen trunk still sees varied inputs, for
@@ -120,6 +138,30 @@ pub const DEFAULT_CACHED_VIEWS: usize = 4;
 
 fn default_cached_views() -> usize {
     DEFAULT_CACHED_VIEWS
+}
+
+impl TrainConfig {
+    /// The rules of every negative the trainer takes from the whole-corpus index (global
+    /// rounds, memory negatives): the loss's margin and distance, `--strategy` and the
+    /// false-negative guard.
+    fn index_rules(
+        &self,
+        positives: PositiveRule,
+        negatives_per_anchor: usize,
+        seed: u64,
+    ) -> mine::MiningRules {
+        mine::MiningRules {
+            margin: self.loss.margin,
+            distance: self.loss.distance,
+            strategy: self.strategy.clone(),
+            positives,
+            negatives_per_anchor,
+            seed,
+            skip_nearest: self.skip_nearest,
+            negative_floor: self.negative_floor,
+            ..mine::MiningRules::default()
+        }
+    }
 }
 
 /// `train --embeddings FILE [--labels CSV] [--normalise]`: the rows a head trains on.
@@ -471,6 +513,19 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             cfg.classes_per_batch * cfg.samples_per_class,
         );
     }
+    if cfg.mining == Mining::Auto {
+        let light = cfg.features.is_some()
+            || matches!(
+                cfg.network.architecture,
+                Architecture::Backbone {
+                    trunk: TrunkMode::Frozen,
+                    ..
+                }
+            );
+        let choice = Mining::choose(&train_labels, light, cfg.classes_per_batch);
+        cfg.mining = choice.chose.clone();
+        cfg.mining_choice = Some(choice);
+    }
     let cfg = &cfg;
     if val_inputs.0.len() < 2 {
         notices.push(format!(
@@ -693,7 +748,7 @@ fn train_epoch(
     train: &TrainingSet,
     epoch: usize,
 ) -> Result<EpochSums, TrainError> {
-    let steps_in_epoch = source.begin_epoch(epoch, model)?;
+    let steps_in_epoch = source.begin_epoch(epoch, state.step, model)?;
     let mut sums = EpochSums {
         loss_sum: 0.0,
         active: 0,
@@ -908,9 +963,10 @@ fn train_step(
         &cfg.loss,
     );
     if let Some(memory) = &batch.memory {
-        if let Some(extra) = memory_losses(cfg, &emb, &triplets, &position, memory) {
-            losses = Tensor::cat(&[losses, extra], 0);
-        }
+        losses = Tensor::cat(
+            &[losses, memory_losses(&emb, &position, memory, &cfg.loss)],
+            0,
+        );
     }
     let r = loss::reduce(&losses);
     Ok(Some(StepOutcome {
@@ -922,44 +978,39 @@ fn train_step(
     }))
 }
 
-/// Losses of the memory negatives: each anchor's in-batch positive (from its first mined
-/// triplet) against its stored negatives. Anchors without an in-batch triplet are left out.
+/// Losses of the memory triplets: each anchor against the stored negative and the positive
+/// that negative was chosen for (its current embedding when it is in the batch, else the
+/// stored one, a constant like the negative).
 fn memory_losses(
-    cfg: &TrainConfig,
     emb: &Tensor,
-    triplets: &[(i64, i64, i64)],
     position: &HashMap<usize, i64>,
     memory: &MemoryNegatives,
-) -> Option<Tensor> {
-    let mut positive_of: HashMap<i64, i64> = HashMap::new();
-    for &(a, p, _) in triplets {
-        positive_of.entry(a).or_insert(p);
-    }
-    let dim = cfg.network.dim as usize;
-    let (mut a, mut p, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, &(anchor, _)) in memory.pairs.iter().enumerate() {
-        let at = position[&anchor];
-        if let Some(&pos) = positive_of.get(&at) {
-            a.push(at);
-            p.push(pos);
-            rows.push(row as i64);
-        }
-    }
-    if a.is_empty() {
-        return None;
-    }
-    let vectors = Tensor::from_slice(&memory.vectors)
-        .view([-1, dim as i64])
-        .index_select(0, &Tensor::from_slice(&rows))
-        .to_device(emb.device());
-    let column = |values: &[i64]| Tensor::from_slice(values).to_device(emb.device());
-    Some(loss::per_triplet_to(
-        emb,
-        &column(&a),
-        &column(&p),
-        &vectors,
-        &cfg.loss,
-    ))
+    loss: &LossConfig,
+) -> Tensor {
+    let dim = emb.size()[1];
+    let device = emb.device();
+    let column = |values: &[i64]| Tensor::from_slice(values).to_device(device);
+    let stored = |v: &[f32]| Tensor::from_slice(v).view([-1, dim]).to_device(device);
+    let anchors: Vec<i64> = memory.triplets.iter().map(|t| position[&t.0]).collect();
+    // Row of each positive in [batch embeddings; stored positives].
+    let batch = emb.size()[0];
+    let positive_rows: Vec<i64> = memory
+        .triplets
+        .iter()
+        .enumerate()
+        .map(|(row, t)| position.get(&t.1).copied().unwrap_or(batch + row as i64))
+        .collect();
+    let positives = Tensor::cat(
+        &[emb.shallow_clone(), stored(&memory.positives).detach()],
+        0,
+    )
+    .index_select(0, &column(&positive_rows));
+    loss::losses_of(
+        &emb.index_select(0, &column(&anchors)),
+        &positives,
+        &stored(&memory.negatives).detach(),
+        loss,
+    )
 }
 
 #[cfg(test)]
@@ -996,6 +1047,66 @@ mod tests {
         let (_, val, warnings) = split(corpus(&["train", "train", "Test"]), &Validation::Auto, 0);
         assert_eq!(val.len(), 1, "test validates when there is no val split");
         assert!(warnings.is_empty());
+    }
+
+    /// A memory triplet is trained against the positive its negative was chosen for: the
+    /// batch's current embedding of it when it is in the batch, else its stored one; stored
+    /// vectors are constants.
+    #[test]
+    fn memory_triplets_train_against_their_own_positive() {
+        use crate::definitions::{triplet_loss, Distance};
+        let rows: [[f32; 2]; 3] = [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]];
+        let emb = Tensor::from_slice(rows.as_flattened())
+            .view([3, 2])
+            .set_requires_grad(true);
+        // Batch images 10, 11, 12 at rows 0..3; sample 11 (row 1) is 10's in-batch
+        // positive, but the memory negatives were chosen for 10 with positives 12 (in the
+        // batch) and 40 (stored only).
+        let position: HashMap<usize, i64> = [(10, 0), (11, 1), (12, 2)].into();
+        let stored_positive = [0.6f32, 0.8];
+        let stored_negative = [0.28f32, 0.96];
+        let memory = MemoryNegatives {
+            triplets: vec![(10, 12, 77), (10, 40, 77)],
+            positives: [rows[2], stored_positive].concat(),
+            negatives: [stored_negative, stored_negative].concat(),
+        };
+        let cfg = LossConfig {
+            margin: 2.0,
+            distance: Distance::Euclidean,
+            soft_margin: false,
+            swap: false,
+        };
+        let losses = memory_losses(&emb, &position, &memory, &cfg);
+        let got = Vec::<f32>::try_from(&losses).unwrap();
+        let d = |x: &[f32], y: &[f32]| Distance::Euclidean.between(x, y);
+        let want = [
+            triplet_loss(d(&rows[0], &rows[2]), d(&rows[0], &stored_negative), 2.0),
+            triplet_loss(
+                d(&rows[0], &stored_positive),
+                d(&rows[0], &stored_negative),
+                2.0,
+            ),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} against {want:?}");
+        }
+        let first_positive =
+            triplet_loss(d(&rows[0], &rows[1]), d(&rows[0], &stored_negative), 2.0);
+        assert!(
+            (got[0] - first_positive).abs() > 0.05,
+            "not the first in-batch positive"
+        );
+        losses.sum(tch::Kind::Float).backward();
+        let grad = Vec::<f32>::try_from(emb.grad().view([-1])).unwrap();
+        assert!(
+            grad[0..2].iter().any(|&g| g != 0.0),
+            "the anchor is trained"
+        );
+        assert!(
+            grad[4..6].iter().any(|&g| g != 0.0),
+            "an in-batch positive is trained"
+        );
+        assert!(grad[2..4].iter().all(|&g| g == 0.0), "row 1 takes no part");
     }
 
     #[test]

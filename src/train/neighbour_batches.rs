@@ -18,12 +18,13 @@ use std::path::Path;
 use serde::Serialize;
 use tch::Device;
 
+use super::period::EpochSpan;
 use super::source::{
     BatchSource, BatchTriplets, EpochRecorder, MemoryNegatives, StepBatch, TrainedStep,
 };
 use super::{io_err, run_dir, TrainConfig, TrainError, TrainingSet};
 use crate::knn::{self, NeighbourIndex, Points, Restriction};
-use crate::mine::{self, MiningRules, PositiveRule, Triplet};
+use crate::mine::{self, PositiveRule, Triplet};
 use crate::model::Embedder;
 use crate::npy;
 use crate::output::{write_atomic, write_json};
@@ -269,8 +270,9 @@ fn compose_images(
 struct Refresh {
     embeddings: Vec<f32>,
     graph: Graph,
-    /// Per sample, its memory negatives (empty when memory negatives are off or warming up).
-    memory: Vec<Vec<usize>>,
+    /// Per sample, its memory triplets as (positive, negative): the stored positive each
+    /// negative was chosen for (empty when memory negatives are off or warming up).
+    memory: Vec<Vec<(usize, usize)>>,
 }
 
 /// Which classes met in an epoch's batches: `rounds/NNN/batches.json`.
@@ -300,7 +302,7 @@ pub struct NeighbourBatches<'a> {
     device: Device,
     eligible: Vec<usize>,
     classes: usize,
-    epoch: usize,
+    span: EpochSpan,
     refresh: Option<Refresh>,
     plan: VecDeque<Vec<usize>>,
     unused: Vec<bool>,
@@ -335,7 +337,11 @@ impl<'a> NeighbourBatches<'a> {
                 .map(|&l| l as usize + 1)
                 .max()
                 .unwrap_or(0),
-            epoch: 0,
+            span: EpochSpan {
+                epoch: 0,
+                first_step: 0,
+                steps: 0,
+            },
             refresh: None,
             plan: VecDeque::new(),
             unused: Vec::new(),
@@ -357,12 +363,14 @@ impl<'a> NeighbourBatches<'a> {
     }
 
     /// Rebuilds the graph (and the memory negatives) from the bank of embeddings, embedding
-    /// the training split first when there is no bank yet.
+    /// the training split first when there is no bank yet. Over light inputs (feature rows,
+    /// cached trunk features) the whole split is re-embedded through the current head every
+    /// time: a GEMM, and the graph is never stale.
     fn refresh(&mut self, model: &Embedder) -> Result<(), TrainError> {
         let cfg = self.cfg;
         let embeddings = match &self.bank {
-            Some(bank) => bank.clone(),
-            None => {
+            Some(bank) if !self.train.inputs.light_steps() => bank.clone(),
+            _ => {
                 let fresh = self.train.embed(model)?;
                 self.bank = Some(fresh.clone());
                 fresh
@@ -376,6 +384,7 @@ impl<'a> NeighbourBatches<'a> {
         let index = knn::build(points, &cfg.knn, self.device);
         let all: Vec<usize> = (0..points.len()).collect();
         let depth = GRAPH_DEPTH + cfg.skip_nearest;
+        let memory_on = cfg.memory_negatives > 0 && cfg.memory_warmup.over_at(self.span, self.step);
         let as_indices = |lists: Vec<Vec<knn::Neighbour>>| -> Vec<Vec<usize>> {
             lists
                 .into_iter()
@@ -384,24 +393,11 @@ impl<'a> NeighbourBatches<'a> {
         };
         let other = as_indices(index.search(&all, depth, Restriction::OtherLabels));
         let class_neighbours = class_neighbours(&self.train.labels, &other, self.classes);
-        let memory = if cfg.memory_negatives > 0 && self.epoch >= cfg.memory_warmup {
-            let rules = MiningRules {
-                margin: cfg.loss.margin,
-                distance: cfg.loss.distance,
-                strategy: cfg.strategy.clone(),
-                positives: PositiveRule::Hardest,
-                negatives_per_anchor: cfg.memory_negatives + cfg.skip_nearest,
-                seed: cfg.seed ^ (self.epoch as u64) << 8,
-                ..MiningRules::default()
-            };
+        let memory = if memory_on {
+            let seed = cfg.seed ^ ((self.span.epoch as u64) << 8) ^ ((self.step as u64) << 32);
+            let rules = cfg.index_rules(PositiveRule::Hardest, cfg.memory_negatives, seed);
             let (triplets, _) = mine::mine(points, &index, &rules);
-            memory_lists(
-                &triplets,
-                &other,
-                points.len(),
-                cfg.skip_nearest,
-                cfg.memory_negatives,
-            )
+            memory_lists(&triplets, points.len())
         } else {
             Vec::new()
         };
@@ -429,16 +425,20 @@ impl<'a> NeighbourBatches<'a> {
         let graph = &self.refresh.as_ref().expect("refreshed").graph;
         let mut rng = Rng::for_item(
             self.cfg.seed ^ 0x4E1B_BA7C,
-            ((self.epoch as u64) << 20) + self.step as u64,
+            ((self.span.epoch as u64) << 20) + self.step as u64,
         );
-        self.plan = compose(
+        let mut plan = compose(
             &self.train.labels,
             &available,
             graph,
             &self.composition(),
             &mut rng,
-        )
-        .into();
+        );
+        // A refresh inside the epoch recomposes its rest into the steps still announced.
+        if self.step > 0 {
+            fit_batches(&mut plan, self.span.steps.saturating_sub(self.step));
+        }
+        self.plan = plan.into();
     }
 
     fn memory_for(&self, images: &[usize]) -> Option<MemoryNegatives> {
@@ -446,16 +446,12 @@ impl<'a> NeighbourBatches<'a> {
         if refresh.memory.is_empty() {
             return None;
         }
-        let dim = self.cfg.network.dim as usize;
-        let mut pairs = Vec::new();
-        let mut vectors = Vec::new();
-        for &a in images {
-            for &n in &refresh.memory[a] {
-                pairs.push((a, n));
-                vectors.extend_from_slice(&refresh.embeddings[n * dim..(n + 1) * dim]);
-            }
-        }
-        (!pairs.is_empty()).then_some(MemoryNegatives { pairs, vectors })
+        memory_negatives(
+            images,
+            &refresh.memory,
+            &refresh.embeddings,
+            self.cfg.network.dim as usize,
+        )
     }
 
     fn note_meetings(&mut self, images: &[usize]) {
@@ -506,73 +502,100 @@ impl<'a> NeighbourBatches<'a> {
                 near as f64 / total as f64
             },
         };
-        let dir = run_dir::round_dir(&self.cfg.out, self.epoch);
+        let dir = run_dir::round_dir(&self.cfg.out, self.span.epoch);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         write_json(&dir.join(BATCHES_JSON), &record).map_err(io_err(&dir))
     }
 }
 
-/// Per anchor, its memory negatives: the mined ones, minus the anchor's `skip` nearest
-/// other-label neighbours, at most `k`.
-fn memory_lists(
-    triplets: &[Triplet],
-    other: &[Vec<usize>],
-    n: usize,
-    skip: usize,
-    k: usize,
-) -> Vec<Vec<usize>> {
-    let mut lists: Vec<Vec<usize>> = vec![Vec::new(); n];
+/// Per anchor, its memory triplets as (positive, negative), from the refresh's mining (which
+/// already applied the strategy, the count and the false-negative guard).
+fn memory_lists(triplets: &[Triplet], n: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut lists: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
     for t in triplets {
-        let list = &mut lists[t.anchor];
-        let nearest = &other[t.anchor][..skip.min(other[t.anchor].len())];
-        if list.len() < k && !list.contains(&t.negative) && !nearest.contains(&t.negative) {
-            list.push(t.negative);
-        }
+        lists[t.anchor].push((t.positive, t.negative));
     }
     lists
 }
 
-/// Refresh points (in epochs) that fall inside epoch `epoch`, as offsets in [0, 1).
-fn refreshes_in(epoch: usize, every: f64) -> Vec<f64> {
-    let every = every.max(1e-3);
-    let mut points = Vec::new();
-    let mut j = ((epoch as f64) / every - 1e-9).ceil().max(0.0);
-    loop {
-        let t = j * every - epoch as f64;
-        if t >= 1.0 - 1e-9 {
-            break;
+/// The memory triplets of a batch's anchors, with the stored embeddings of their positives
+/// and negatives.
+fn memory_negatives(
+    images: &[usize],
+    memory: &[Vec<(usize, usize)>],
+    stored: &[f32],
+    dim: usize,
+) -> Option<MemoryNegatives> {
+    let row = |i: usize| &stored[i * dim..(i + 1) * dim];
+    let mut out = MemoryNegatives::default();
+    for &a in images {
+        for &(p, n) in &memory[a] {
+            out.triplets.push((a, p, n));
+            out.positives.extend_from_slice(row(p));
+            out.negatives.extend_from_slice(row(n));
         }
-        if t > -1e-9 {
-            points.push(t.max(0.0));
-        }
-        j += 1.0;
     }
-    points
+    (!out.triplets.is_empty()).then_some(out)
+}
+
+/// Makes `plan` exactly `steps` batches: the smallest two merge while there are too many, the
+/// largest splits at a group boundary while there are too few (and can).
+fn fit_batches(plan: &mut Vec<Vec<usize>>, steps: usize) {
+    while plan.len() > steps.max(1) {
+        plan.sort_by_key(|b| std::cmp::Reverse(b.len()));
+        let smallest = plan.pop().expect("more than one");
+        plan.last_mut().expect("more than one").extend(smallest);
+    }
+    while plan.len() < steps {
+        let Some((at, largest)) = plan.iter().enumerate().max_by_key(|(_, b)| b.len()) else {
+            return;
+        };
+        if largest.len() < 4 {
+            return;
+        }
+        let half = largest.len() / 2;
+        let second = plan[at].split_off(half);
+        plan.push(second);
+    }
 }
 
 impl BatchSource for NeighbourBatches<'_> {
-    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError> {
-        self.epoch = epoch;
+    fn begin_epoch(
+        &mut self,
+        epoch: usize,
+        first_step: usize,
+        model: &Embedder,
+    ) -> Result<usize, TrainError> {
+        let cfg = self.cfg;
+        self.span = EpochSpan {
+            epoch,
+            first_step,
+            steps: 0,
+        };
         self.step = 0;
         self.refreshes = 0;
         self.met.clear();
         self.unused = vec![true; self.train.len()];
-        let mut points: VecDeque<f64> = refreshes_in(epoch, self.cfg.remine_every).into();
         // A resumed run has no graph yet and refreshes at once (so it continues bit for bit
         // only when refreshing at every epoch start); memory negatives start with a refresh.
-        let warmup_ends = self.cfg.memory_negatives > 0 && epoch == self.cfg.memory_warmup;
-        if points.front() == Some(&0.0) || self.refresh.is_none() || warmup_ends {
-            points.pop_front();
+        let memory_starts =
+            cfg.memory_negatives > 0 && cfg.memory_warmup.ends_at_start(epoch, first_step);
+        let at_start = cfg.remine_every.repeats_at_start(epoch, first_step);
+        if at_start || self.refresh.is_none() || memory_starts {
             self.refresh(model)?;
         }
         self.compose_rest();
-        let steps = self.plan.len();
-        self.refresh_steps = points
-            .into_iter()
-            .map(|t| ((t * steps as f64).round() as usize).max(1))
-            .collect();
+        self.span.steps = self.plan.len();
+        let mut points = cfg.remine_every.repeats_in(self.span);
+        if cfg.memory_negatives > 0 {
+            points.extend(cfg.memory_warmup.ends_in(self.span));
+        }
+        points.retain(|&o| o > 0);
+        points.sort_unstable();
+        points.dedup();
+        self.refresh_steps = points.into();
         self.recorder.begin(epoch);
-        Ok(steps)
+        Ok(self.span.steps)
     }
 
     fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError> {
@@ -770,28 +793,38 @@ mod tests {
     }
 
     #[test]
-    fn refresh_points_follow_fractional_periods() {
-        assert_eq!(refreshes_in(0, 1.0), vec![0.0]);
-        assert_eq!(refreshes_in(3, 0.5), vec![0.0, 0.5]);
-        assert_eq!(refreshes_in(1, 2.0), Vec::<f64>::new());
-        assert_eq!(refreshes_in(2, 2.0), vec![0.0]);
-        let mid = refreshes_in(1, 1.5);
-        assert_eq!(mid.len(), 1);
-        assert!((mid[0] - 0.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn memory_lists_skip_the_nearest_and_cap_at_k() {
-        let t = |a, n| Triplet {
+    fn memory_triplets_keep_the_positive_each_negative_was_mined_for() {
+        let t = |a, p, n| Triplet {
             anchor: a,
-            positive: 1,
+            positive: p,
             negative: n,
             d_ap: 0.5,
             d_an: 0.6,
             kind: crate::definitions::TripletKind::Semihard,
         };
-        let other = vec![vec![5, 6, 7, 8], vec![], vec![]];
-        let lists = memory_lists(&[t(0, 5), t(0, 7), t(0, 8), t(0, 9)], &other, 3, 1, 2);
-        assert_eq!(lists[0], vec![7, 8]);
+        let lists = memory_lists(&[t(0, 1, 5), t(0, 2, 7), t(3, 4, 5)], 8);
+        assert_eq!(lists[0], vec![(1, 5), (2, 7)]);
+        let stored: Vec<f32> = (0..8).flat_map(|i| [i as f32, 0.0]).collect();
+        let memory = memory_negatives(&[0, 6], &lists, &stored, 2).unwrap();
+        assert_eq!(memory.triplets, vec![(0, 1, 5), (0, 2, 7)]);
+        assert_eq!(memory.negatives, vec![5.0, 0.0, 7.0, 0.0]);
+        assert_eq!(memory.positives, vec![1.0, 0.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn a_recomposed_rest_fits_the_steps_announced() {
+        let batch = |n: usize, from: usize| (from..from + n).collect::<Vec<usize>>();
+        let mut plan = vec![batch(8, 0), batch(8, 8), batch(3, 16), batch(8, 19)];
+        fit_batches(&mut plan, 3);
+        assert_eq!(plan.len(), 3);
+        fit_batches(&mut plan, 5);
+        assert_eq!(plan.len(), 5);
+        let mut all: Vec<usize> = plan.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..27).collect::<Vec<_>>(),
+            "no sample lost or repeated"
+        );
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::neighbour_batches::NeighbourBatches;
+use super::period::{EpochSpan, Period};
 use super::report::{self, RoundRecorder};
 use super::{io_err, run_dir, TrainConfig, TrainError, TrainingSet};
 use crate::knn::{self, NeighbourIndex, Points};
@@ -23,6 +24,9 @@ use crate::triplets::{self, TripletRow};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mining {
+    /// Chosen from the training split by [`Mining::choose`] (the default); a run's
+    /// `config.json` holds the choice and its reason.
+    Auto,
     /// P×K batches composed from the whole-corpus neighbour graph (classes or images that
     /// confuse each other meet), re-indexed every `remine_every` epochs, mined inside.
     NeighbourBatches,
@@ -42,6 +46,7 @@ impl Mining {
     /// The `--mining` spelling: neighbour-batches, global, batch-hard, ..., triplets:FILE.
     pub fn name(&self) -> String {
         match self {
+            Mining::Auto => "auto".into(),
             Mining::NeighbourBatches => "neighbour-batches".into(),
             Mining::Global => "global".into(),
             Mining::BatchHard => "batch-hard".into(),
@@ -56,6 +61,7 @@ impl std::str::FromStr for Mining {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Mining::Auto),
             "neighbour-batches" | "neighbor-batches" => Ok(Mining::NeighbourBatches),
             "global" => Ok(Mining::Global),
             "batch-hard" => Ok(Mining::BatchHard),
@@ -64,9 +70,61 @@ impl std::str::FromStr for Mining {
             _ => match s.strip_prefix("triplets:") {
                 Some(path) if !path.is_empty() => Ok(Mining::Triplets(PathBuf::from(path))),
                 _ => Err(format!(
-                    "unknown mining {s:?}; expected neighbour-batches, global, batch-hard, batch-semihard, batch-all or triplets:FILE.csv"
+                    "unknown mining {s:?}; expected auto, neighbour-batches, global, batch-hard, batch-semihard, batch-all or triplets:FILE.csv"
                 )),
             },
+        }
+    }
+}
+
+/// Images per class at or below which whole-corpus mining is chosen: the regime where a
+/// P×K batch meets few of the classes that confuse its samples. Measured (README,
+/// `make bench-regime` and the held-out probes of issue 19): with 6 images per class
+/// (SOP-shaped, 4,000 classes) and 10 (faces, 30 identities) index-guided batches beat
+/// batch-semihard; with about 17 (the many-class corpus, 200 classes) and thousands
+/// (Fashion-MNIST, digits) they do not.
+pub const FEW_PER_CLASS: f64 = 10.0;
+
+/// What `--mining auto` chose for a run, and why (recorded in `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MiningChoice {
+    pub chose: Mining,
+    pub reason: String,
+}
+
+impl Mining {
+    /// `--mining auto`'s rule, from the kind of input and the training split's shape: with
+    /// few images per class, whole-corpus mining (re-mined global rounds over light inputs,
+    /// where a refresh is one pass of the head; index-guided batches over images); otherwise
+    /// batch-semihard.
+    pub fn choose(labels: &[u32], light_inputs: bool, classes_per_batch: usize) -> MiningChoice {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for &l in labels {
+            *counts.entry(l).or_default() += 1;
+        }
+        let classes = counts.len().max(1);
+        let per_class = labels.len() as f64 / classes as f64;
+        let shape = format!(
+            "{classes} training classes of {per_class:.1} samples on average, P = {classes_per_batch}"
+        );
+        let few = per_class <= FEW_PER_CLASS && classes > classes_per_batch;
+        let (chose, why) = match (few, light_inputs) {
+            (true, true) => (
+                Mining::Global,
+                format!("at most {FEW_PER_CLASS} per class over light inputs (feature rows or a frozen trunk's cache): whole-split rounds re-mined through the current head"),
+            ),
+            (true, false) => (
+                Mining::NeighbourBatches,
+                format!("at most {FEW_PER_CLASS} per class over images: batches composed from the whole-corpus neighbour graph"),
+            ),
+            (false, _) => (
+                Mining::BatchSemihard,
+                format!("more than {FEW_PER_CLASS} per class (or no more classes than P): a P×K batch already meets its confusable samples"),
+            ),
+        };
+        MiningChoice {
+            chose,
+            reason: format!("{shape}; {why}"),
         }
     }
 }
@@ -88,13 +146,16 @@ pub enum BatchTriplets {
     Mine(InBatchMiner),
 }
 
-/// Negatives for anchors of a batch, taken from the embeddings stored at the last refresh.
-#[derive(Debug, Clone, PartialEq)]
+/// Triplets for anchors of a batch whose negatives come from the embeddings stored at the
+/// last refresh, each trained against the positive it was chosen for.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryNegatives {
-    /// (anchor, negative) as training-set indices; the anchor is in the batch.
-    pub pairs: Vec<(usize, usize)>,
-    /// The stored embedding of each pair's negative, one row per pair.
-    pub vectors: Vec<f32>,
+    /// (anchor, positive, negative) as training-set indices; the anchor is in the batch.
+    pub triplets: Vec<(usize, usize, usize)>,
+    /// The stored embedding of each triplet's positive (used when it is not in the batch).
+    pub positives: Vec<f32>,
+    /// The stored embedding of each triplet's negative, one row per triplet.
+    pub negatives: Vec<f32>,
 }
 
 impl StepBatch {
@@ -169,6 +230,8 @@ impl InBatchMiner {
             seed: cfg.seed,
             start_depth: batch,
             max_depth: batch,
+            skip_nearest: 0,
+            negative_floor: 0.0,
         };
         let index = knn::ExactIndex::new(points, Device::Cpu);
         mine::mine(points, &index, &rules).0
@@ -177,9 +240,15 @@ impl InBatchMiner {
 
 /// Where an epoch's batches come from.
 pub trait BatchSource {
-    /// Plans epoch `epoch` (0-based), embedding and mining or indexing the training split
-    /// first when the regime refreshes then; returns the epoch's number of steps.
-    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError>;
+    /// Plans epoch `epoch` (0-based), whose first step is the run's `first_step`-th,
+    /// embedding and mining or indexing the training split first when the regime refreshes
+    /// then; returns the epoch's number of steps, which `next_batch` then gives exactly.
+    fn begin_epoch(
+        &mut self,
+        epoch: usize,
+        first_step: usize,
+        model: &Embedder,
+    ) -> Result<usize, TrainError>;
 
     /// The epoch's next batch, `None` after its last.
     fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError>;
@@ -221,6 +290,11 @@ pub fn for_config<'a>(
     device: Device,
 ) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
     Ok(match &cfg.mining {
+        Mining::Auto => {
+            return Err(TrainError::Input(
+                "--mining auto is resolved before training starts".into(),
+            ))
+        }
         Mining::Global => Box::new(GlobalTriplets::new(cfg, train, device)),
         Mining::BatchHard => Box::new(InBatch::new(cfg, train, InBatchMiner::Hard)),
         Mining::BatchSemihard => Box::new(InBatch::new(cfg, train, InBatchMiner::Semihard)),
@@ -230,12 +304,40 @@ pub fn for_config<'a>(
     })
 }
 
-/// Shuffled chunks of `batch_size` triplets, drawn from the seed and the epoch.
+/// Shuffled chunks of `batch_size` triplets, drawn from the seed and the epoch: one pass.
 fn triplet_batches(triplets: &[Triplet], cfg: &TrainConfig, epoch: usize) -> VecDeque<StepBatch> {
+    triplet_steps(
+        triplets,
+        cfg,
+        epoch as u64,
+        triplets.len().div_ceil(cfg.batch_size),
+    )
+}
+
+/// `steps` shuffled chunks of `batch_size` triplets (the order drawn from the seed and `item`),
+/// going round the triplets again when one pass is shorter.
+fn triplet_steps(
+    triplets: &[Triplet],
+    cfg: &TrainConfig,
+    item: u64,
+    steps: usize,
+) -> VecDeque<StepBatch> {
+    if triplets.is_empty() {
+        return VecDeque::new();
+    }
     let mut order: Vec<usize> = (0..triplets.len()).collect();
-    Rng::for_item(cfg.seed ^ 0x7121, epoch as u64).shuffle(&mut order);
-    order
-        .chunks(cfg.batch_size.max(1))
+    Rng::for_item(cfg.seed ^ 0x7121, item).shuffle(&mut order);
+    let (n, size) = (triplets.len(), cfg.batch_size.max(1));
+    // One pass ends with a partial chunk; more steps than a pass go round again.
+    let wanted = if steps <= n.div_ceil(size) {
+        (steps * size).min(n)
+    } else {
+        steps * size
+    };
+    let taken: Vec<usize> = order.iter().copied().cycle().take(wanted).collect();
+    taken
+        .chunks(size)
+        .take(steps)
         .map(|c| StepBatch::given(c.iter().map(|&i| triplets[i]).collect()))
         .collect()
 }
@@ -306,7 +408,7 @@ impl<'a> InBatch<'a> {
 }
 
 impl BatchSource for InBatch<'_> {
-    fn begin_epoch(&mut self, epoch: usize, _: &Embedder) -> Result<usize, TrainError> {
+    fn begin_epoch(&mut self, epoch: usize, _: usize, _: &Embedder) -> Result<usize, TrainError> {
         let cfg = self.cfg;
         self.batches = super::sampler::pk_batches(
             &self.train.labels,
@@ -337,14 +439,25 @@ impl BatchSource for InBatch<'_> {
     }
 }
 
-/// FaceNet-style offline mining: every `remine_every` epochs the training split is embedded
-/// and mined whole with `tripmine mine`'s rules; the round's triplets are exported.
+/// FaceNet-style offline mining: every `remine_every` (epochs, fractions allowed, or steps) the
+/// training split is embedded and mined whole with `tripmine mine`'s rules (and its
+/// false-negative guard); the round's triplets are exported. Over light inputs the embedding
+/// is one pass of the head, so every round sees the current head. Before `global_warmup` is
+/// over, P×K batches are mined inside with `--batch-miner`. A round mined inside an epoch fills
+/// the steps the epoch still has.
 struct GlobalTriplets<'a> {
     cfg: &'a TrainConfig,
     train: &'a TrainingSet,
     device: Device,
+    /// The round being trained on: its number and triplets.
     round: Option<(usize, Vec<Triplet>)>,
     batches: VecDeque<StepBatch>,
+    span: EpochSpan,
+    step: usize,
+    /// Step offsets of the epoch at which a round is mined, soonest first.
+    remine_at: VecDeque<usize>,
+    /// The epoch's round number at its start (rounds counted by the period's points).
+    first_round: usize,
 }
 
 impl<'a> GlobalTriplets<'a> {
@@ -355,7 +468,32 @@ impl<'a> GlobalTriplets<'a> {
             device,
             round: None,
             batches: VecDeque::new(),
+            span: EpochSpan {
+                epoch: 0,
+                first_step: 0,
+                steps: 0,
+            },
+            step: 0,
+            remine_at: VecDeque::new(),
+            first_round: 0,
         }
+    }
+
+    /// The round in force at the start of epoch `epoch`: the period's points passed so far.
+    fn round_at_start(&self, epoch: usize, first_step: usize) -> usize {
+        match self.cfg.remine_every {
+            Period::Epochs(every) => (epoch as f64 / every.max(1e-3) + 1e-6).floor() as usize,
+            Period::Steps(n) => first_step / n.max(1),
+        }
+    }
+
+    /// Makes `round` the one trained on, mining it unless it already is.
+    fn ensure_round(&mut self, model: &Embedder, round: usize) -> Result<(), TrainError> {
+        if self.round.as_ref().map(|(r, _)| *r) != Some(round) {
+            let triplets = self.mine_round(model, round, self.span.epoch + 1)?;
+            self.round = Some((round, triplets));
+        }
+        Ok(())
     }
 
     /// Embeds the training split, mines it whole and saves the round's triplets.
@@ -387,15 +525,11 @@ impl<'a> GlobalTriplets<'a> {
             dim: cfg.network.dim as usize,
             labels: &train.labels,
         };
-        let rules = MiningRules {
-            margin: cfg.loss.margin,
-            distance: cfg.loss.distance,
-            strategy: cfg.strategy.clone(),
-            positives: cfg.positives,
-            negatives_per_anchor: cfg.negatives_per_anchor,
-            seed: cfg.seed ^ round as u64,
-            ..MiningRules::default()
-        };
+        let rules = cfg.index_rules(
+            cfg.positives,
+            cfg.negatives_per_anchor,
+            cfg.seed ^ round as u64,
+        );
         let started = Instant::now();
         let index = knn::build(points, &cfg.knn, self.device);
         let (triplets, stats) = mine::mine(points, &index, &rules);
@@ -414,23 +548,85 @@ impl<'a> GlobalTriplets<'a> {
         record(&triplets)?;
         Ok(triplets)
     }
+
+    /// P×K batches mined inside, for the warm-up.
+    fn warmup_batches(&self, epoch: usize) -> VecDeque<StepBatch> {
+        let cfg = self.cfg;
+        super::sampler::pk_batches(
+            &self.train.labels,
+            cfg.classes_per_batch,
+            cfg.samples_per_class,
+            cfg.seed,
+            epoch,
+        )
+        .into_iter()
+        .map(|images| StepBatch {
+            images,
+            triplets: BatchTriplets::Mine(cfg.batch_miner),
+            memory: None,
+        })
+        .collect()
+    }
 }
 
 impl BatchSource for GlobalTriplets<'_> {
-    fn begin_epoch(&mut self, epoch: usize, model: &Embedder) -> Result<usize, TrainError> {
-        let every = (self.cfg.remine_every.ceil() as usize).max(1);
-        let round = epoch / every;
-        if self.round.as_ref().map(|(r, _)| *r) != Some(round) {
-            let triplets = self.mine_round(model, round, round * every + 1)?;
-            self.round = Some((round, triplets));
+    fn begin_epoch(
+        &mut self,
+        epoch: usize,
+        first_step: usize,
+        model: &Embedder,
+    ) -> Result<usize, TrainError> {
+        let cfg = self.cfg;
+        self.span = EpochSpan {
+            epoch,
+            first_step,
+            steps: 0,
+        };
+        self.step = 0;
+        self.first_round = self.round_at_start(epoch, first_step);
+        let warming = !cfg.global_warmup.over_at_start(epoch, first_step);
+        self.batches = if warming {
+            self.warmup_batches(epoch)
+        } else {
+            self.ensure_round(model, self.first_round)?;
+            let (_, triplets) = self.round.as_ref().expect("mined above");
+            triplet_batches(triplets, cfg, epoch)
+        };
+        self.span.steps = self.batches.len();
+        let mut points = cfg.remine_every.repeats_in(self.span);
+        points.retain(|&o| o > 0);
+        if warming {
+            // Rounds start where the warm-up ends; points before it mine nothing.
+            match cfg.global_warmup.ends_in(self.span) {
+                Some(end) => {
+                    points.retain(|&o| o > end);
+                    points.insert(0, end);
+                }
+                None => points.clear(),
+            }
         }
-        let (_, triplets) = self.round.as_ref().expect("mined above");
-        self.batches = triplet_batches(triplets, self.cfg, epoch);
-        Ok(self.batches.len())
+        self.remine_at = points.into();
+        Ok(self.span.steps)
     }
 
-    fn next_batch(&mut self, _: &Embedder) -> Result<Option<StepBatch>, TrainError> {
-        Ok(self.batches.pop_front())
+    fn next_batch(&mut self, model: &Embedder) -> Result<Option<StepBatch>, TrainError> {
+        if self.remine_at.front() == Some(&self.step) {
+            self.remine_at.pop_front();
+            let passed = self
+                .cfg
+                .remine_every
+                .repeats_in(self.span)
+                .into_iter()
+                .filter(|&o| o > 0 && o <= self.step)
+                .count();
+            self.ensure_round(model, self.first_round + passed)?;
+            let (_, triplets) = self.round.as_ref().expect("mined above");
+            let item = ((self.span.epoch as u64) << 20) + self.step as u64;
+            self.batches = triplet_steps(triplets, self.cfg, item, self.span.steps - self.step);
+        }
+        let batch = self.batches.pop_front();
+        self.step += batch.is_some() as usize;
+        Ok(batch)
     }
 }
 
@@ -458,7 +654,7 @@ impl<'a> FixedTriplets<'a> {
 }
 
 impl BatchSource for FixedTriplets<'_> {
-    fn begin_epoch(&mut self, epoch: usize, _: &Embedder) -> Result<usize, TrainError> {
+    fn begin_epoch(&mut self, epoch: usize, _: usize, _: &Embedder) -> Result<usize, TrainError> {
         self.batches = triplet_batches(&self.triplets, self.cfg, epoch);
         Ok(self.batches.len())
     }
@@ -514,17 +710,44 @@ fn read_fixed_triplets(path: &Path, train: &TrainingSet) -> Result<Vec<Triplet>,
 
 #[cfg(test)]
 mod tests {
-    /// The regime is looked at in one place: the trainer's other modules never branch on it.
+    use super::*;
+
+    fn labels(classes: u32, per_class: u32) -> Vec<u32> {
+        (0..classes * per_class).map(|i| i / per_class).collect()
+    }
+
+    /// `--mining auto`: whole-corpus mining with few samples per class (global rounds over
+    /// light inputs, index-guided batches over images), batch-semihard otherwise; the reason
+    /// names the split's shape.
     #[test]
-    fn only_the_source_factory_branches_on_the_mining_regime() {
-        for (file, text) in [
-            ("mod.rs", include_str!("mod.rs")),
-            ("neighbour_batches.rs", include_str!("neighbour_batches.rs")),
-            ("report.rs", include_str!("report.rs")),
-            ("loss.rs", include_str!("loss.rs")),
-            ("run_dir.rs", include_str!("run_dir.rs")),
-        ] {
-            assert!(!text.contains("Mining::"), "{file} branches on the regime");
-        }
+    fn auto_mining_follows_the_split_shape_and_says_why() {
+        let sop = Mining::choose(&labels(4000, 6), false, 16);
+        assert_eq!(sop.chose, Mining::NeighbourBatches);
+        assert!(
+            sop.reason.contains("4000 training classes of 6.0"),
+            "{}",
+            sop.reason
+        );
+        assert_eq!(
+            Mining::choose(&labels(4000, 6), true, 16).chose,
+            Mining::Global
+        );
+        assert_eq!(
+            Mining::choose(&labels(30, 10), false, 8).chose,
+            Mining::NeighbourBatches
+        );
+        assert_eq!(
+            Mining::choose(&labels(200, 17), false, 16).chose,
+            Mining::BatchSemihard
+        );
+        assert_eq!(
+            Mining::choose(&labels(10, 200), true, 16).chose,
+            Mining::BatchSemihard
+        );
+        // No more classes than P: every batch already holds them all.
+        assert_eq!(
+            Mining::choose(&labels(8, 4), false, 8).chose,
+            Mining::BatchSemihard
+        );
     }
 }
