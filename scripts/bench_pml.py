@@ -243,7 +243,7 @@ def main():
                     help="xbm: CrossBatchMemory over TripletMarginLoss with the semi-hard TripletMarginMiner, "
                          "a memory of --xbm-memory of the training set, switched on after --xbm-warmup steps "
                          "(plain in-batch semi-hard before), as XBM's released recipe")
-    ap.add_argument("--xbm-memory", type=float, default=0.9, help="memory size as a share of the training set")
+    ap.add_argument("--xbm-memory", type=float, default=0.9, help="memory size: a share of the training set (up to 1) or rows")
     ap.add_argument("--xbm-warmup", type=int, default=1000, help="steps before the memory is used")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--input-size", type=int, default=32)
@@ -293,7 +293,7 @@ def main():
     xbm = None
     if args.miner == "xbm":
         xbm = losses.CrossBatchMemory(loss=losses.TripletMarginLoss(margin=MARGIN), embedding_size=args.dim,
-                                      memory_size=max(batch, int(args.xbm_memory * len(train_y))), miner=miner)
+                                      memory_size=max(batch, int(args.xbm_memory if args.xbm_memory > 1 else args.xbm_memory * len(train_y))), miner=miner)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     step, losses_seen = 0, []

@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--samples-per-class", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--xbm-memory", type=float, default=0.9)
+    ap.add_argument("--xbm-memory", type=float, default=0.9, help="memory size: a share of the training set (up to 1) or rows")
     ap.add_argument("--xbm-warmup", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,7 +88,7 @@ def main():
     xbm = None
     if args.miner == "xbm":
         xbm = losses.CrossBatchMemory(loss=losses.TripletMarginLoss(margin=MARGIN), embedding_size=args.dim,
-                                      memory_size=max(batch, int(args.xbm_memory * len(train_y))), miner=miner)
+                                      memory_size=max(batch, int(args.xbm_memory if args.xbm_memory > 1 else args.xbm_memory * len(train_y))), miner=miner)
     opt = torch.optim.Adam(head.parameters(), lr=args.lr)
     step = 0
     for _ in range(args.epochs):

@@ -136,7 +136,7 @@ def run_tripmine(args, flags, manifest, corpus, seed, epochs, run_dir, n_train, 
         "--epochs", str(epochs), "--input-size", str(corpus["input_size"]), "--channels", str(corpus["channels"]),
         "--dim", str(COMMON["dim"]), "--seed", str(seed), "--threads", str(COMMON["threads"]),
         "--classes-per-batch", str(COMMON["P"]), "--samples-per-class", str(COMMON["K"]),
-        "--batch-size", "64", "--lr", str(COMMON["lr"]), "--no-augment", "--device", "cpu"]
+        "--triplets-per-step", "64", "--lr", str(COMMON["lr"]), "--no-augment", "--device", "cpu"]
     t0 = time.time()
     _, peak_mib = run_cmd(train, log)
     train_s = time.time() - t0

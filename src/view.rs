@@ -56,6 +56,8 @@ pub enum ViewError {
     Triplets(String),
     #[error(transparent)]
     Corpus(#[from] CorpusError),
+    #[error("refusing to write into {0}: it is not empty and holds no index.html of an earlier `tripmine view`; choose another --out or empty it")]
+    Foreign(PathBuf),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -90,6 +92,10 @@ pub fn page_html(n: usize) -> String {
 }
 
 pub fn run(cfg: &ViewConfig) -> Result<ViewSummary, ViewError> {
+    // Pages of an earlier view are replaced; anything else in --out is not ours to overwrite.
+    if crate::output::is_foreign(&cfg.out, INDEX) {
+        return Err(ViewError::Foreign(cfg.out.clone()));
+    }
     let mut rows = triplets::read(&cfg.triplets).map_err(ViewError::Triplets)?;
     let corpus = corpus::open(&cfg.corpus)?;
     let margin = cfg

@@ -76,7 +76,7 @@ fn train_into(dir: &Path) -> PathBuf {
         "0.003",
         "--negatives-per-anchor",
         "2",
-        "--batch-size",
+        "--triplets-per-step",
         "16",
         "--no-augment",
         "--val-samples",

@@ -116,4 +116,55 @@ fn an_exclude_list_from_a_manifest_audit_excludes_the_same_images_from_an_image_
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("NONE of the 2 paths"), "{stderr}");
+
+    // `train --exclude` is the same exclusion: the manifest audit's list keeps those images
+    // of the ImageFolder out of a global round, and a list that matches nothing is warned of.
+    let run = d.join("run");
+    let (code, _, stderr) = tripmine(&[
+        "train",
+        "--corpus",
+        s(&folder),
+        "--out",
+        s(&run),
+        "--mining",
+        "global",
+        "--epochs",
+        "1",
+        "--dim",
+        "16",
+        "--input-size",
+        "32",
+        "--exclude",
+        s(&exclude),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let trained: HashSet<String> = read_csv(&run.join("rounds/000/triplets.csv"))
+        .iter()
+        .flat_map(|r| [r[0].to_string(), r[1].to_string(), r[2].to_string()])
+        .collect();
+    assert!(!trained.is_empty());
+    for p in &listed {
+        let in_folder = p.strip_prefix("corpus/").unwrap();
+        assert!(
+            !trained.contains(in_folder),
+            "{p} is excluded but trained on"
+        );
+    }
+    let (code, _, stderr) = tripmine(&[
+        "train",
+        "--corpus",
+        s(&folder),
+        "--out",
+        s(&d.join("run2")),
+        "--epochs",
+        "1",
+        "--dim",
+        "16",
+        "--input-size",
+        "32",
+        "--exclude",
+        s(&list),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("NONE of the 2 paths"), "{stderr}");
 }

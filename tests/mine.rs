@@ -411,6 +411,22 @@ fn inputs_that_cannot_work_are_refused_at_once_with_the_reason() {
         &["--knn", "classes", "--candidate-classes", "0"],
         "--candidate-classes",
     );
+    refused(&["--batch-size", "0"], "--batch-size");
+    // A candidate count beyond the classes means every class (it once overflowed).
+    ok(&[
+        "mine",
+        "--embeddings",
+        s(&emb),
+        "--out",
+        s(&out),
+        "--knn",
+        "classes",
+        "--candidate-classes",
+        "18446744073709551615",
+    ]);
+    let sidecar = fs::read_to_string(dir.path().join("t.json")).unwrap();
+    assert!(sidecar.contains("\"candidate_classes\": 6"), "{sidecar}");
+    fs::remove_file(&out).unwrap();
 
     // A labels CSV naming one path on every row would make triplets of one file three times.
     let npy = emb.join("embeddings.npy");

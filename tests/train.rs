@@ -63,6 +63,8 @@ fn without_mining_options_a_run_trains_batch_semihard_and_resumes_without_valida
     let config: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["mining"], "batch-semihard");
+    let reason = config["mining_choice"]["reason"].as_str().unwrap();
+    assert!(reason.contains("more than 10 per class"), "{reason}");
     let round: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(run.join("rounds/001/distances.json")).unwrap())
             .unwrap();
@@ -79,6 +81,12 @@ fn without_mining_options_a_run_trains_batch_semihard_and_resumes_without_valida
     assert!(state.contains("null"), "{state}");
     let stdout = ok(&["train", "--resume", s(&run)]);
     assert!(stdout.contains("trained 2 epochs"), "{stdout}");
+    // A larger --epochs extends the run; a smaller one is refused.
+    ok(&["train", "--resume", s(&run), "--epochs", "3"]);
+    assert_eq!(completed_epochs(&run), 3);
+    let (code, _, stderr) = tripmine(&["train", "--resume", s(&run), "--epochs", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("can only be extended"), "{stderr}");
 }
 
 #[test]
@@ -114,7 +122,7 @@ fn every_regime_raises_validation_map_at_r() {
                 "0.003",
                 "--negatives-per-anchor",
                 "2",
-                "--batch-size",
+                "--triplets-per-step",
                 "16",
                 "--no-augment",
             ],

@@ -159,6 +159,29 @@ fn a_csv_without_the_tripmine_header_is_refused() {
     assert!(!out.join("index.html").exists());
 }
 
+/// `--out` replaces an earlier view's pages, but a non-empty folder of something else is
+/// refused, untouched (as `embed` and `audit` refuse).
+#[test]
+fn a_foreign_out_folder_is_refused_and_an_earlier_view_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = mined_triplets(dir.path());
+    let foreign = dir.path().join("photos");
+    fs::create_dir_all(&foreign).unwrap();
+    fs::write(foreign.join("holiday.jpg"), b"not ours").unwrap();
+    let (code, _, stderr) = view(&csv, &foreign, &["--limit", "4"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("photos") && stderr.contains("not empty"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&foreign).unwrap().count(), 1);
+    let out = dir.path().join("view");
+    for _ in 0..2 {
+        let (code, _, stderr) = view(&csv, &out, &["--limit", "4"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+}
+
 /// Opens the contact-sheet index and the audit report in headless Chromium and checks the
 /// screenshots show something. Runs when `TRIPMINE_CHROMIUM` names the browser, as
 /// `make test BROWSER=1` (and CI) does after installing Debian's chromium.

@@ -221,7 +221,7 @@ fn duplicates(input: &AuditInput) -> (Vec<DuplicateGroup>, usize) {
     let (groups, exact) = signals::duplicate_groups(
         hashes,
         input.graph,
-        input.thresholds.near_duplicate_distance,
+        input.thresholds.near_duplicate_fraction,
     );
     let groups = groups
         .into_iter()

@@ -31,7 +31,7 @@ pub struct Thresholds {
     pub k: usize,
     /// Two samples are near-duplicates when their distance is at most this fraction of the
     /// corpus's median nearest-neighbour distance.
-    pub near_duplicate_distance: f64,
+    pub near_duplicate_fraction: f64,
     /// A sample is a likely mislabel when the posterior probability that its label is wrong
     /// reaches this.
     pub mislabel_probability: f64,
@@ -47,7 +47,7 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             k: 10,
-            near_duplicate_distance: 0.25,
+            near_duplicate_fraction: 0.25,
             mislabel_probability: 0.5,
             min_model_p_at_1: 0.7,
             outlier_z: 5.0,

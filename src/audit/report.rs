@@ -199,7 +199,7 @@ pub fn write(out: &Path, input: &ReportInput, tiles: &Tiles) -> std::io::Result<
                 title: "Duplicate groups",
                 about: format!(
                     "Identical pixels, or within {} of the corpus's median nearest-neighbour distance in the embedding; largest first.",
-                    t.near_duplicate_distance
+                    t.near_duplicate_fraction
                 ),
                 items: duplicates,
             },

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{EmbeddingsArgs, RuntimeArgs};
+use super::{images_per_pass, EmbeddingsArgs, KnnArgs, RuntimeArgs};
 use crate::audit::{AuditConfig, AuditSource, Thresholds};
-use crate::knn::{KnnChoice, KnnConfig};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -32,9 +31,10 @@ pub struct AuditArgs {
     /// Neighbours per sample in the k-NN graph
     #[arg(long, default_value_t = Thresholds::default().k)]
     pub k: usize,
-    /// Near-duplicates lie within this fraction of the corpus's median nearest-neighbour distance
-    #[arg(long, default_value_t = Thresholds::default().near_duplicate_distance)]
-    pub near_duplicate: f64,
+    /// Near-duplicates lie within this fraction of the corpus's median nearest-neighbour
+    /// distance (a share, not a distance)
+    #[arg(long, alias = "near-duplicate", default_value_t = Thresholds::default().near_duplicate_fraction)]
+    pub near_duplicate_fraction: f64,
 
     /// Flag a likely mislabel when the posterior probability that its label is wrong reaches this
     #[arg(long, default_value_t = Thresholds::default().mislabel_probability)]
@@ -48,8 +48,9 @@ pub struct AuditArgs {
     /// Classes with fewer samples are reported as tiny
     #[arg(long, default_value_t = Thresholds::default().tiny_class)]
     pub tiny_class: usize,
-    #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
-    pub knn: KnnChoice,
+    #[command(flatten)]
+    pub neighbours: KnnArgs,
+    /// Images per forward pass when embedding with --model
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     #[command(flatten)]
@@ -58,6 +59,7 @@ pub struct AuditArgs {
 
 impl AuditArgs {
     pub fn to_config(&self) -> Result<AuditConfig, anyhow::Error> {
+        let batch_size = images_per_pass(self.batch_size)?;
         let source = match (&self.model, self.embeddings.input()?) {
             (Some(m), _) => AuditSource::Model(m.clone()),
             (None, Some(input)) => AuditSource::Embeddings {
@@ -70,15 +72,12 @@ impl AuditArgs {
             corpus: self.corpus.clone(),
             source,
             out: self.out.clone(),
-            knn: KnnConfig {
-                choice: self.knn,
-                ..KnnConfig::default()
-            },
+            knn: self.neighbours.config()?,
             device: self.runtime.apply()?,
-            batch_size: self.batch_size.max(1),
+            batch_size,
             thresholds: Thresholds {
                 k: self.k.max(1),
-                near_duplicate_distance: self.near_duplicate,
+                near_duplicate_fraction: self.near_duplicate_fraction,
                 mislabel_probability: self.mislabel_probability,
                 min_model_p_at_1: self.min_model_p_at_1,
                 outlier_z: self.outlier_z,

@@ -147,9 +147,7 @@ impl NetworkArgs {
 impl EmbedArgs {
     pub fn to_config(&self) -> Result<EmbedConfig, anyhow::Error> {
         let device = self.runtime.apply()?;
-        if self.batch_size == 0 {
-            return Err(UsageError("--batch-size must be at least 1".into()).into());
-        }
+        super::images_per_pass(self.batch_size)?;
         let model = match &self.model {
             Some(dir) => ModelChoice::Checkpoint(dir.clone()),
             // Nothing trains here: a backbone is a frozen trunk under a fresh head.

@@ -35,6 +35,7 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn to_config(&self) -> Result<EvalConfig, anyhow::Error> {
+        let batch_size = super::images_per_pass(self.batch_size)?;
         let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
             (Some(input), _, _) => EvalSource::Embeddings {
                 input,
@@ -43,7 +44,7 @@ impl EvalArgs {
             (None, Some(corpus), Some(model)) => EvalSource::Checkpoint {
                 corpus: corpus.clone(),
                 model: model.clone(),
-                batch_size: self.batch_size.max(1),
+                batch_size,
             },
             _ => {
                 return Err(

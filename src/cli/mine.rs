@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{EmbeddingsArgs, GuardArgs, RuntimeArgs, UsageError};
+use super::{images_per_pass, EmbeddingsArgs, GuardArgs, KnnArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
-use crate::knn::{HnswParams, KnnChoice, KnnConfig};
 use crate::mine::{
     EmbeddingSource, MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy,
 };
@@ -32,7 +31,8 @@ pub struct MineArgs {
     pub margin: f32,
     #[arg(long, value_enum, default_value_t = Distance::Euclidean)]
     pub distance: Distance,
-    /// hard | semihard | easy | all, or a mix such as semihard=0.7,hard=0.3
+    /// hard | semihard | easy | violating (hard or semihard) | any (every negative), or a
+    /// mix such as semihard=0.7,hard=0.3
     #[arg(long, default_value = "semihard")]
     pub strategy: Strategy,
     #[arg(long, value_enum, default_value_t = PositiveRule::Hardest)]
@@ -50,21 +50,8 @@ pub struct MineArgs {
     pub exclude: Option<PathBuf>,
     #[command(flatten)]
     pub guard: GuardArgs,
-    /// Neighbour backend. auto: exact below 20,000 samples; from there the classes path when
-    /// --candidate-classes is under 20% of the classes, else HNSW from 300,000 samples
-    #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
-    pub knn: KnnChoice,
-    /// Classes whose members each anchor's bands search on the classes path (nearest
-    /// centroids first; classes the triangle inequality rules out are never searched)
-    #[arg(long, default_value_t = KnnConfig::default().candidate_classes)]
-    pub candidate_classes: usize,
-    /// HNSW links per node
-    #[arg(long, default_value_t = HnswParams::default().m)]
-    pub hnsw_m: usize,
-    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
-    pub ef_construction: usize,
-    #[arg(long, default_value_t = HnswParams::default().ef_search)]
-    pub ef_search: usize,
+    #[command(flatten)]
+    pub neighbours: KnnArgs,
     /// Deepest other-label neighbour search before an anchor is recorded as short
     #[arg(long, default_value_t = MiningRules::default().max_depth)]
     pub max_search_depth: usize,
@@ -79,18 +66,17 @@ impl MineArgs {
     pub fn to_config(&self) -> Result<MineConfig, anyhow::Error> {
         let device = self.runtime.apply()?;
         self.guard.validate()?;
+        let batch_size = images_per_pass(self.batch_size)?;
         let usage = |m: &str| -> anyhow::Error { UsageError(m.into()).into() };
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return Err(usage("--margin must be a non-negative number"));
         }
-        if self.negatives_per_anchor == 0
-            || self.anchors_per_class == Some(0)
-            || self.candidate_classes == 0
-        {
+        if self.negatives_per_anchor == 0 || self.anchors_per_class == Some(0) {
             return Err(usage(
-                "--negatives-per-anchor, --anchors-per-class and --candidate-classes must be at least 1",
+                "--negatives-per-anchor and --anchors-per-class must be at least 1",
             ));
         }
+        let knn = self.neighbours.config()?;
         if self.out.as_os_str() != "-" && crate::triplets::sidecar_path(&self.out).is_none() {
             return Err(UsageError(format!(
                 "--out {}: a triplet CSV cannot end in .json, which is the name of its sidecar",
@@ -106,11 +92,6 @@ impl MineArgs {
             ))
             .into());
         }
-        if !(1..=256).contains(&self.hnsw_m) || self.ef_construction == 0 || self.ef_search == 0 {
-            return Err(usage(
-                "--hnsw-m must be in 1..=256 and the ef values positive",
-            ));
-        }
         let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
             (Some(input), _, _) => EmbeddingSource::Files {
                 input,
@@ -119,7 +100,7 @@ impl MineArgs {
             (None, Some(corpus), Some(model)) => EmbeddingSource::Corpus {
                 corpus: corpus.clone(),
                 model: model.clone(),
-                batch_size: self.batch_size.max(1),
+                batch_size,
             },
             _ => {
                 return Err(usage(
@@ -145,15 +126,7 @@ impl MineArgs {
                 skip_nearest: self.guard.skip_nearest,
                 negative_floor: self.guard.negative_floor,
             },
-            knn: KnnConfig {
-                choice: self.knn,
-                hnsw: HnswParams {
-                    m: self.hnsw_m,
-                    ef_construction: self.ef_construction,
-                    ef_search: self.ef_search,
-                },
-                candidate_classes: self.candidate_classes,
-            },
+            knn,
             exclude: self.exclude.clone(),
             device,
         })

@@ -71,6 +71,59 @@ impl EmbeddingsArgs {
     }
 }
 
+/// The neighbour layer's options, the same in every subcommand that searches neighbours.
+#[derive(Debug, Clone, Args)]
+pub struct KnnArgs {
+    /// Neighbour backend. auto: exact below 20,000 samples; from there the classes path when
+    /// --candidate-classes is under 20% of the classes, else HNSW from 300,000 samples
+    #[arg(long, value_enum, default_value_t = crate::knn::KnnChoice::Auto)]
+    pub knn: crate::knn::KnnChoice,
+    /// Classes whose members each anchor's bands search on the classes path (nearest
+    /// centroids first; classes the triangle inequality rules out are never searched)
+    #[arg(long, default_value_t = crate::knn::KnnConfig::default().candidate_classes)]
+    pub candidate_classes: usize,
+    /// HNSW links per node
+    #[arg(long, default_value_t = crate::knn::HnswParams::default().m)]
+    pub hnsw_m: usize,
+    #[arg(long, default_value_t = crate::knn::HnswParams::default().ef_construction)]
+    pub ef_construction: usize,
+    #[arg(long, default_value_t = crate::knn::HnswParams::default().ef_search)]
+    pub ef_search: usize,
+}
+
+impl KnnArgs {
+    /// The options as a config; values that cannot work are refused.
+    pub fn config(&self) -> Result<crate::knn::KnnConfig, UsageError> {
+        if self.candidate_classes == 0 {
+            return Err(UsageError("--candidate-classes must be at least 1".into()));
+        }
+        if !(1..=256).contains(&self.hnsw_m) || self.ef_construction == 0 || self.ef_search == 0 {
+            return Err(UsageError(
+                "--hnsw-m must be in 1..=256 and the ef values positive".into(),
+            ));
+        }
+        Ok(crate::knn::KnnConfig {
+            choice: self.knn,
+            hnsw: crate::knn::HnswParams {
+                m: self.hnsw_m,
+                ef_construction: self.ef_construction,
+                ef_search: self.ef_search,
+            },
+            candidate_classes: self.candidate_classes,
+        })
+    }
+}
+
+/// Images per forward pass (`--batch-size` wherever a network embeds images), refused at 0.
+pub fn images_per_pass(batch_size: usize) -> Result<usize, UsageError> {
+    if batch_size == 0 {
+        return Err(UsageError(
+            "--batch-size (images per forward pass) must be at least 1".into(),
+        ));
+    }
+    Ok(batch_size)
+}
+
 /// The false-negative guard of every negative taken from the neighbour index: `mine`'s, and
 /// `train`'s global rounds, memory negatives and neighbour-batch seeds.
 #[derive(Debug, Clone, Args)]

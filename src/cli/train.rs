@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::embed::NetworkArgs;
-use super::{GuardArgs, RuntimeArgs, UsageError};
+use super::{GuardArgs, KnnArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
-use crate::knn::{KnnChoice, KnnConfig};
 use crate::mine::{PositiveRule, Strategy};
 use crate::model::{HeadKind, ModelSpec, TrunkMode};
 use crate::train::{
@@ -20,11 +19,12 @@ use crate::train::{
 #[command(
     after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # --mining auto (config.json says what it chose)\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
     group(clap::ArgGroup::new("fresh").multiple(true).args([
-        "epochs", "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
-        "memory_warmup", "global_warmup", "skip_nearest", "negative_floor", "batch_size", "classes_per_batch", "samples_per_class",
+        "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
+        "memory_warmup", "global_warmup", "skip_nearest", "negative_floor", "triplets_per_step", "classes_per_batch", "samples_per_class",
         "margin", "distance", "soft_margin", "swap", "optimizer", "lr", "weight_decay", "momentum",
         "schedule", "warmup_epochs", "lr_step", "lr_gamma", "no_augment", "strategy", "positives",
-        "negatives_per_anchor", "knn", "val_classes", "val_samples", "exclude", "device", "seed",
+        "negatives_per_anchor", "knn", "candidate_classes", "hnsw_m", "ef_construction",
+        "ef_search", "val_classes", "val_samples", "exclude", "device", "seed",
         "dim", "input_size", "channels", "backbone", "preprocess", "mean", "std", "resize",
         "freeze_backbone", "backbone_lr_scale", "freeze_backbone_epochs", "freeze_bn",
         "cached_views", "head", "embeddings",
@@ -53,7 +53,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from last/ with its config.json (its options cannot
-    /// be changed; --threads defaults to the recorded count)
+    /// be changed, except a larger --epochs; --threads defaults to the recorded count)
     #[arg(long, conflicts_with_all = ["corpus", "out", "fresh"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
@@ -80,7 +80,8 @@ pub struct TrainArgs {
     /// features are computed once and cached in the run directory (features/)
     #[arg(long, default_value_t = DEFAULT_CACHED_VIEWS)]
     pub cached_views: usize,
-    /// Epochs (default: enough for about 3,000 steps, between 10 and 60)
+    /// Epochs (default: enough for about 3,000 steps, between 10 and 60). With --resume, a
+    /// larger count extends the run
     #[arg(long)]
     pub epochs: Option<usize>,
     /// auto | batch-semihard | batch-hard | batch-all | neighbour-batches | global |
@@ -114,9 +115,10 @@ pub struct TrainArgs {
     /// keeps a seed image's nearest neighbours out of its neighbour batch
     #[command(flatten)]
     pub guard: GuardArgs,
-    /// Triplets per step (global and triplets:FILE)
+    /// Triplets per step of global rounds and triplets:FILE (the in-batch regimes' step is a
+    /// P×K batch; `--batch-size` elsewhere is images per forward pass)
     #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
+    pub triplets_per_step: usize,
     /// P: classes per batch for the in-batch miners
     #[arg(long, default_value_t = 8)]
     pub classes_per_batch: usize,
@@ -156,7 +158,8 @@ pub struct TrainArgs {
     /// Turn off random resized crop and horizontal flip
     #[arg(long)]
     pub no_augment: bool,
-    /// Global mining and memory negatives: hard | semihard | easy | all | any, or a mix such as
+    /// Global mining and memory negatives: hard | semihard | easy | violating (hard or
+    /// semihard) | any (every negative), or a mix such as
     /// semihard=0.7,hard=0.3
     #[arg(long, default_value = "semihard=0.5,hard=0.5")]
     pub strategy: Strategy,
@@ -164,8 +167,9 @@ pub struct TrainArgs {
     pub positives: PositiveRule,
     #[arg(long, default_value_t = 1)]
     pub negatives_per_anchor: usize,
-    #[arg(long, value_enum, default_value_t = KnnChoice::Auto)]
-    pub knn: KnnChoice,
+    /// The neighbour layer of global rounds, neighbour batches and memory negatives
+    #[command(flatten)]
+    pub neighbours: KnnArgs,
     /// Hold out this fraction of the classes for validation (unseen classes). Default: the
     /// corpus's split column if it has one, else 0.1 of every class's samples
     #[arg(long, conflicts_with = "val_samples")]
@@ -191,6 +195,20 @@ impl TrainArgs {
             let mut cfg: TrainConfig = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{}: {e}", path.display())))?;
             cfg.out = run.clone();
+            if let Some(epochs) = self.epochs {
+                // More epochs continue the run; the schedule then spans the new total.
+                if epochs < cfg.epochs {
+                    return Err(usage(format!(
+                        "--epochs {epochs} with --resume: the run was planned for {} epochs; a resumed run can only be extended",
+                        cfg.epochs
+                    )));
+                }
+                if epochs > cfg.epochs {
+                    cfg.epochs = epochs;
+                    crate::output::write_json(&path, &cfg)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                }
+            }
             let runtime = RuntimeArgs {
                 threads: self.runtime.threads.or(cfg.threads),
                 ..self.runtime.clone()
@@ -201,12 +219,12 @@ impl TrainArgs {
         self.runtime.apply()?;
         let mining: Mining = self.mining.parse().map_err(usage)?;
         if self.epochs == Some(0)
-            || self.batch_size == 0
+            || self.triplets_per_step == 0
             || self.negatives_per_anchor == 0
             || self.classes_per_batch < 2
             || self.samples_per_class < 2
         {
-            return Err(usage("--epochs, --batch-size and --negatives-per-anchor must be positive; P×K needs at least 2 classes × 2 samples".into()));
+            return Err(usage("--epochs, --triplets-per-step and --negatives-per-anchor must be positive; P×K needs at least 2 classes × 2 samples".into()));
         }
         let every_ok = match self.remine_every {
             Period::Epochs(e) => e >= 0.05,
@@ -273,7 +291,7 @@ impl TrainArgs {
                 device: self.runtime.device.clone(),
                 seed: self.runtime.seed,
                 epochs: self.epochs.unwrap_or(0),
-                batch_size: self.batch_size,
+                triplets_per_step: self.triplets_per_step,
                 classes_per_batch: self.classes_per_batch,
                 samples_per_class: self.samples_per_class,
                 augment: !self.no_augment,
@@ -307,10 +325,7 @@ impl TrainArgs {
                 strategy: self.strategy.clone(),
                 positives: self.positives,
                 negatives_per_anchor: self.negatives_per_anchor,
-                knn: KnnConfig {
-                    choice: self.knn,
-                    ..KnnConfig::default()
-                },
+                knn: self.neighbours.config()?,
                 validation,
                 exclude: self.exclude.clone(),
                 mining_choice: None,

@@ -100,7 +100,9 @@ impl ClassIndex {
         let centroids = Tensor::from_slice(&means)
             .view([labels.len() as i64, dim as i64])
             .to_device(device);
-        let candidates = candidates.max(1);
+        // More candidates than classes means every class; the cap keeps the ranking's
+        // buffers (a few times the count) from overflowing on a huge --candidate-classes.
+        let candidates = candidates.clamp(1, labels.len().max(1));
         ClassIndex {
             exact,
             grouped,

@@ -36,6 +36,32 @@ const EDGE_EXTRA: usize = 8;
 
 /// Anchors are processed in chunks so that neighbour lists never exist for the whole corpus.
 const ANCHOR_CHUNK: usize = 8192;
+/// Band answers held at once, in entries (each band may hold up to its `k`): random order
+/// asks for `--max-search-depth` per band, so a chunk's bands are searched in groups.
+const BAND_ENTRIES: usize = 1 << 23;
+
+/// Consecutive groups of `bands` whose requested entries stay within `budget` (a band larger
+/// than the budget is a group of its own).
+fn band_groups(bands: &[Band], budget: usize) -> impl Iterator<Item = &[Band]> {
+    let mut rest = bands;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        let end = rest
+            .iter()
+            .position(|b| {
+                total += b.k;
+                total > budget
+            })
+            .unwrap_or(rest.len())
+            .max(1);
+        let (group, tail) = rest.split_at(end);
+        rest = tail;
+        Some(group)
+    })
+}
 
 pub fn mine(
     points: Points,
@@ -81,8 +107,9 @@ pub fn mine(
             .flat_map(|(p, plan)| plan.requests(p, rules))
             .collect();
         let bands: Vec<Band> = requests.iter().filter_map(|r| r.band).collect();
-        let mut answers = index
-            .band_search(&bands, rules.start_depth, rules.max_depth)
+        let mut answers = band_groups(&bands, BAND_ENTRIES)
+            .flat_map(|group| index.band_search(group, rules.start_depth, rules.max_depth))
+            .collect::<Vec<_>>()
             .into_iter();
         let mut by_plan: Vec<Vec<(&Request, Option<BandHits>)>> =
             plans.iter().map(|_| Vec::new()).collect();
@@ -702,5 +729,19 @@ mod tests {
                 .count();
             assert!(dropped > 0, "{strategy}: the guard changed nothing");
         }
+    }
+
+    #[test]
+    fn band_groups_bound_the_entries_held_at_once() {
+        let band = |k| Band {
+            query: 0,
+            min_dot: -1.0,
+            max_dot: 1.0,
+            k,
+        };
+        let bands = vec![band(4096), band(4096), band(4096), band(10_000), band(1)];
+        let groups: Vec<usize> = band_groups(&bands, 8192).map(<[Band]>::len).collect();
+        assert_eq!(groups, vec![2, 1, 1, 1]);
+        assert_eq!(groups.iter().sum::<usize>(), bands.len());
     }
 }

@@ -136,11 +136,6 @@ impl Labelled {
     }
 }
 
-/// Paths listed in the `path` column of a CSV (e.g. an audit's `exclude.csv`).
-pub fn read_exclude(path: &Path) -> Result<HashSet<String>, MineError> {
-    Ok(ExcludeList::read(path)?.rows.into_iter().collect())
-}
-
 /// An exclude list: its rows, and the folder they are relative to when it is an audit's
 /// `exclude.csv` (the `corpus_root` in the `audit.json` beside it).
 #[derive(Debug, Clone)]
@@ -194,15 +189,23 @@ impl ExcludeList {
     /// files from an ImageFolder's embeddings), else as normalised relative paths. Also
     /// returns a warning when some rows match no sample.
     pub fn matching(&self, set: &EmbeddingSet) -> (HashSet<String>, Option<String>) {
+        self.matching_paths(
+            set.samples.iter().map(|s| s.path.as_str()),
+            set.meta.corpus_root.as_deref().map(Path::new),
+        )
+    }
+
+    /// [`ExcludeList::matching`] for sample paths relative to `set_root` (a corpus, or the
+    /// corpus feature rows were computed from): what `mine` and `train` both use.
+    pub fn matching_paths<'a>(
+        &self,
+        paths: impl Iterator<Item = &'a str>,
+        set_root: Option<&Path>,
+    ) -> (HashSet<String>, Option<String>) {
         use crate::corpus::normal_path;
-        let set_root = set.meta.corpus_root.as_deref().map(Path::new);
         let absolute = set_root.is_some() && self.root.is_some();
         let key = |root: Option<&Path>, p: &str| normal_path(root.filter(|_| absolute), p);
-        let by_key: BTreeMap<String, &str> = set
-            .samples
-            .iter()
-            .map(|s| (key(set_root, &s.path), s.path.as_str()))
-            .collect();
+        let by_key: BTreeMap<String, &str> = paths.map(|p| (key(set_root, p), p)).collect();
         let mut matched = HashSet::new();
         let mut unmatched = Vec::new();
         for row in &self.rows {
@@ -224,7 +227,7 @@ impl ExcludeList {
                 )
             };
             format!(
-                "exclude list {}: {how} match a sample of the embeddings (e.g. {:?} does not); \
+                "exclude list {}: {how} match a sample (e.g. {:?} does not); \
                  is it from another corpus? Paths are compared {}",
                 self.path.display(),
                 unmatched[0],

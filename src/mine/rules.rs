@@ -28,8 +28,8 @@ pub enum NegativeOrder {
     Random,
 }
 
-/// One negative kind of the strategy; `All` is every margin-violating negative (t ≤ m), `Any`
-/// every negative whatever its kind (what a soft margin trains on).
+/// One negative kind of the strategy; `All` (`violating`) is every margin-violating negative
+/// (t ≤ m), `Any` every negative whatever its kind (what a soft margin trains on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
@@ -63,7 +63,7 @@ impl fmt::Display for Selection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Selection::Kind(k) => f.write_str(k.name()),
-            Selection::All => f.write_str("all"),
+            Selection::All => f.write_str("violating"),
             Selection::Any => f.write_str("any"),
         }
     }
@@ -94,11 +94,12 @@ impl FromStr for Strategy {
                 "hard" => Selection::Kind(TripletKind::Hard),
                 "semihard" | "semi-hard" => Selection::Kind(TripletKind::Semihard),
                 "easy" => Selection::Kind(TripletKind::Easy),
-                "all" => Selection::All,
+                // `all` was its first name; it reads as "every negative", which is `any`.
+                "violating" | "all" => Selection::All,
                 "any" => Selection::Any,
                 other => {
                     return Err(format!(
-                        "unknown kind {other:?}; expected hard, semihard, easy, all or any"
+                        "unknown kind {other:?}; expected hard, semihard, easy, violating (hard or semihard) or any (every negative)"
                     ))
                 }
             };

@@ -72,7 +72,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub epochs: usize,
     /// Triplets per step (global, triplets:FILE); P×K sets the batch for the in-batch miners.
-    pub batch_size: usize,
+    #[serde(alias = "batch_size")]
+    pub triplets_per_step: usize,
     pub classes_per_batch: usize,
     pub samples_per_class: usize,
     pub augment: bool,
@@ -174,8 +175,9 @@ pub struct FeatureSource {
 }
 
 impl FeatureSource {
-    /// The rows' samples (named by their paths, which must be distinct) and the rows.
-    fn load(&self) -> Result<(Vec<Sample>, FeatureTable), TrainError> {
+    /// The rows' samples (named by their paths, which must be distinct), the rows, and the
+    /// corpus folder they were computed from when recorded.
+    fn load(&self) -> Result<(Vec<Sample>, FeatureTable, Option<PathBuf>), TrainError> {
         let input = EmbeddingsInput::from_args(&self.embeddings, self.labels.as_deref())
             .map_err(TrainError::Input)?;
         let set = store::open_rows(&input, RowCheck::AsTheyAre)
@@ -200,6 +202,7 @@ impl FeatureSource {
                 split: s.split.clone(),
             })
             .collect();
+        let root = set.meta.corpus_root.as_ref().map(PathBuf::from);
         Ok((
             samples,
             FeatureTable {
@@ -207,6 +210,7 @@ impl FeatureSource {
                 data: set.data,
                 dim: set.dim,
             },
+            root,
         ))
     }
 }
@@ -446,21 +450,31 @@ pub fn default_epochs(train_images: usize, batch_images: usize) -> usize {
 pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> {
     let device = parse_device(&cfg.device).map_err(TrainError::Input)?;
     let run = &cfg.out;
-    let (samples, rows_by_path) = match &cfg.features {
+    let (samples, rows_by_path, root) = match &cfg.features {
         Some(features) => {
-            let (samples, rows) = features.load()?;
-            (samples, Some(rows))
+            let (samples, rows, root) = features.load()?;
+            (samples, Some(rows), root)
         }
         None => {
             let corpus = corpus::open(&cfg.corpus)?;
             for p in &corpus.problems {
                 eprintln!("warning: skipping {}: {}", p.path, p.reason);
             }
-            (corpus.samples, None)
+            (corpus.samples, None, corpus::root_of(&cfg.corpus))
         }
     };
+    // The exclusion `mine` applies: an audit's list resolved under its corpus folder, and a
+    // warning when rows match no sample.
+    let mut exclude_warning = None;
     let excluded = match &cfg.exclude {
-        Some(path) => mine::read_exclude(path).map_err(|e| TrainError::Input(e.to_string()))?,
+        Some(path) => {
+            let list =
+                mine::ExcludeList::read(path).map_err(|e| TrainError::Input(e.to_string()))?;
+            let (matched, warning) =
+                list.matching_paths(samples.iter().map(|s| s.path.as_str()), root.as_deref());
+            exclude_warning = warning;
+            matched
+        }
         None => HashSet::new(),
     };
     let samples: Vec<Sample> = samples
@@ -476,6 +490,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .map(|(i, l)| (l.clone(), i as u32))
         .collect();
     let (train_samples, val_samples, mut notices) = split(samples, &cfg.validation, cfg.seed);
+    notices.extend(exclude_warning);
     let mut cfg = cfg.clone();
     // The inputs of each split, before a frozen trunk's features replace its images.
     let (train_inputs, val_inputs) = match &rows_by_path {

@@ -304,17 +304,17 @@ pub fn for_config<'a>(
     })
 }
 
-/// Shuffled chunks of `batch_size` triplets, drawn from the seed and the epoch: one pass.
+/// Shuffled chunks of `triplets_per_step` triplets, drawn from the seed and the epoch: one pass.
 fn triplet_batches(triplets: &[Triplet], cfg: &TrainConfig, epoch: usize) -> VecDeque<StepBatch> {
     triplet_steps(
         triplets,
         cfg,
         epoch as u64,
-        triplets.len().div_ceil(cfg.batch_size),
+        triplets.len().div_ceil(cfg.triplets_per_step),
     )
 }
 
-/// `steps` shuffled chunks of `batch_size` triplets (the order drawn from the seed and `item`),
+/// `steps` shuffled chunks of `triplets_per_step` triplets (the order drawn from the seed and `item`),
 /// going round the triplets again when one pass is shorter.
 fn triplet_steps(
     triplets: &[Triplet],
@@ -327,7 +327,7 @@ fn triplet_steps(
     }
     let mut order: Vec<usize> = (0..triplets.len()).collect();
     Rng::for_item(cfg.seed ^ 0x7121, item).shuffle(&mut order);
-    let (n, size) = (triplets.len(), cfg.batch_size.max(1));
+    let (n, size) = (triplets.len(), cfg.triplets_per_step.max(1));
     // One pass ends with a partial chunk; more steps than a pass go round again.
     let wanted = if steps <= n.div_ceil(size) {
         (steps * size).min(n)
