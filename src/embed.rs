@@ -414,9 +414,8 @@ pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
     Ok(embedded)
 }
 
-impl EmbedError {
-    /// Bad input (exit 2) as opposed to a failure while working (exit 1).
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for EmbedError {
+    fn is_input_error(&self) -> bool {
         match self {
             EmbedError::Corpus(_)
             | EmbedError::Strict(_)

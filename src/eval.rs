@@ -264,8 +264,8 @@ pub enum EvalError {
     NoSplit { input: String, split: String },
 }
 
-impl EvalError {
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for EvalError {
+    fn is_input_error(&self) -> bool {
         match self {
             EvalError::Embed(e) => e.is_input_error(),
             EvalError::Store(e) => e.is_input_error(),

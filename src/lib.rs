@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod definitions;
 pub mod embed;
 pub mod eval;
+pub mod exit;
 pub mod knn;
 pub mod mine;
 pub mod model;

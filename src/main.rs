@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tripmine::cli::{Cli, Command, UsageError};
+use tripmine::cli::{Cli, Command};
 use tripmine::definitions::TripletKind;
+use tripmine::exit::Failure;
 use tripmine::{audit, embed, eval, mine, train, view};
 
 /// Summaries go to stdout; a reader that went away (`tripmine audit ... | head`) is not an
@@ -21,17 +22,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", tripmine::cli::error_message(&err));
-            ExitCode::from(exit_code(&err))
+        Err(failure) => {
+            eprintln!("error: {}", tripmine::cli::error_message(&failure.error));
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Embed(args) => {
-            let cfg = args.to_config()?;
+            let cfg = args.to_config().map_err(Failure::options)?;
             let done = embed::run(&cfg)?;
             for label in &done.singleton_labels {
                 eprintln!("warning: label {label:?} has a single image: it can never be an anchor");
@@ -52,7 +53,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Mine(args) => {
-            let cfg = args.to_config()?;
+            let cfg = args.to_config().map_err(Failure::options)?;
             let done = mine::run(&cfg)?;
             for w in &done.warnings {
                 eprintln!("warning: {w}");
@@ -80,7 +81,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Train(args) => {
-            let (cfg, resume) = args.to_config()?;
+            let (cfg, resume) = args.to_config().map_err(Failure::options)?;
             let done = train::run(&cfg, resume)?;
             for w in &done.warnings {
                 eprintln!("warning: {w}");
@@ -97,7 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Eval(args) => {
             let json = args.json;
-            let m = eval::run(&args.to_config()?)?;
+            let m = eval::run(&args.to_config().map_err(Failure::options)?)?;
             if json {
                 let recall: serde_json::Map<String, serde_json::Value> = m
                     .recall_at_k
@@ -129,7 +130,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Audit(args) => {
-            let cfg = args.to_config()?;
+            let cfg = args.to_config().map_err(Failure::options)?;
             let a = audit::run(&cfg)?;
             println!("audited {} samples -> {}", a.samples, cfg.out.display());
             println!(
@@ -170,7 +171,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::View(args) => {
-            let v = view::run(&args.to_config()?)?;
+            let v = view::run(&args.to_config().map_err(|e| Failure::options(e.into()))?)?;
             for (path, why) in &v.missing {
                 eprintln!("warning: {path}: {why}; drawn as a placeholder");
             }
@@ -185,39 +186,4 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn exit_code(err: &anyhow::Error) -> u8 {
-    let input = err.chain().any(|cause| {
-        cause.is::<UsageError>()
-            || cause
-                .downcast_ref::<embed::EmbedError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<mine::MineError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<tripmine::model::ModelError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<train::TrainError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<audit::AuditError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<eval::EvalError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<tripmine::store::StoreError>()
-                .is_some_and(|e| e.is_input_error())
-            || cause
-                .downcast_ref::<view::ViewError>()
-                .is_some_and(|e| e.is_input_error())
-    });
-    if input {
-        2
-    } else {
-        1
-    }
 }

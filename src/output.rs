@@ -103,6 +103,30 @@ pub fn sweep_stale(target: &Path) {
     }
 }
 
+/// Removes `.tmp-<pid>-<name>` siblings of `path` whose process is gone; best effort.
+fn sweep_stale_files(path: &Path, name: &str) {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let suffix = format!("-{name}");
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file
+            .strip_prefix(".tmp-")
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !alive(pid) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
@@ -141,7 +165,11 @@ pub fn publish_dir(staging: &Path, target: &Path) -> io::Result<()> {
         ));
         let _ = fs::remove_dir_all(&aside);
         fs::rename(target, &aside)?;
-        fs::rename(staging, target)?;
+        if let Err(e) = fs::rename(staging, target) {
+            // Put the old set back: a failed publish must not leave the target missing.
+            let _ = fs::rename(&aside, target);
+            return Err(e);
+        }
         crash_point("publish:swapped");
         return fs::remove_dir_all(&aside);
     }
@@ -229,11 +257,14 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// The temporary sibling a file is written under (`.tmp-<pid>-<name>`); the ones of `path`
+/// left by processes that no longer run (killed mid-write) are removed first.
 fn temporary_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    sweep_stale_files(path, &name);
     // The extension stays last: libtorch picks the file format from it.
     path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
@@ -241,6 +272,32 @@ fn temporary_name(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn temporary_files_of_dead_processes_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("metrics.csv");
+        // No process has pid 0x7FFF_FFF0 (above pid_max); ours is alive.
+        let dead = dir
+            .path()
+            .join(format!(".tmp-{}-metrics.csv", 0x7FFF_FFF0u32));
+        let other = dir
+            .path()
+            .join(format!(".tmp-{}-other.csv", 0x7FFF_FFF0u32));
+        let live = dir.path().join(format!(
+            ".tmp-{}-metrics.csv",
+            std::os::unix::process::parent_id()
+        ));
+        for f in [&dead, &other, &live] {
+            fs::write(f, b"partial").unwrap();
+        }
+        write_atomic(&target, |w| w.write_all(b"done")).unwrap();
+        assert!(!dead.exists(), "a dead writer's temporary file stays");
+        assert!(other.exists(), "another file's temporary was touched");
+        assert!(live.exists(), "a live writer's temporary file was removed");
+        assert_eq!(fs::read(&target).unwrap(), b"done");
+    }
 
     #[test]
     fn failed_write_leaves_no_file_and_keeps_the_old_one() {

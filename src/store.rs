@@ -175,9 +175,8 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Bad input (exit 2) as opposed to a failure while writing (exit 1).
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for StoreError {
+    fn is_input_error(&self) -> bool {
         !matches!(self, StoreError::Io { .. })
     }
 }

@@ -65,8 +65,8 @@ pub enum ViewError {
     },
 }
 
-impl ViewError {
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for ViewError {
+    fn is_input_error(&self) -> bool {
         !matches!(self, ViewError::Write { .. })
     }
 }

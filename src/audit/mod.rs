@@ -103,8 +103,8 @@ pub enum AuditError {
     NotOurs(PathBuf),
 }
 
-impl AuditError {
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for AuditError {
+    fn is_input_error(&self) -> bool {
         match self {
             AuditError::Corpus(_) | AuditError::Mismatch { .. } | AuditError::NotOurs(_) => true,
             AuditError::Store(e) => e.is_input_error(),

@@ -203,11 +203,7 @@ impl TrainArgs {
                         cfg.epochs
                     )));
                 }
-                if epochs > cfg.epochs {
-                    cfg.epochs = epochs;
-                    crate::output::write_json(&path, &cfg)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                }
+                cfg.epochs = epochs;
             }
             let runtime = RuntimeArgs {
                 threads: self.runtime.threads.or(cfg.threads),

@@ -67,9 +67,8 @@ pub enum MineError {
     },
 }
 
-impl MineError {
-    /// Bad input (exit 2) as opposed to a failure while working (exit 1).
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for MineError {
+    fn is_input_error(&self) -> bool {
         match self {
             MineError::Exclude { .. } => true,
             MineError::Store(e) => e.is_input_error(),

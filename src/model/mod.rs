@@ -415,9 +415,8 @@ impl ModelSpec {
     }
 }
 
-impl ModelError {
-    /// Bad input (exit 2) as opposed to a failure while working (exit 1).
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for ModelError {
+    fn is_input_error(&self) -> bool {
         matches!(
             self,
             ModelError::Checkpoint { .. } | ModelError::Backbone { .. } | ModelError::Config(_)

@@ -55,7 +55,8 @@ impl Gallery<'_> {
     /// Writes `dir/<index>` and the folder `dir/report/` (pages and thumbnails). The folder is
     /// built under a temporary name and swapped in whole, then the summary page is written.
     pub fn write(&self, dir: &Path, index: &str) -> std::io::Result<()> {
-        let staging = dir.join(format!(".{ASSETS}.tmp-{}", std::process::id()));
+        let assets = dir.join(ASSETS);
+        let staging = crate::output::staging_dir(&assets);
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(staging.join("thumbs"))?;
         let result = self.write_assets(&staging, index);
@@ -63,9 +64,7 @@ impl Gallery<'_> {
             let _ = fs::remove_dir_all(&staging);
             return result;
         }
-        let assets = dir.join(ASSETS);
-        let _ = fs::remove_dir_all(&assets);
-        fs::rename(&staging, &assets)?;
+        crate::output::publish_dir(&staging, &assets)?;
         html::write(&dir.join(index), &self.summary_page())
     }
 

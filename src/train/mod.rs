@@ -269,8 +269,8 @@ pub enum TrainError {
     },
 }
 
-impl TrainError {
-    pub fn is_input_error(&self) -> bool {
+impl crate::exit::Classify for TrainError {
+    fn is_input_error(&self) -> bool {
         match self {
             TrainError::Corpus(_) | TrainError::Input(_) => true,
             TrainError::Model(e) => e.is_input_error(),
@@ -561,6 +561,8 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
                 run.display()
             ))
         })?;
+        // A larger --epochs extends the run: the config says so from now on.
+        write_json(&run.join(CONFIG_JSON), cfg).map_err(io_err(run))?;
         let model = Embedder::load(&dir, device)?;
         let state = run_dir::read_state(&dir)?;
         let mut optimizer = Optimizer::new(&model.vs, cfg.optim.clone());

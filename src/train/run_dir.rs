@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::Optimizer;
 use crate::model::{Embedder, ModelError};
-use crate::output::{write_csv, write_json};
+use crate::output::{publish_dir, staging_dir, write_csv, write_json};
 
 pub const CONFIG_JSON: &str = "config.json";
 pub const METRICS_CSV: &str = "metrics.csv";
@@ -81,23 +81,15 @@ pub fn save_checkpoint(
     state: &RunState,
     source_state: &dyn Fn(&Path) -> std::io::Result<()>,
 ) -> Result<(), ModelError> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let fresh = dir.with_file_name(format!(".{name}.new"));
-    let old = dir.with_file_name(format!(".{name}.old"));
+    // Staged beside it and exchanged in one step (output::publish_dir): `dir` always holds a
+    // whole checkpoint, the old one or the new one.
+    let fresh = staging_dir(dir);
     let _ = fs::remove_dir_all(&fresh);
     model.save(&fresh)?;
     optimizer.save(&fresh.join(OPTIMIZER_WEIGHTS))?;
     write_json(&fresh.join(STATE_JSON), state)?;
     source_state(&fresh)?;
-    let _ = fs::remove_dir_all(&old);
-    if dir.exists() {
-        fs::rename(dir, &old)?;
-    }
-    fs::rename(&fresh, dir)?;
-    let _ = fs::remove_dir_all(&old);
+    publish_dir(&fresh, dir)?;
     Ok(())
 }
 
@@ -121,10 +113,20 @@ pub fn clear_unfinished(run: &Path) -> std::io::Result<()> {
 
 /// The checkpoint to resume from: `last/`, or its previous version if a swap was interrupted.
 pub fn resumable(run: &Path) -> Option<PathBuf> {
-    let last = last(run);
-    let old = run.join(".last.old");
-    [last, old]
+    // `.last.old-PID` is where publish_dir moves the old set aside on systems without an
+    // atomic exchange; a kill there leaves it as the only whole checkpoint.
+    let aside = fs::read_dir(run)
+        .ok()
         .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".last.old-"))
+        });
+    std::iter::once(last(run))
+        .chain(aside)
         .find(|d| d.join(STATE_JSON).is_file())
 }
 
