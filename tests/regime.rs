@@ -175,8 +175,8 @@ fn fractional_refreshes_keep_the_epochs_step_count() {
     assert!(stderr.contains("--remine-every"), "{stderr}");
 }
 
-/// `--mining auto` picks from the split's shape and says why in config.json: global rounds
-/// over feature rows with few samples per class.
+/// `--mining auto` picks from the split's shape and says why in config.json: index-guided
+/// batches over feature rows with few samples per class.
 #[test]
 fn auto_mining_records_its_choice_and_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,10 +184,10 @@ fn auto_mining_records_its_choice_and_reason() {
     let run = dir.path().join("auto");
     train_rows(&rows, &run, &["--epochs", "1"]);
     let cfg = config(&run);
-    assert_eq!(cfg["mining"], "global", "{cfg}");
+    assert_eq!(cfg["mining"], "neighbour-batches", "{cfg}");
     let reason = cfg["mining_choice"]["reason"].as_str().unwrap();
     assert!(reason.contains("40 training classes of 5.0"), "{reason}");
-    assert!(run.join("rounds/000/triplets.csv").is_file());
+    assert!(run.join("rounds/000/batches.json").is_file());
 }
 
 /// `tripmine mine --skip-nearest R --negative-floor F`: no negative is among its anchor's R

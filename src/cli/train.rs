@@ -85,9 +85,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// auto | batch-semihard | batch-hard | batch-all | neighbour-batches | global |
-    /// triplets:FILE.csv. auto: with at most 10 samples per class, global over feature rows
-    /// or a frozen trunk and neighbour-batches over images, else batch-semihard (measured by
-    /// `make bench-regime` and `make bench-train`); config.json records the choice and why
+    /// triplets:FILE.csv. auto: neighbour-batches with at most 10 samples per class, else
+    /// batch-semihard (measured by `make bench-regime` and `make bench-train`); config.json
+    /// records the choice and why
     #[arg(long, default_value = "auto")]
     pub mining: String,
     /// Between refreshes of the neighbour graph (and memory) or global re-mining rounds:
