@@ -282,6 +282,10 @@ pub struct BatchComposition {
     pub batches: usize,
     /// Refreshes of the neighbour graph during the epoch.
     pub refreshes: usize,
+    /// Seconds the epoch's refreshes took (embedding when they do, indexing, the graph and
+    /// memory mining).
+    #[serde(default)]
+    pub refresh_seconds: f64,
     /// Class pairs that shared the most batches: (label, label, batches together).
     pub pairs: Vec<(String, String, usize)>,
     /// Share of the class pairs in batches that the graph lists as neighbours.
@@ -310,6 +314,7 @@ pub struct NeighbourBatches<'a> {
     refresh_steps: VecDeque<usize>,
     step: usize,
     refreshes: usize,
+    refresh_seconds: f64,
     met: HashMap<(u32, u32), usize>,
     recorder: EpochRecorder<'a>,
 }
@@ -348,6 +353,7 @@ impl<'a> NeighbourBatches<'a> {
             refresh_steps: VecDeque::new(),
             step: 0,
             refreshes: 0,
+            refresh_seconds: 0.0,
             met: HashMap::new(),
             recorder: EpochRecorder::new(cfg, train, name),
         }
@@ -367,6 +373,7 @@ impl<'a> NeighbourBatches<'a> {
     /// cached trunk features) the whole split is re-embedded through the current head every
     /// time: a GEMM, and the graph is never stale.
     fn refresh(&mut self, model: &Embedder) -> Result<(), TrainError> {
+        let started = std::time::Instant::now();
         let cfg = self.cfg;
         let embeddings = match &self.bank {
             Some(bank) if !self.train.inputs.light_steps() => bank.clone(),
@@ -403,6 +410,7 @@ impl<'a> NeighbourBatches<'a> {
         };
         drop(index);
         self.refreshes += 1;
+        self.refresh_seconds += started.elapsed().as_secs_f64();
         self.refresh = Some(Refresh {
             embeddings,
             graph: Graph {
@@ -491,6 +499,7 @@ impl<'a> NeighbourBatches<'a> {
             },
             batches,
             refreshes: self.refreshes,
+            refresh_seconds: self.refresh_seconds,
             pairs: pairs
                 .into_iter()
                 .take(PAIRS_RECORDED)
@@ -574,6 +583,7 @@ impl BatchSource for NeighbourBatches<'_> {
         };
         self.step = 0;
         self.refreshes = 0;
+        self.refresh_seconds = 0.0;
         self.met.clear();
         self.unused = vec![true; self.train.len()];
         // A resumed run has no graph yet and refreshes at once (so it continues bit for bit
