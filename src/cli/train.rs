@@ -159,10 +159,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_augment: bool,
     /// Global mining and memory negatives: hard | semihard | easy | violating (hard or
-    /// semihard) | any (every negative), or a mix such as
-    /// semihard=0.7,hard=0.3
+    /// semihard) | any (every negative), or a mix such as semihard=0.7,hard=0.3. Not
+    /// `mine`'s default (semihard): a round trains on what it mines, and half hard
+    /// negatives keep the loss from vanishing once semi-hard ones are satisfied
     #[arg(long, default_value = "semihard=0.5,hard=0.5")]
     pub strategy: Strategy,
+    /// Positive of each anchor in global rounds. Not `mine`'s default (hardest): a random
+    /// positive varies the pairs a round trains on (hardest is deterministic, and the
+    /// farthest positive is the likeliest to be mislabelled)
     #[arg(long, value_enum, default_value_t = PositiveRule::Random)]
     pub positives: PositiveRule,
     #[arg(long, default_value_t = 1)]
