@@ -1,4 +1,4 @@
-//! The one place that defines distance, margin and the triplet kinds (see DESIGN.md). Mining,
+//! The one place that defines distance, margin and the triplet kinds (README, "Definitions"). Mining,
 //! export, checks and training all use these, so "margin 0.2" means one thing everywhere.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Retrieval metrics (DESIGN.md): P@1, R-Precision, MAP@R and Recall@K from exact neighbours,
+//! Retrieval metrics (README, "Definitions"): P@1, R-Precision, MAP@R and Recall@K from exact neighbours,
 //! the query itself excluded; queries whose label has no other sample are skipped. The trainer's
 //! validation and `tripmine eval` both use this module.
 
