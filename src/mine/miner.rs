@@ -744,4 +744,110 @@ mod tests {
         assert_eq!(groups, vec![2, 1, 1, 1]);
         assert_eq!(groups.iter().sum::<usize>(), bands.len());
     }
+
+    /// Every positives rule (and random order, and a mixed strategy) against brute force:
+    /// each pair's negatives are, in nearest order, exactly the K nearest other-label samples
+    /// of its kind; in random order, K distinct ones of its kind; under a mix, each negative
+    /// has one of the mix's kinds and a pair gets at most K. Easiest and hardest positives are
+    /// the nearest and farthest same-label samples, and `all` takes every one.
+    #[test]
+    fn every_positives_rule_order_and_mix_matches_brute_force() {
+        let (data, labels) = data();
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let d = |a: usize, b: usize| {
+            crate::definitions::Distance::Euclidean.between(points.row(a), points.row(b))
+        };
+        let same = |a: usize| -> Vec<usize> {
+            (0..points.len())
+                .filter(|&p| p != a && labels[p] == labels[a])
+                .collect()
+        };
+        let in_band = |a: usize, p: usize, strategy: &str| -> Vec<usize> {
+            let selection = rules(strategy, 1).strategy.parts[0].0;
+            let mut n: Vec<usize> = (0..points.len())
+                .filter(|&n| labels[n] != labels[a])
+                .filter(|&n| selection.accepts(TripletKind::classify(d(a, p), d(a, n), 0.2)))
+                .collect();
+            n.sort_by(|&x, &y| d(a, x).total_cmp(&d(a, y)).then(x.cmp(&y)));
+            n
+        };
+        for positives in [
+            PositiveRule::Hardest,
+            PositiveRule::Easiest,
+            PositiveRule::Random,
+            PositiveRule::All,
+        ] {
+            for (strategy, order) in [
+                ("semihard", NegativeOrder::Nearest),
+                ("violating", NegativeOrder::Nearest),
+                ("semihard", NegativeOrder::Random),
+            ] {
+                let r = MiningRules {
+                    positives,
+                    negative_order: order,
+                    ..rules(strategy, 2)
+                };
+                let (mined, _) = mine(points, &exact, &r);
+                assert!(!mined.is_empty(), "{positives:?} {strategy}");
+                let mut pairs: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+                for t in &mined {
+                    pairs
+                        .entry((t.anchor, t.positive))
+                        .or_default()
+                        .push(t.negative);
+                }
+                for (&(a, p), negatives) in &pairs {
+                    let dists: Vec<f32> = same(a).iter().map(|&q| d(a, q)).collect();
+                    let d_ap = d(a, p);
+                    match positives {
+                        PositiveRule::Hardest => {
+                            assert!(dists.iter().all(|&x| x <= d_ap + 1e-6))
+                        }
+                        PositiveRule::Easiest => {
+                            assert!(dists.iter().all(|&x| x >= d_ap - 1e-6))
+                        }
+                        _ => {}
+                    }
+                    let band = in_band(a, p, strategy);
+                    let want = band.len().min(2);
+                    assert_eq!(negatives.len(), want, "{positives:?} {strategy} ({a},{p})");
+                    match order {
+                        NegativeOrder::Nearest => assert_eq!(negatives[..], band[..want]),
+                        NegativeOrder::Random => {
+                            assert!(negatives.iter().all(|n| band.contains(n)));
+                            assert!(negatives[0] != negatives[want - 1] || want == 1);
+                        }
+                    }
+                }
+                if positives == PositiveRule::All {
+                    let anchors: std::collections::BTreeSet<usize> =
+                        pairs.keys().map(|k| k.0).collect();
+                    for a in anchors {
+                        let with = pairs.keys().filter(|k| k.0 == a).count();
+                        let possible = same(a)
+                            .iter()
+                            .filter(|&&p| !in_band(a, p, strategy).is_empty())
+                            .count();
+                        assert_eq!(with, possible, "all positives of {a}");
+                    }
+                }
+            }
+        }
+        // A mix: each negative has one of its kinds, at most K per pair.
+        let r = rules("semihard=0.5,hard=0.5", 4);
+        let (mined, _) = mine(points, &exact, &r);
+        assert!(mined.iter().any(|t| t.kind == TripletKind::Hard));
+        assert!(mined.iter().any(|t| t.kind == TripletKind::Semihard));
+        assert!(mined.iter().all(|t| t.kind != TripletKind::Easy));
+        let mut per_pair: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        for t in &mined {
+            *per_pair.entry((t.anchor, t.positive)).or_default() += 1;
+        }
+        assert!(per_pair.values().all(|&n| n <= 4));
+    }
 }
