@@ -342,11 +342,7 @@ impl<'a> NeighbourBatches<'a> {
                 .map(|&l| l as usize + 1)
                 .max()
                 .unwrap_or(0),
-            span: EpochSpan {
-                epoch: 0,
-                first_step: 0,
-                steps: 0,
-            },
+            span: EpochSpan::starting(0, 0),
             refresh: None,
             plan: VecDeque::new(),
             unused: Vec::new(),
@@ -576,11 +572,7 @@ impl BatchSource for NeighbourBatches<'_> {
         model: &Embedder,
     ) -> Result<usize, TrainError> {
         let cfg = self.cfg;
-        self.span = EpochSpan {
-            epoch,
-            first_step,
-            steps: 0,
-        };
+        self.span = EpochSpan::starting(epoch, first_step);
         self.step = 0;
         self.refreshes = 0;
         self.refresh_seconds = 0.0;

@@ -25,6 +25,17 @@ pub struct EpochSpan {
     pub steps: usize,
 }
 
+impl EpochSpan {
+    /// An epoch about to be planned: its step count is not known yet.
+    pub fn starting(epoch: usize, first_step: usize) -> Self {
+        EpochSpan {
+            epoch,
+            first_step,
+            steps: 0,
+        }
+    }
+}
+
 impl Period {
     pub const ZERO: Period = Period::Steps(0);
 
@@ -100,14 +111,7 @@ impl Period {
 
     /// Whether a warm-up of this length is over when epoch `epoch` starts at `first_step`.
     pub fn over_at_start(self, epoch: usize, first_step: usize) -> bool {
-        self.over_at(
-            EpochSpan {
-                epoch,
-                first_step,
-                steps: 1,
-            },
-            0,
-        )
+        self.over_at(EpochSpan::starting(epoch, first_step), 0)
     }
 
     /// Whether a warm-up of this length ends exactly where epoch `epoch` starts.

@@ -470,11 +470,7 @@ impl<'a> GlobalTriplets<'a> {
             device,
             round: None,
             batches: VecDeque::new(),
-            span: EpochSpan {
-                epoch: 0,
-                first_step: 0,
-                steps: 0,
-            },
+            span: EpochSpan::starting(0, 0),
             step: 0,
             remine_at: VecDeque::new(),
             first_round: 0,
@@ -579,11 +575,7 @@ impl BatchSource for GlobalTriplets<'_> {
         model: &Embedder,
     ) -> Result<usize, TrainError> {
         let cfg = self.cfg;
-        self.span = EpochSpan {
-            epoch,
-            first_step,
-            steps: 0,
-        };
+        self.span = EpochSpan::starting(epoch, first_step);
         self.step = 0;
         self.first_round = self.round_at_start(epoch, first_step);
         let warming = !cfg.global_warmup.over_at_start(epoch, first_step);
