@@ -55,7 +55,7 @@ fn main() {
         reset_peak();
         let start = Instant::now();
         let (graph, build) = if backend == "exact" {
-            let index = ExactIndex::new(points, tch::Device::Cpu);
+            let index = ExactIndex::new(points);
             let build = start.elapsed().as_secs_f64();
             (index.search(&queries, 10, Restriction::Any), build)
         } else {

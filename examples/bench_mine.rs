@@ -36,7 +36,7 @@ fn run(backend: &'static str, points: Points, rules: &MiningRules) -> Row {
     let start = Instant::now();
     let (index, build): (Box<dyn NeighbourIndex>, f64) = match backend {
         "exact" => (
-            Box::new(ExactIndex::new(points, tch::Device::Cpu)),
+            Box::new(ExactIndex::new(points)),
             start.elapsed().as_secs_f64(),
         ),
         _ => {

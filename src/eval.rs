@@ -133,11 +133,11 @@ const NEIGHBOURS_IN_FLIGHT: usize = 4_000_000;
 
 /// Every sample queried against all others with exact neighbours, in blocks of queries whose
 /// neighbour lists are scored and dropped.
-pub fn evaluate(points: Points, device: tch::Device) -> Metrics {
-    evaluate_in_blocks(points, device, NEIGHBOURS_IN_FLIGHT)
+pub fn evaluate(points: Points) -> Metrics {
+    evaluate_in_blocks(points, NEIGHBOURS_IN_FLIGHT)
 }
 
-fn evaluate_in_blocks(points: Points, device: tch::Device, in_flight: usize) -> Metrics {
+fn evaluate_in_blocks(points: Points, in_flight: usize) -> Metrics {
     let mut sums = Sums::new(points.labels, usize::MAX);
     let deepest = sums
         .class_size
@@ -146,7 +146,7 @@ fn evaluate_in_blocks(points: Points, device: tch::Device, in_flight: usize) -> 
         .copied()
         .unwrap_or(1)
         .max(*RECALL_AT.last().expect("non-empty"));
-    let index = ExactIndex::new(points, device);
+    let index = ExactIndex::new(points);
     let queries: Vec<usize> = (0..points.len()).collect();
     for block in queries.chunks((in_flight / deepest).max(1)) {
         let lists = index.search(block, deepest, Restriction::Any);
@@ -196,10 +196,10 @@ mod tests {
             labels: &labels,
         };
         let queries: Vec<usize> = (0..points.len()).collect();
-        let lists = ExactIndex::new(points, tch::Device::Cpu).search(&queries, 9, Restriction::Any);
+        let lists = ExactIndex::new(points).search(&queries, 9, Restriction::Any);
         let whole = from_neighbours(&labels, &queries, &lists);
         for in_flight in [1, 9, 50, 1000] {
-            let blocks = evaluate_in_blocks(points, tch::Device::Cpu, in_flight);
+            let blocks = evaluate_in_blocks(points, in_flight);
             assert_eq!(blocks, whole, "{in_flight} neighbours in flight");
         }
         assert_eq!(whole.skipped_queries, 1);
@@ -329,5 +329,5 @@ pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
         dim,
         labels: &labels,
     };
-    Ok(evaluate(points, cfg.device))
+    Ok(evaluate(points))
 }

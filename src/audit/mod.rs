@@ -365,7 +365,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
     let dup_groups = &findings.duplicates;
     let exact_groups = findings.exact_duplicate_groups;
 
-    let classes = class_rows(&findings.classes, set.dim, &names, t.tiny_class, cfg.device);
+    let classes = class_rows(&findings.classes, set.dim, &names, t.tiny_class);
     // The files are one set: they are written into a staging folder beside --out and swapped
     // in whole, so a reader (or `mine --exclude`) never meets an exclude.csv of another run,
     // and a failed or killed re-run leaves the earlier set as it was.
@@ -645,7 +645,7 @@ fn knn_graph(
     k: usize,
     cfg: &AuditConfig,
 ) -> (Vec<Vec<Neighbour>>, serde_json::Value) {
-    let index = crate::knn::build(points, &cfg.knn, cfg.device);
+    let index = crate::knn::build(points, &cfg.knn);
     (index.search(queries, k, Restriction::Any), index.describe())
 }
 
@@ -654,7 +654,6 @@ fn class_rows(
     dim: usize,
     names: &[String],
     tiny: usize,
-    device: Device,
 ) -> Vec<ClassRow> {
     let ids: Vec<u32> = (0..names.len() as u32).collect();
     let unit: Vec<f32> = spreads
@@ -676,11 +675,7 @@ fn class_rows(
             dim,
             labels: &ids,
         };
-        ExactIndex::new(points, device).search(
-            &(0..ids.len()).collect::<Vec<_>>(),
-            1,
-            Restriction::Any,
-        )
+        ExactIndex::new(points).search(&(0..ids.len()).collect::<Vec<_>>(), 1, Restriction::Any)
     } else {
         vec![Vec::new()]
     };

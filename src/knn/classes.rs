@@ -1,7 +1,7 @@
 //! Approximate band search through class centroids. An anchor's other-label neighbours in a
 //! band lie almost all in the classes whose centroids are nearest to it: on 100,000 clustered
 //! points in 5,000 classes, its 500 nearest class centroids held 99.3% of its true in-band
-//! negatives. So each anchor is scored against every centroid (one libtorch GEMM per block of
+//! negatives. So each anchor is scored against every centroid (a pure-Rust GEMM per block of
 //! anchors) and picks its `candidates` nearest classes; then each class, whose members are one
 //! run of a class-ordered copy of the points, is scored against the anchors that picked it, and
 //! the scores pass through the exact backend's fused row scan. Classes that the triangle
@@ -13,19 +13,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
-use tch::{Device, Kind, Tensor};
 
 use super::exact::{BandRows, Row};
-use super::{Band, BandHits, ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
+use super::{gemm, Band, BandHits, ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
 
 /// Slack on the centroid bound for float32 rounding in the scores it is compared with.
 const BOUND_SLACK: f32 = 1e-4;
 
-/// Anchor × centroid scores live at once.
-const CENTROID_SCORES_IN_FLIGHT: usize = 8 << 20;
+/// Anchor × centroid scores live at once in one worker's tile.
+const CENTROID_SCORES_PER_TILE: usize = 1 << 20;
 
-pub struct ClassIndex {
-    exact: ExactIndex,
+pub struct ClassIndex<'a> {
+    exact: ExactIndex<'a>,
     /// The points with each class's members in one run of rows (row-major, `dim` wide).
     grouped: Vec<f32>,
     dim: usize,
@@ -37,17 +36,17 @@ pub struct ClassIndex {
     runs: Vec<Range<usize>>,
     /// Class of each sample, as an index into `runs`.
     class_of: Vec<usize>,
-    /// Unnormalised class means, classes × dim.
-    centroids: Tensor,
+    /// Unnormalised class means, classes × dim, row-major.
+    centroids: Vec<f32>,
     /// Largest distance of a member from its class mean.
     radius: Vec<f32>,
     candidates: usize,
 }
 
-impl ClassIndex {
+impl<'a> ClassIndex<'a> {
     /// Indexes `points` for searching the `candidates` nearest classes of each anchor.
-    pub fn new(points: Points, candidates: usize, device: Device) -> Self {
-        let exact = ExactIndex::new(points, device);
+    pub fn new(points: Points<'a>, candidates: usize) -> Self {
+        let exact = ExactIndex::new(points);
         let mut labels: Vec<u32> = points.labels.to_vec();
         labels.sort_unstable();
         labels.dedup();
@@ -97,9 +96,7 @@ impl ClassIndex {
         for (row, &i) in order.iter().enumerate() {
             position[i] = row;
         }
-        let centroids = Tensor::from_slice(&means)
-            .view([labels.len() as i64, dim as i64])
-            .to_device(device);
+        let centroids = means;
         // More candidates than classes means every class; the cap keeps the ranking's
         // buffers (a few times the count) from overflowing on a huge --candidate-classes.
         let candidates = candidates.clamp(1, labels.len().max(1));
@@ -122,37 +119,37 @@ impl ClassIndex {
     /// triangle inequality (a·x ≤ a·μ + r for a member x of a class with mean μ and radius r)
     /// rules classes out, and the nearest `candidates` centroids of the rest are searched.
     fn pick_classes(&self, rows: &[Row]) -> (Vec<Vec<u32>>, Vec<bool>) {
-        let device = self.exact.data.device();
         let classes = self.runs.len();
+        let dim = self.dim;
+        let block = (CENTROID_SCORES_PER_TILE / classes.max(1)).clamp(1, 256);
+        let (class_of, radius, limit) = (&self.class_of[..], &self.radius[..], self.candidates);
+        let picks: Vec<(Vec<usize>, bool)> = rows
+            .par_chunks(block)
+            .flat_map_iter(|block_rows| {
+                let queries: Vec<f32> = block_rows
+                    .iter()
+                    .flat_map(|row| self.exact.points.row(row.query).iter().copied())
+                    .collect();
+                let mut scores = vec![0f32; block_rows.len() * classes];
+                gemm::dot_tile(&queries, &self.centroids, dim, &mut scores);
+                block_rows
+                    .iter()
+                    .zip(scores.chunks_exact(classes))
+                    .map(|(row, scores)| {
+                        let own = class_of[row.query];
+                        let (picked, capped) =
+                            pick_nearest(scores, |d| d != own, radius, row.threshold, limit);
+                        (picked, !capped)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut picked_by: Vec<Vec<u32>> = vec![Vec::new(); classes];
         let mut searched_all = Vec::with_capacity(rows.len());
-        let block = (CENTROID_SCORES_IN_FLIGHT / classes).max(1);
-        // Plain slices for the worker threads (tensors are not `Sync`).
-        let (class_of, radius, limit) = (&self.class_of[..], &self.radius[..], self.candidates);
-        for (first, block_rows) in (0..).step_by(block).zip(rows.chunks(block)) {
-            let queries: Vec<i64> = block_rows.iter().map(|row| row.query as i64).collect();
-            let scores = host_floats(
-                &self
-                    .exact
-                    .data
-                    .index_select(0, &Tensor::from_slice(&queries).to_device(device))
-                    .mm(&self.centroids.tr()),
-            );
-            let picks: Vec<(Vec<usize>, bool)> = block_rows
-                .par_iter()
-                .zip(scores.par_chunks(classes))
-                .map(|(row, scores)| {
-                    let own = class_of[row.query];
-                    let (picked, capped) =
-                        pick_nearest(scores, |d| d != own, radius, row.threshold, limit);
-                    (picked, !capped)
-                })
-                .collect();
-            for (r, (picked, whole)) in (first..).zip(picks) {
-                searched_all.push(whole);
-                for d in picked {
-                    picked_by[d].push(r);
-                }
+        for (r, (picked, whole)) in picks.into_iter().enumerate() {
+            searched_all.push(whole);
+            for d in picked {
+                picked_by[d].push(r as u32);
             }
         }
         (picked_by, searched_all)
@@ -210,7 +207,7 @@ fn nearest(
     (items, capped)
 }
 
-impl NeighbourIndex for ClassIndex {
+impl NeighbourIndex for ClassIndex<'_> {
     /// k-NN lists are exact: only band search goes through the classes.
     fn search(&self, queries: &[usize], k: usize, restriction: Restriction) -> Vec<Vec<Neighbour>> {
         self.exact.search(queries, k, restriction)
@@ -221,8 +218,8 @@ impl NeighbourIndex for ClassIndex {
     /// only the anchors are gathered) and the scores go through those anchors' rows.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
         let mut band_rows = BandRows::new(bands);
-        let labels = &self.exact.labels[..];
-        let (picked_by, searched_all) = tch::no_grad(|| self.pick_classes(&band_rows.rows));
+        let labels = self.exact.points.labels;
+        let (picked_by, searched_all) = self.pick_classes(&band_rows.rows);
         // Classes run in parallel, so a row can be offered scores by two threads: each row
         // has a lock, taken only when a score clears the row's ceiling and threshold, which
         // are read without it (a stale threshold is lower, so it only costs a wasted lock).
@@ -280,7 +277,7 @@ impl NeighbourIndex for ClassIndex {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "backend": "classes",
-            "device": format!("{:?}", self.exact.data.device()),
+            "kernel": gemm::Kernel::current().name(),
             "classes": self.runs.len(),
             "candidate_classes": self.candidates,
         })
@@ -332,17 +329,6 @@ fn score_members_with(
         }
         *score = lanes.iter().sum::<f32>() + tail;
     }
-}
-
-/// A float tensor's values on the host, in row-major order.
-fn host_floats(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(
-        t.to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous()
-            .view([-1]),
-    )
-    .expect("float scores")
 }
 
 #[cfg(test)]
@@ -409,7 +395,7 @@ mod tests {
             labels: &labels,
         };
         let bands = semi_hard_bands(points, 0.05, 4);
-        let index = ClassIndex::new(points, 9, Device::Cpu);
+        let index = ClassIndex::new(points, 9);
         for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
             let got_ids: Vec<usize> = got.hits.iter().map(|n| n.index).collect();
             assert_eq!(got_ids, band_oracle(points, band), "{band:?}");
@@ -425,7 +411,7 @@ mod tests {
             dim: 24,
             labels: &labels,
         };
-        let index = ClassIndex::new(points, 15, Device::Cpu);
+        let index = ClassIndex::new(points, 15);
         let bands = semi_hard_bands(points, 0.05, 5);
         let (mut found, mut wanted, mut incomplete) = (0, 0, 0);
         for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {

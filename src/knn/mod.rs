@@ -1,13 +1,15 @@
-//! The neighbour layer: one interface, three backends (exact blocked GEMM in libtorch, the
+//! The neighbour layer: one interface, three backends (exact blocked GEMM in pure Rust, the
 //! approximate classes path, and HNSW through hnsw_rs). Mining, evaluation and audit all ask
 //! their questions here.
 
 mod classes;
 mod exact;
+mod gemm;
 mod hnsw;
 
 pub use classes::ClassIndex;
-pub use exact::ExactIndex;
+pub use exact::{ExactIndex, CORPUS_BLOCK, QUERY_BLOCK};
+pub use gemm::{dot_tile, Kernel};
 pub use hnsw::{HnswIndex, HnswLoader, HnswParams};
 
 use serde::{Deserialize, Serialize};
@@ -201,30 +203,23 @@ impl KnnConfig {
 
 /// A neighbour index of the backend `--knn` chose.
 pub enum Backend<'a> {
-    Exact(ExactIndex),
-    Classes(ClassIndex),
+    Exact(ExactIndex<'a>),
+    Classes(ClassIndex<'a>),
     Hnsw(HnswIndex<'a>),
 }
 
 /// The one place a backend is chosen and built (audit and training call it; mining calls
 /// [`build_as`] after [`KnnConfig::resolve`], to record the reason and to use its HNSW cache).
-pub fn build<'a>(points: Points<'a>, cfg: &KnnConfig, device: tch::Device) -> Backend<'a> {
-    build_as(points, cfg.resolve(points).0, cfg, device)
+pub fn build<'a>(points: Points<'a>, cfg: &KnnConfig) -> Backend<'a> {
+    build_as(points, cfg.resolve(points).0, cfg)
 }
 
 /// Builds the index of a resolved `choice` (`Auto` is taken as exact).
-pub fn build_as<'a>(
-    points: Points<'a>,
-    choice: KnnChoice,
-    cfg: &KnnConfig,
-    device: tch::Device,
-) -> Backend<'a> {
+pub fn build_as<'a>(points: Points<'a>, choice: KnnChoice, cfg: &KnnConfig) -> Backend<'a> {
     match choice {
         KnnChoice::Hnsw => Backend::Hnsw(HnswIndex::build(points, cfg.hnsw)),
-        KnnChoice::Classes => {
-            Backend::Classes(ClassIndex::new(points, cfg.candidate_classes, device))
-        }
-        KnnChoice::Exact | KnnChoice::Auto => Backend::Exact(ExactIndex::new(points, device)),
+        KnnChoice::Classes => Backend::Classes(ClassIndex::new(points, cfg.candidate_classes)),
+        KnnChoice::Exact | KnnChoice::Auto => Backend::Exact(ExactIndex::new(points)),
     }
 }
 

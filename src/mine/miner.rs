@@ -626,7 +626,7 @@ mod tests {
             dim: 8,
             labels: &labels,
         };
-        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let exact = ExactIndex::new(points);
         for strategy in ["hard", "semihard", "easy", "all"] {
             let want = oracle(points, &rules(strategy, 3));
             // The data must exercise the oracle: some anchors mined, and for K = 50 short ones.
@@ -655,7 +655,7 @@ mod tests {
             dim: 2,
             labels: &labels,
         };
-        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let exact = ExactIndex::new(points);
         let (mined, _) = mine(points, &exact, &rules("semihard", 1));
         let from_anchor: Vec<&Triplet> = mined.iter().filter(|t| t.anchor == 0).collect();
         assert_eq!(from_anchor.len(), 1, "{mined:?}");
@@ -758,7 +758,7 @@ mod tests {
             dim: 8,
             labels: &labels,
         };
-        let exact = ExactIndex::new(points, tch::Device::Cpu);
+        let exact = ExactIndex::new(points);
         let d = |a: usize, b: usize| {
             crate::definitions::Distance::Euclidean.between(points.row(a), points.row(b))
         };

@@ -312,7 +312,7 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
     {
         Some(loaded) => Backend::Hnsw(loaded),
         None => {
-            let built = crate::knn::build_as(points, choice, &cfg.knn, cfg.device);
+            let built = crate::knn::build_as(points, choice, &cfg.knn);
             if let (Some(cache), Backend::Hnsw(index)) = (&cache, &built) {
                 cache.save(index);
             }

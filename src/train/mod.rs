@@ -616,7 +616,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
     let train = to_set(train_inputs, "train", views)?;
     let val = to_set(val_inputs, "val", 0)?;
     if rows.is_empty() {
-        let (before, _) = validate(&model, &val, device)?;
+        let (before, _) = validate(&model, &val)?;
         rows.push(MetricsRow {
             epoch: 0,
             step: 0,
@@ -631,7 +631,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         });
     }
 
-    let mut source = source::for_config(cfg, &train, device)?;
+    let mut source = source::for_config(cfg, &train)?;
     if resume {
         if let Some(dir) = run_dir::resumable(run) {
             source.load_state(&dir)?;
@@ -662,7 +662,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         );
         tch::set_num_threads(threads);
         let sums = sums?;
-        let (metrics, spread) = validate(&model, &val, device)?;
+        let (metrics, spread) = validate(&model, &val)?;
         state.epoch = epoch + 1;
         let row = MetricsRow {
             epoch: epoch + 1,
@@ -863,11 +863,7 @@ fn check_trainable(labels: &[u32]) -> Result<(), TrainError> {
 
 /// Validation metrics and the mean pairwise distance (the collapse check), from one
 /// embedding pass over the validation split; both are absent below two samples (metrics NaN).
-fn validate(
-    model: &Embedder,
-    val: &TrainingSet,
-    device: Device,
-) -> Result<(Metrics, Option<f64>), ModelError> {
+fn validate(model: &Embedder, val: &TrainingSet) -> Result<(Metrics, Option<f64>), ModelError> {
     if val.len() < 2 {
         let none = Metrics {
             p_at_1: f64::NAN,
@@ -885,7 +881,7 @@ fn validate(
         labels: &val.labels,
     };
     Ok((
-        eval::evaluate(points, device),
+        eval::evaluate(points),
         Some(mean_pairwise_distance(&data, dim)),
     ))
 }

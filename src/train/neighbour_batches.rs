@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 
 use serde::Serialize;
-use tch::Device;
 
 use super::period::EpochSpan;
 use super::source::{
@@ -303,7 +302,6 @@ pub struct NeighbourBatches<'a> {
     /// refresh's embedding pass): what refreshes index, so they cost no extra forward pass.
     bank: Option<Vec<f32>>,
     train: &'a TrainingSet,
-    device: Device,
     eligible: Vec<usize>,
     classes: usize,
     span: EpochSpan,
@@ -320,7 +318,7 @@ pub struct NeighbourBatches<'a> {
 }
 
 impl<'a> NeighbourBatches<'a> {
-    pub fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, device: Device) -> Self {
+    pub fn new(cfg: &'a TrainConfig, train: &'a TrainingSet) -> Self {
         let mut counts: HashMap<u32, usize> = HashMap::new();
         for &l in &train.labels {
             *counts.entry(l).or_default() += 1;
@@ -334,7 +332,6 @@ impl<'a> NeighbourBatches<'a> {
             cfg,
             bank: None,
             train,
-            device,
             eligible,
             classes: train
                 .labels
@@ -384,7 +381,7 @@ impl<'a> NeighbourBatches<'a> {
             dim: cfg.network.dim as usize,
             labels: &self.train.labels,
         };
-        let index = knn::build(points, &cfg.knn, self.device);
+        let index = knn::build(points, &cfg.knn);
         let all: Vec<usize> = (0..points.len()).collect();
         let depth = GRAPH_DEPTH + cfg.skip_nearest;
         let memory_on = cfg.memory_negatives > 0 && cfg.memory_warmup.over_at(self.span, self.step);

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
 
 use super::neighbour_batches::NeighbourBatches;
 use super::period::{EpochSpan, Period};
@@ -235,7 +234,7 @@ impl InBatchMiner {
             skip_nearest: 0,
             negative_floor: 0.0,
         };
-        let index = knn::ExactIndex::new(points, Device::Cpu);
+        let index = knn::ExactIndex::new(points);
         mine::mine(points, &index, &rules).0
     }
 }
@@ -289,7 +288,6 @@ pub struct TrainedStep<'a> {
 pub fn for_config<'a>(
     cfg: &'a TrainConfig,
     train: &'a TrainingSet,
-    device: Device,
 ) -> Result<Box<dyn BatchSource + 'a>, TrainError> {
     Ok(match &cfg.mining {
         Mining::Auto => {
@@ -297,11 +295,11 @@ pub fn for_config<'a>(
                 "--mining auto is resolved before training starts".into(),
             ))
         }
-        Mining::Global => Box::new(GlobalTriplets::new(cfg, train, device)),
+        Mining::Global => Box::new(GlobalTriplets::new(cfg, train)),
         Mining::BatchHard => Box::new(InBatch::new(cfg, train, InBatchMiner::Hard)),
         Mining::BatchSemihard => Box::new(InBatch::new(cfg, train, InBatchMiner::Semihard)),
         Mining::BatchAll => Box::new(InBatch::new(cfg, train, InBatchMiner::All)),
-        Mining::NeighbourBatches => Box::new(NeighbourBatches::new(cfg, train, device)),
+        Mining::NeighbourBatches => Box::new(NeighbourBatches::new(cfg, train)),
         Mining::Triplets(path) => Box::new(FixedTriplets::new(cfg, train, path)?),
     })
 }
@@ -450,7 +448,6 @@ impl BatchSource for InBatch<'_> {
 struct GlobalTriplets<'a> {
     cfg: &'a TrainConfig,
     train: &'a TrainingSet,
-    device: Device,
     /// The round being trained on: its number and triplets.
     round: Option<(usize, Vec<Triplet>)>,
     batches: VecDeque<StepBatch>,
@@ -463,11 +460,10 @@ struct GlobalTriplets<'a> {
 }
 
 impl<'a> GlobalTriplets<'a> {
-    fn new(cfg: &'a TrainConfig, train: &'a TrainingSet, device: Device) -> Self {
+    fn new(cfg: &'a TrainConfig, train: &'a TrainingSet) -> Self {
         GlobalTriplets {
             cfg,
             train,
-            device,
             round: None,
             batches: VecDeque::new(),
             span: EpochSpan::starting(0, 0),
@@ -529,7 +525,7 @@ impl<'a> GlobalTriplets<'a> {
             cfg.seed ^ round as u64,
         );
         let started = Instant::now();
-        let index = knn::build(points, &cfg.knn, self.device);
+        let index = knn::build(points, &cfg.knn);
         let (triplets, stats) = mine::mine(points, &index, &rules);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let rows = triplets
