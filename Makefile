@@ -14,12 +14,16 @@ CLEANLAB_VERSION := 2.9.0
 PILLOW_VERSION := 13.0.0
 EFFNET_LITE0_MODEL_VERSION := 0.1.0
 EFFNET_LITE_VERSION := 0.1.0
+MATURIN_VERSION := 1.16.0
+PYTEST_VERSION := 8.4.2
+WHEEL_VENV := .venv-wheel
+PYTEST_VENV := .venv-pytest
 DEMO_OUT := out/demo
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build fixtures bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
+.PHONY: demo test libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -60,14 +64,41 @@ demo: build
 	@echo "audit report:      $(DEMO_OUT)/audit/report.html"
 
 # BROWSER=1 also installs Debian's chromium (when missing) and runs the headless-browser check.
+# The extension crate is left out of `cargo test` (a PyO3 extension links only inside Python);
+# pytest tests it through the wheel, in a fresh venv that holds numpy and pytest only.
 test: $(LIBTORCH) $(if $(BROWSER),$(CHROMIUM))
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test --release
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(if $(BROWSER),TRIPMINE_CHROMIUM=$(CHROMIUM)) cargo test --release --workspace --exclude tripmine-python
+	$(MAKE) pytest
+
+# The pip package: an abi3 wheel (every CPython >= 3.10) of tripmine-core with its Python API
+# and the network-free CLI, built by maturin in a venv of its own, into dist/. Debian 12's
+# glibc makes manylinux_2_34 the honest tag.
+wheel: $(WHEEL_VENV)/.ready
+	rm -f dist/tripmine-*.whl
+	$(WHEEL_VENV)/bin/maturin build --release --manifest-path crates/python/Cargo.toml \
+		--compatibility manylinux_2_34 --out dist
+
+$(WHEEL_VENV)/.ready:
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --disable-pip-version-check --quiet maturin==$(MATURIN_VERSION)
+	touch $@
+
+# The Python API's tests against the installed wheel: a venv made anew with numpy and pytest.
+pytest: wheel
+	rm -rf $(PYTEST_VENV)
+	python3 -m venv $(PYTEST_VENV)
+	$(PYTEST_VENV)/bin/python -m pip install --disable-pip-version-check --quiet numpy pytest==$(PYTEST_VERSION) dist/tripmine-*.whl
+	cd crates/python && ../../$(PYTEST_VENV)/bin/python -m pytest -q tests
 
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
 		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+# The bare product that bounds exact search: tripmine's GEMM tiles (faer) against libtorch's.
+bench-gemm: $(LIBTORCH)
+	cargo run --release --example bench_gemm
 
 bench-embed: $(LIBTORCH)
 	cargo run --release --example bench_embed

@@ -4,7 +4,8 @@ plus a float64 check of every contender's triplets.
 
 Usage: .venv-bench/bin/python scripts/bench_mine_faiss.py --bin target/release/tripmine \\
            --out out/bench-mine-faiss [--n 100000] [--per-class 100] [--seed 1] \\
-           [--contenders faiss-flat,faiss-hnsw,tripmine-exact,tripmine-classes,tripmine-hnsw]
+           [--contenders faiss-flat,faiss-flat-native,faiss-hnsw,tripmine-exact,tripmine-classes,
+                         tripmine-hnsw]
 
 (`make bench-mine` runs it after `bench_mine`; the bench venv has numpy and faiss-cpu.)
 
@@ -29,6 +30,12 @@ table):
                   other-label ones in the band (by faiss's float32 scores), and widen x4 for the
                   anchors whose band is not answered yet (fewer than K found and the list has not
                   yet gone past the band's far edge), up to the whole corpus: exact.
+  faiss-flat-native  the same as faiss-flat, in a child process of this Python (this script,
+                  run with a hidden flag) whose environment lacks OPENBLAS_CORETYPE and
+                  OPENBLAS_L2_SIZE, so OpenBLAS picks its own kernel for this CPU (SkylakeX with
+                  AVX-512; the environment here pins Haswell, as older OpenBLAS misbehaves on
+                  this CPU). Its triplets are checked against faiss-flat's (vs flat, pair
+                  recall); the faster of the two is printed as faiss flat at its best.
   faiss-hnsw      IndexHNSWFlat(M=16, efConstruction=200, inner product), efSearch
                   max(64, depth) per round; the same widening, up to 4096 (tripmine's default
                   --max-search-depth); anchors still unanswered there keep what they have.
@@ -41,7 +48,10 @@ tripmine's times: build = the sidecar's backend.build_seconds (HNSW; none for ex
 the sidecar's wall_seconds - build (reading the files, mining, writing the CSV), total = the
 command's wall clock (process start and libtorch loading included). faiss's: build = index
 construction, mining = positives + band search, total = reading the files + build + mining +
-writing the same CSV.
+writing the same CSV (for faiss-flat-native timed inside the child: its process start and
+`import faiss` are not counted, as they are not for faiss-flat). Each faiss contender records
+the OpenBLAS libraries loaded (threadpoolctl: version, kernel, threads, file) and those two
+variables, printed after the table.
 
 Checks (all in float64 from X.npy, with d = sqrt(max(0, 2 - 2 a.b)) and m = 0.2):
   kinds        every row of every contender: its kind recomputed (rows not semi-hard are
@@ -92,7 +102,12 @@ EDGE = 1e-5
 # Slack of tripmine's band edges (src/mine/miner.rs, EDGE_SLACK), in dot-product units: used only
 # to explain mismatches.
 TRIPMINE_EDGE_SLACK = 1e-5
-CONTENDERS = ["faiss-flat", "faiss-hnsw", "tripmine-exact", "tripmine-classes", "tripmine-hnsw"]
+CONTENDERS = ["faiss-flat", "faiss-flat-native", "faiss-hnsw", "tripmine-exact", "tripmine-classes",
+              "tripmine-hnsw"]
+# The variables that pin OpenBLAS's kernel; faiss-flat-native runs with both removed.
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# What the child of faiss-flat-native leaves in its OUT/<name>/ for the parent.
+CHILD_NPZ, CHILD_JSON = "child_triplets.npz", "child_info.json"
 HEADER = ["anchor", "positive", "negative", "anchor_label", "negative_label", "d_ap", "d_an", "kind"]
 
 
@@ -260,7 +275,7 @@ def run_faiss(name, args, data_dir, out_dir):
     load_s = time.perf_counter() - start_all
     n = len(labels)
     start = time.perf_counter()
-    if name == "faiss-flat":
+    if name.startswith("faiss-flat"):
         index = faiss.IndexFlatIP(DIM)
         index.add(x)
         max_depth = n
@@ -306,9 +321,65 @@ def run_faiss(name, args, data_dir, out_dir):
         "write_csv_s": write_s, "total_s": time.perf_counter() - start_all,
         "anchors_unanswered_at_max_depth": unanswered, "max_depth": max_depth, "rounds": rounds,
         "faiss_version": faiss.__version__, "threads": faiss.omp_get_max_threads(),
+        "blas": openblas_info(),
         "index": {"type": type(index).__name__} | (
             {"m": HNSW_M, "ef_construction": EF_CONSTRUCTION, "ef_search": f"max({EF_SEARCH}, k)"}
             if name == "faiss-hnsw" else {})}
+
+
+def openblas_info():
+    """The OpenBLAS libraries loaded in this process (faiss's, and numpy's when it bundles one),
+    by threadpoolctl: call after importing faiss and numpy. With the variables that pin the
+    kernel, as this process sees them (None: unset)."""
+    env = {v: os.environ.get(v) for v in OPENBLAS_VARS}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {"error": "threadpoolctl not installed", "env": env}
+    libs = [{k: lib.get(k) for k in ("architecture", "version", "num_threads", "filepath")}
+            for lib in threadpool_info() if lib.get("internal_api") == "openblas"]
+    return {"openblas": libs, "env": env}
+
+
+def blas_line(name, blas):
+    """One line: the OpenBLAS kernel(s) a faiss contender ran, and the pinning variables."""
+    if not blas:
+        return f"{name}: OpenBLAS kernel not recorded"
+    env = ", ".join(f"{k}={v}" if v is not None else f"{k} unset" for k, v in blas["env"].items())
+    if "error" in blas:
+        return f"{name}: OpenBLAS kernel unknown, {blas['error']} ({env})"
+    libs = "; ".join(f"OpenBLAS {lib['version']} kernel {lib['architecture']} "
+                     f"[{os.path.basename(os.path.dirname(lib['filepath'] or ''))}, "
+                     f"{lib['num_threads']} threads]" for lib in blas["openblas"])
+    return f"{name}: {libs or 'no OpenBLAS library found by threadpoolctl'} ({env})"
+
+
+def run_faiss_native(name, args, data_dir, out_dir):
+    """faiss-flat in a child process of this Python, without the variables that pin OpenBLAS's
+    kernel (removed in the child alone): this script with --_faiss-child runs run_faiss there
+    and leaves its triplets and record in out_dir."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
+    cmd = [sys.executable, os.path.abspath(__file__), "--_faiss-child", name, data_dir, out_dir]
+    log(f"$ env -u {' -u '.join(OPENBLAS_VARS)} " + " ".join(cmd))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{name} failed (exit status {proc.returncode}; its messages are above)")
+    with np.load(os.path.join(out_dir, CHILD_NPZ)) as z:
+        triplets = {k: z[k] for k in z.files}
+    info = read_json(os.path.join(out_dir, CHILD_JSON))
+    os.remove(os.path.join(out_dir, CHILD_NPZ))
+    os.remove(os.path.join(out_dir, CHILD_JSON))
+    return triplets, info | {"child_process_wall_s": wall, "command": cmd,
+                             "removed_env": list(OPENBLAS_VARS)}
+
+
+def faiss_child(name, data_dir, out_dir):
+    """The child of run_faiss_native: run_faiss, its result left in out_dir for the parent."""
+    triplets, info = run_faiss(name, None, data_dir, out_dir)
+    np.savez(os.path.join(out_dir, CHILD_NPZ), **triplets)
+    write_json(os.path.join(out_dir, CHILD_JSON), info)
 
 
 # ------------------------------------------------------------------------------------ tripmine
@@ -567,6 +638,9 @@ def run_contender(name, args, data_dir, data_key):
     key = settings_key(name, data_key)
     if name.startswith("tripmine"):
         key["bin"] = os.path.abspath(args.bin)
+    elif name.startswith("faiss"):
+        key["openblas_env"] = {v: None if name == "faiss-flat-native" else os.environ.get(v)
+                               for v in OPENBLAS_VARS}
     saved = read_json(os.path.join(out_dir, "result.json"))
     kept = os.path.join(out_dir, "triplets.npz")
     if not args.rerun and saved and saved.get("key") == key and os.path.exists(kept):
@@ -577,7 +651,8 @@ def run_contender(name, args, data_dir, data_key):
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     log(f"{name}: running")
-    runner = run_faiss if name.startswith("faiss") else run_tripmine
+    runner = (run_faiss_native if name == "faiss-flat-native"
+              else run_faiss if name.startswith("faiss") else run_tripmine)
     triplets, info = runner(name, args, data_dir, out_dir)
     if triplets is None:
         return None, info | {"cached": False}
@@ -585,6 +660,26 @@ def run_contender(name, args, data_dir, data_key):
     info["load_average_after"] = os.getloadavg()
     write_json(os.path.join(out_dir, "result.json"), {"key": key, "info": info})
     return triplets, info | {"cached": False}
+
+
+def faiss_flat_best(report):
+    """The faster (by total seconds) of faiss-flat and faiss-flat-native when both ran, with
+    whether their triplets agree; None otherwise."""
+    runs = {n: report[n] for n in ("faiss-flat", "faiss-flat-native")
+            if "triplets" in report.get(n, {}) and report[n]["info"].get("total_s") is not None}
+    if len(runs) < 2:
+        return None
+    name = min(runs, key=lambda n: runs[n]["info"]["total_s"])
+    other = next(n for n in runs if n != name)
+    v = runs["faiss-flat-native"].get("vs_faiss_flat", {})
+    differing = v.get("anchors_differing")
+    agreement = ("" if differing is None else
+                 "; the two mined the same (anchor, negative) pairs" if differing == 0 else
+                 f"; their negatives differ on {differing:,} anchors (vs flat, on stderr)")
+    return {"name": name, "total_s": runs[name]["info"]["total_s"],
+            "mining_s": runs[name]["info"].get("mining_s"), "other": other,
+            "other_total_s": runs[other]["info"]["total_s"],
+            "anchors_differing": differing, "agreement": agreement}
 
 
 def fmt(x, digits=1):
@@ -603,7 +698,11 @@ def main():
     p.add_argument("--rerun", action="store_true", help="run contenders whose result is kept")
     p.add_argument("--timeout", type=float, default=0,
                    help="stop a tripmine command after this many seconds (0: never)")
+    p.add_argument("--_faiss-child", nargs=3, metavar=("NAME", "DATA_DIR", "OUT_DIR"),
+                   help=argparse.SUPPRESS)  # internal: the child process of faiss-flat-native
     args = p.parse_args()
+    if args._faiss_child:
+        return faiss_child(*args._faiss_child)
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(names) - set(CONTENDERS)
     if unknown:
@@ -683,9 +782,20 @@ def main():
               f"| {100 * ek['negatives_matched_share']:.2f}% "
               f"| {bad['hard'] + bad['easy']} (hard {bad['hard']}, easy {bad['easy']}) "
               f"| {100 * e['positives_float64_share']:.3f}% |")
+    print()
+    for name, e in report.items():
+        if name.startswith("faiss") and "triplets" in e:
+            print(blas_line(name, e["info"].get("blas")))
+    best = faiss_flat_best(report)
+    if best:
+        print(f"faiss flat at its best here: {best['name']} ({fmt(best['total_s'])} s total, "
+              f"{fmt(best['mining_s'])} s mining; the other "
+              f"{fmt(best['other_total_s'])} s total){best['agreement']}")
     ratios = {}
     print()
-    for ours, theirs in (("tripmine-exact", "faiss-flat"), ("tripmine-classes", "faiss-flat"),
+    for ours, theirs in (("tripmine-exact", "faiss-flat"), ("tripmine-exact", "faiss-flat-native"),
+                         ("tripmine-classes", "faiss-flat"),
+                         ("tripmine-classes", "faiss-flat-native"),
                          ("tripmine-classes", "tripmine-exact"), ("tripmine-hnsw", "faiss-hnsw")):
         a, b = report.get(ours, {}).get("info", {}), report.get(theirs, {}).get("info", {})
         if "triplets" in report.get(ours, {}) and "triplets" in report.get(theirs, {}):
@@ -725,7 +835,7 @@ def main():
                                          "ef_search": EF_SEARCH, "max_depth": MAX_DEPTH}},
         "sample_anchors": sample, "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "cores": os.cpu_count(),
-        "contenders": report, "ratios": ratios})
+        "contenders": report, "ratios": ratios, "faiss_flat_best": best})
     log(f"wrote {os.path.join(args.out, 'results.json')}")
 
 

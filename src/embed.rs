@@ -7,12 +7,12 @@ use tch::Device;
 
 use crate::corpus::{self, decode_image, Corpus, CorpusError, Preprocess, Problem, Sample};
 use crate::definitions::Distance;
+use crate::embeddings::{Loaded, ModelRun, Network, NetworkError};
+use crate::exit::Classify;
 use crate::model::{Embedder, ModelError, ModelSpec};
 use crate::progress;
-use crate::store::{self, EmbeddingSet, EmbeddingsMeta, SampleRow, StoreError};
-
-/// The `checkpoint` recorded for a freshly initialised network.
-const NO_CHECKPOINT: &str = "none (freshly initialised)";
+pub use crate::store::model_summary;
+use crate::store::{self, EmbeddingSet, EmbeddingsMeta, SampleRow, StoreError, NO_CHECKPOINT};
 
 /// Which network embeds the corpus.
 #[derive(Debug, Clone)]
@@ -37,16 +37,6 @@ impl ModelChoice {
             ModelChoice::Fresh(_) => NO_CHECKPOINT.into(),
         };
         serde_json::json!({ "checkpoint": source, "origin": model.spec.origin, "spec": model.spec })
-    }
-}
-
-/// One line about the model of a `describe` record: the checkpoint it was loaded from, or how
-/// a fresh network was initialised.
-pub fn model_summary(record: &serde_json::Value) -> String {
-    let origin = record["origin"].as_str().unwrap_or("unknown model");
-    match record["checkpoint"].as_str() {
-        Some(dir) if dir != NO_CHECKPOINT => format!("checkpoint {dir}"),
-        _ => origin.to_string(),
     }
 }
 
@@ -141,7 +131,7 @@ pub fn embed_pixels(
     let mut out = Vec::with_capacity(pixels.len() / pre.len().max(1) * model.spec.dim as usize);
     for chunk in pixels.chunks(batch_size.max(1) * pre.len().max(1)) {
         let emb = model
-            .embed(&pre.input_tensor(chunk))?
+            .embed(&crate::model::input_tensor(pre, chunk))?
             .to_device(Device::Cpu)
             .contiguous()
             .view([-1]);
@@ -241,8 +231,20 @@ pub fn embed_corpus(
     device: Device,
     batch_size: usize,
     strict: bool,
+    split: Option<&str>,
 ) -> Result<CorpusEmbedding, EmbedError> {
-    let listed = corpus::open(corpus)?;
+    let mut listed = corpus::open(corpus)?;
+    if let Some(split) = split {
+        listed
+            .samples
+            .retain(|s| corpus::split_matches(&s.split, split));
+        if listed.samples.is_empty() {
+            return Err(EmbedError::Input(format!(
+                "{}: no sample has split {split:?}",
+                corpus.display()
+            )));
+        }
+    }
     if strict {
         // Fail before any network work, naming every unusable file at once.
         let mut problems = listed.problems.clone();
@@ -399,9 +401,14 @@ pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
         return Err(StoreError::NotOurs(cfg.out.clone()).into());
     }
     let embedded = match &cfg.source {
-        EmbedSource::Corpus(corpus) => {
-            embed_corpus(corpus, &cfg.model, cfg.device, cfg.batch_size, cfg.strict)?
-        }
+        EmbedSource::Corpus(corpus) => embed_corpus(
+            corpus,
+            &cfg.model,
+            cfg.device,
+            cfg.batch_size,
+            cfg.strict,
+            None,
+        )?,
         EmbedSource::Features(input) => embed_features(input, &cfg.model, cfg.device)?,
     };
     store::write(
@@ -424,6 +431,35 @@ impl crate::exit::Classify for EmbedError {
             EmbedError::Model(e) => e.is_input_error(),
             EmbedError::Store(e) => e.is_input_error(),
         }
+    }
+}
+
+/// The network behind `mine`, `eval` and `audit` given `--corpus` with `--model`.
+pub struct CheckpointNetwork;
+
+impl Network for CheckpointNetwork {
+    fn embed_corpus(&self, run: &ModelRun, split: Option<&str>) -> Result<Loaded, NetworkError> {
+        let fail = |e: EmbedError| NetworkError {
+            input: e.is_input_error(),
+            error: Box::new(e),
+        };
+        let device = crate::model::parse_device(&run.device)
+            .map_err(|message| fail(EmbedError::Input(message)))?;
+        // `--threads` sized the worker pool (`RuntimeArgs::apply`); libtorch gets as many.
+        tch::set_num_threads(rayon::current_num_threads() as i32);
+        let done = embed_corpus(
+            &run.corpus,
+            &ModelChoice::Checkpoint(run.model.clone()),
+            device,
+            run.batch_size,
+            false,
+            split,
+        )
+        .map_err(fail)?;
+        Ok(Loaded {
+            set: done.set,
+            problems: done.problems,
+        })
     }
 }
 

@@ -1,23 +1,16 @@
 //! tripmine: global triplet mining, export and corpus checks for triplet-loss embedding models.
 //!
-//! The binary (`main.rs`) is a thin layer over these modules; see ARCHITECTURE.md for the map.
+//! This crate is the network part on libtorch (model, embed, train, and the full command
+//! line); everything that needs no network is `tripmine_core`, re-exported here under the
+//! same paths. The binaries (`main.rs`, `bin/tripmine-torch.rs`) are thin layers over both;
+//! see ARCHITECTURE.md for the map.
 
-pub mod audit;
 pub mod cli;
-pub mod corpus;
-pub mod definitions;
 pub mod embed;
-pub mod eval;
-pub mod exit;
-pub mod knn;
-pub mod mine;
 pub mod model;
-pub mod npy;
-pub mod output;
-pub mod progress;
-pub mod report;
-pub mod rng;
-pub mod store;
 pub mod train;
-pub mod triplets;
-pub mod view;
+
+pub use tripmine_core::{
+    audit, corpus, definitions, embeddings, eval, exit, knn, mine, npy, output, progress, report,
+    rng, store, triplets, view,
+};

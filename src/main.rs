@@ -1,189 +1,36 @@
-//! The `tripmine` binary: parse arguments, run the library, map errors to exit codes
-//! (0 ok, 2 usage or input error, 1 failure).
+//! The `tripmine` binary, free of libtorch: it parses the command line and runs what needs no
+//! network (`mine`, `eval`, `audit` given `--embeddings`, and `view`) itself; `embed`, `train`
+//! and `--model` are handed, with the same arguments, to `tripmine-torch` beside it (the same
+//! process: exec). Exit status: 0 ok, 2 usage or input error, 1 failure.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
-use tripmine::cli::{Cli, Command};
-use tripmine::definitions::TripletKind;
-use tripmine::exit::Failure;
-use tripmine::{audit, embed, eval, mine, train, view};
-
-/// Summaries go to stdout; a reader that went away (`tripmine audit ... | head`) is not an
-/// error, so a failed write is ignored instead of panicking as `std::println!` does.
-macro_rules! println {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+use tripmine_core::cli::{dispatch, Dispatch};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("error: {}", tripmine::cli::error_message(&failure.error));
-            ExitCode::from(failure.exit_code())
-        }
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match dispatch(argv.iter().cloned()) {
+        Dispatch::Ran(status) => ExitCode::from(status),
+        Dispatch::NeedsNetwork => run_network_part(&argv),
     }
 }
 
-fn run(command: Command) -> Result<(), Failure> {
-    match command {
-        Command::Embed(args) => {
-            let cfg = args.to_config().map_err(Failure::options)?;
-            let done = embed::run(&cfg)?;
-            for label in &done.singleton_labels {
-                eprintln!("warning: label {label:?} has a single image: it can never be an anchor");
-            }
-            let skipped = match done.problems.len() {
-                0 => String::new(),
-                n => format!(
-                    "; skipped {n} file(s), see {}",
-                    cfg.out.join(tripmine::store::SKIPPED_CSV).display()
-                ),
-            };
-            println!(
-                "embedded {} images ({}-d, {}) into {}{skipped}",
-                done.set.len(),
-                done.set.dim,
-                embed::model_summary(&done.set.meta.model),
-                cfg.out.display()
-            );
-        }
-        Command::Mine(args) => {
-            let cfg = args.to_config().map_err(Failure::options)?;
-            let done = mine::run(&cfg)?;
-            for w in &done.warnings {
-                eprintln!("warning: {w}");
-            }
-            let s = &done.stats;
-            let kind = |k| s.per_kind.get(&k).copied().unwrap_or(0);
-            let skipped: usize = s.skipped.values().sum();
-            let msg = format!(
-                "mined {} triplets ({} hard, {} semihard, {} easy) from {} anchors with {} in {:.1}s; {} anchors skipped{}",
-                s.triplets,
-                kind(TripletKind::Hard),
-                kind(TripletKind::Semihard),
-                kind(TripletKind::Easy),
-                s.anchors_with_triplets,
-                done.backend["backend"].as_str().unwrap_or("?"),
-                done.seconds,
-                skipped,
-                cfg.out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default(),
-            );
-            // With --out - the CSV owns stdout; the summary goes to stderr.
-            if cfg.out.is_some() {
-                println!("{msg}");
-            } else {
-                eprintln!("{msg}");
-            }
-        }
-        Command::Train(args) => {
-            let (cfg, resume) = args.to_config().map_err(Failure::options)?;
-            let done = train::run(&cfg, resume)?;
-            for w in &done.warnings {
-                eprintln!("warning: {w}");
-            }
-            let (first, last) = (&done.rows[0], done.rows.last().expect("epoch 0 row"));
-            println!(
-                "trained {} epochs ({} steps): validation MAP@R {:.4} -> {:.4}, P@1 {:.4} -> {:.4}; best epoch {}",
-                last.epoch, last.step, first.map_at_r, last.map_at_r, first.p_at_1, last.p_at_1, done.best_epoch
-            );
-            println!(
-                "run: {} (metrics.csv, best/, last/, rounds/, report.html)",
-                cfg.out.display()
-            );
-        }
-        Command::Eval(args) => {
-            let json = args.json;
-            let m = eval::run(&args.to_config().map_err(Failure::options)?)?;
-            if json {
-                let recall: serde_json::Map<String, serde_json::Value> = m
-                    .recall_at_k
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), (*v).into()))
-                    .collect();
-                let out = serde_json::json!({
-                    "p_at_1": m.p_at_1,
-                    "r_precision": m.r_precision,
-                    "map_at_r": m.map_at_r,
-                    "recall_at_k": recall,
-                    "queries": m.queries,
-                    "skipped_queries": m.skipped_queries,
-                });
-                println!("{out}");
-            } else {
-                println!("| metric | value |\n|---|---|");
-                println!(
-                    "| P@1 | {:.4} |\n| R-Precision | {:.4} |\n| MAP@R | {:.4} |",
-                    m.p_at_1, m.r_precision, m.map_at_r
-                );
-                for (k, v) in &m.recall_at_k {
-                    println!("| Recall@{k} | {v:.4} |");
-                }
-                println!(
-                    "({} queries, {} skipped: their label has no other sample)",
-                    m.queries, m.skipped_queries
-                );
-            }
-        }
-        Command::Audit(args) => {
-            let cfg = args.to_config().map_err(Failure::options)?;
-            let a = audit::run(&cfg)?;
-            println!("audited {} samples -> {}", a.samples, cfg.out.display());
-            println!(
-                "  duplicate groups: {} ({} with identical pixels); label conflicts: {}; split leaks: {}",
-                a.duplicate_groups, a.exact_duplicate_groups, a.conflict_groups, a.leak_groups
-            );
-            println!(
-                "  likely mislabels: {}; outliers: {}",
-                a.label_issues.len(),
-                a.outliers.len()
-            );
-            for issue in a.label_issues.iter().take(5) {
-                println!(
-                    "    {} is {:?}, neighbours say {:?} (P(wrong label) {:.2})",
-                    issue.path, issue.label, issue.suggested_label, issue.probability
-                );
-            }
-            for o in a.outliers.iter().take(3) {
-                println!(
-                    "    outlier {} ({:?}, {}, z {:.1})",
-                    o.path, o.label, o.signal, o.score
-                );
-            }
-            let q = &a.model_quality;
-            println!(
-                "  model on this corpus: leave-one-out P@1 {:.3} (chance {:.3}), MAP@R within k {:.3}",
-                q.p_at_1, q.chance_p_at_1, q.map_at_r_within_k
-            );
-            if let Some(w) = &a.warning {
-                eprintln!("{w}");
-            }
-            if !a.tiny_classes.is_empty() {
-                println!("  tiny classes: {}", a.tiny_classes.join(", "));
-            }
-            println!(
-                "  unreadable files: {}; exclude.csv lists {} samples",
-                a.decode_problems, a.excluded
-            );
-        }
-        Command::View(args) => {
-            let v = view::run(&args.to_config().map_err(|e| Failure::options(e.into()))?)?;
-            for (path, why) in &v.missing {
-                eprintln!("warning: {path}: {why}; drawn as a placeholder");
-            }
-            println!(
-                "rendered {} of {} triplets on {} page(s), margin {} -> {}",
-                v.shown,
-                v.rows,
-                v.pages,
-                v.margin,
-                v.index.display()
-            );
-        }
-    }
-    Ok(())
+/// Replaces this process with `tripmine-torch` (same pid, so signals and exit status pass
+/// through); returns only when that binary cannot be started.
+fn run_network_part(argv: &[OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map(|exe| exe.with_file_name("tripmine-torch"))
+        .unwrap_or_else(|_| "tripmine-torch".into());
+    let err = std::process::Command::new(&exe)
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .exec();
+    eprintln!(
+        "error: {}: {err}: embed, train and --model need tripmine's network part (libtorch); \
+         build it with `make build` (README)",
+        exe.display()
+    );
+    ExitCode::from(1)
 }

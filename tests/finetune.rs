@@ -173,7 +173,7 @@ fn a_fine_tuned_trunk_learns_and_a_frozen_one_stays_bit_identical() {
     train.sort();
     let first = tripmine::corpus::decode_image(&fixtures().join(&train[0])).unwrap();
     let pre = &model.spec.preprocess;
-    let input = pre.input_tensor(&pre.pixels(&first));
+    let input = tripmine::model::input_tensor(pre, &pre.pixels(&first));
     let f = model.trunk_features(&input).unwrap().unwrap();
     let again = Vec::<f32>::try_from(f.view([-1])).unwrap();
     // Equal to rounding: a batch of 64 and a batch of 1 may take different kernels (they do

@@ -146,7 +146,7 @@ impl NetworkArgs {
 
 impl EmbedArgs {
     pub fn to_config(&self) -> Result<EmbedConfig, anyhow::Error> {
-        let device = self.runtime.apply()?;
+        let device = super::torch_runtime(&self.runtime)?;
         super::images_per_pass(self.batch_size)?;
         let model = match &self.model {
             Some(dir) => ModelChoice::Checkpoint(dir.clone()),

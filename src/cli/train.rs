@@ -213,10 +213,10 @@ impl TrainArgs {
                 threads: self.runtime.threads.or(cfg.threads),
                 ..self.runtime.clone()
             };
-            runtime.apply()?;
+            super::torch_runtime(&runtime)?;
             return Ok((cfg, true));
         }
-        self.runtime.apply()?;
+        super::torch_runtime(&self.runtime)?;
         let mining: Mining = self.mining.parse().map_err(usage)?;
         if self.epochs == Some(0)
             || self.triplets_per_step == 0

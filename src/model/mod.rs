@@ -424,8 +424,43 @@ impl crate::exit::Classify for ModelError {
     }
 }
 
+/// Network inputs (N × C × S × S, in the channels-last memory the network runs on; see
+/// `Embedder::forward`) of images given as concatenated HWC bytes from
+/// [`Preprocess::pixels`].
+pub fn input_tensor(preprocess: &Preprocess, pixels: &[u8]) -> Tensor {
+    let values = preprocess.input_values(pixels);
+    let (side, c) = (preprocess.input_size as i64, preprocess.channels as i64);
+    let n = (pixels.len() / preprocess.len().max(1)) as i64;
+    Tensor::from_slice(&values)
+        .view([n, side, side, c])
+        .permute([0, 3, 1, 2])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn inputs_are_normalised_nchw_views_of_channels_last_memory() {
+        use crate::corpus::Resize;
+        let mut rgb = image::RgbImage::new(2, 1);
+        rgb.put_pixel(0, 0, image::Rgb([255, 0, 51]));
+        rgb.put_pixel(1, 0, image::Rgb([0, 255, 102]));
+        let p = Preprocess {
+            input_size: 2,
+            channels: 3,
+            mean: vec![0.0, 0.5, 0.0],
+            std: vec![1.0, 0.5, 2.0],
+            resize: Resize::Stretch,
+        };
+        let bytes = p.pixels(&image::DynamicImage::ImageRgb8(rgb));
+        let x = super::input_tensor(&p, &bytes);
+        assert_eq!(x.size(), [1, 3, 2, 2]);
+        assert_eq!(x.stride(), [12, 1, 6, 3], "channels-last strides");
+        let at = |c: i64, w: i64| x.double_value(&[0, c, 0, w]);
+        assert!((at(0, 0) - 1.0).abs() < 1e-6 && at(0, 1).abs() < 1e-6);
+        assert!((at(1, 0) + 1.0).abs() < 1e-6 && (at(1, 1) - 1.0).abs() < 1e-6);
+        assert!((at(2, 0) - 0.1).abs() < 1e-6 && (at(2, 1) - 0.2).abs() < 1e-6);
+    }
+
     use super::*;
 
     #[test]

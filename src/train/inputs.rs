@@ -47,7 +47,7 @@ impl Inputs for DecodedImages {
         for &i in indices {
             bytes.extend_from_slice(&self.pixels[i * len..(i + 1) * len]);
         }
-        let input = self.preprocess.input_tensor(&bytes);
+        let input = crate::model::input_tensor(&self.preprocess, &bytes);
         match augment {
             Some(mut rng) => augment::augment(&input, &mut rng),
             None => input,

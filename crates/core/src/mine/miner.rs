@@ -69,7 +69,36 @@ pub fn mine(
     rules: &MiningRules,
 ) -> (Vec<Triplet>, MineStats) {
     let members = members_by_label(points.labels);
-    let mut anchors = choose_anchors(points, &members, rules);
+    let anchors = choose_anchors(points, &members, rules);
+    mine_with(points, index, rules, &members, anchors)
+}
+
+/// [`mine`] for the given anchors only (a batch's, mined against the whole corpus).
+pub fn mine_anchors(
+    points: Points,
+    index: &dyn NeighbourIndex,
+    rules: &MiningRules,
+    mut anchors: Vec<usize>,
+) -> (Vec<Triplet>, MineStats) {
+    anchors.sort_unstable();
+    anchors.dedup();
+    anchors.retain(|&a| a < points.len());
+    mine_with(
+        points,
+        index,
+        rules,
+        &members_by_label(points.labels),
+        anchors,
+    )
+}
+
+fn mine_with(
+    points: Points,
+    index: &dyn NeighbourIndex,
+    rules: &MiningRules,
+    members: &HashMap<u32, Vec<usize>>,
+    mut anchors: Vec<usize>,
+) -> (Vec<Triplet>, MineStats) {
     // Class by class, so that a chunk's anchors are neighbours in the classes backend's
     // class-ordered copy of the points (8,192 anchors, 4 MB at 128-d, stay in cache while
     // each class is scored against them: 18.8 s at 100k against 21.3 s with 16,384); the
@@ -99,7 +128,7 @@ pub fn mine(
             })
             .collect::<Vec<(usize, Vec<usize>)>>()
             .into_par_iter()
-            .map(|(a, skipped)| AnchorPlan::new(points, a, skipped, &members, rules))
+            .map(|(a, skipped)| AnchorPlan::new(points, a, skipped, members, rules))
             .collect();
         let requests: Vec<Request> = plans
             .iter()

@@ -92,6 +92,31 @@ impl EmbeddingSet {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// The rows whose sample passes `keep`, renumbered in order.
+    pub fn retain(self, keep: impl Fn(&SampleRow) -> bool) -> EmbeddingSet {
+        let mut data = Vec::new();
+        let mut samples = Vec::new();
+        for (i, sample) in self.samples.into_iter().enumerate() {
+            if keep(&sample) {
+                data.extend_from_slice(&self.data[i * self.dim..(i + 1) * self.dim]);
+                samples.push(SampleRow {
+                    index: samples.len(),
+                    ..sample
+                });
+            }
+        }
+        EmbeddingSet {
+            dim: self.dim,
+            meta: EmbeddingsMeta {
+                count: samples.len(),
+                ..self.meta
+            },
+            data,
+            samples,
+            loaded: self.loaded,
+        }
+    }
+
     /// What outputs record about these embeddings.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
@@ -101,6 +126,19 @@ impl EmbeddingSet {
             "sha256": self.meta.sha256,
             "loaded": self.loaded,
         })
+    }
+}
+
+/// The `checkpoint` an `embeddings.json` records for a freshly initialised network.
+pub const NO_CHECKPOINT: &str = "none (freshly initialised)";
+
+/// One line about the model of an `embeddings.json` `model` record: the checkpoint it was
+/// loaded from, or how a fresh network was initialised.
+pub fn model_summary(record: &serde_json::Value) -> String {
+    let origin = record["origin"].as_str().unwrap_or("unknown model");
+    match record["checkpoint"].as_str() {
+        Some(dir) if dir != NO_CHECKPOINT => format!("checkpoint {dir}"),
+        _ => origin.to_string(),
     }
 }
 
@@ -279,6 +317,38 @@ pub enum RowCheck {
     AsTheyAre,
 }
 
+/// Why a row cannot be used under a [`RowCheck`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowProblem {
+    NotFinite,
+    /// All zeros: no direction to normalise.
+    Zero,
+    /// Not unit length (its norm), and normalising was not asked for.
+    NotUnit(f64),
+}
+
+/// What `check` makes of one row: `None` to keep it bit for bit, or the norm to divide it by.
+/// Nearly-unit rows are made unit too (d(x, x) of a row of norm 1.001 is far from 0, and the
+/// classes path's bounds assume unit rows); rows already unit to float precision, as
+/// tripmine's own, are kept as they are. The one definition for files and for the Python API.
+pub fn row_fix(row: &[f32], check: RowCheck) -> Result<Option<f64>, RowProblem> {
+    if row.iter().any(|v| !v.is_finite()) {
+        return Err(RowProblem::NotFinite);
+    }
+    let norm = row
+        .iter()
+        .map(|v| (*v as f64) * (*v as f64))
+        .sum::<f64>()
+        .sqrt();
+    match check {
+        RowCheck::AsTheyAre => Ok(None),
+        RowCheck::Normalise if norm < 1e-12 => Err(RowProblem::Zero),
+        RowCheck::UnitLength if (norm - 1.0).abs() > 1e-3 => Err(RowProblem::NotUnit(norm)),
+        RowCheck::UnitLength if (norm - 1.0).abs() <= UNIT_AS_WRITTEN => Ok(None),
+        _ => Ok(Some(norm)),
+    }
+}
+
 /// [`open`] with the row check spelled out.
 pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSet, StoreError> {
     let (dir, npy_path, labels_path, json_path) = match input {
@@ -407,40 +477,31 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
     }
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
         let sample = &samples[i].path;
-        if row.iter().any(|v| !v.is_finite()) {
-            return Err(bad(format!(
-                "row {i} ({sample}) holds NaN or infinite values{}",
-                if matrix.dtype.ends_with("f4") {
-                    ""
-                } else {
-                    " (after conversion to float32)"
-                }
-            )));
-        }
-        let norm = row
-            .iter()
-            .map(|v| (*v as f64) * (*v as f64))
-            .sum::<f64>()
-            .sqrt();
-        match check {
-            RowCheck::AsTheyAre => continue,
-            RowCheck::Normalise if norm < 1e-12 => {
+        match row_fix(row, check) {
+            Ok(None) => {}
+            Ok(Some(norm)) => row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32),
+            Err(RowProblem::NotFinite) => {
+                return Err(bad(format!(
+                    "row {i} ({sample}) holds NaN or infinite values{}",
+                    if matrix.dtype.ends_with("f4") {
+                        ""
+                    } else {
+                        " (after conversion to float32)"
+                    }
+                )));
+            }
+            Err(RowProblem::Zero) => {
                 return Err(bad(format!(
                     "row {i} ({sample}) is all zeros and has no direction to normalise"
                 )));
             }
-            RowCheck::UnitLength if (norm - 1.0).abs() > 1e-3 => {
+            Err(RowProblem::NotUnit(norm)) => {
                 return Err(bad(format!(
                     "row {i} ({sample}) has norm {norm:.6}; tripmine expects L2-normalised rows. \
                      Pass --normalise to divide every row by its norm (distances then compare \
                      directions only, as cosine similarity does)"
                 )));
             }
-            // Nearly-unit rows are made unit too (d(x, x) of a row of norm 1.001 is far from
-            // 0, and the classes path's bounds assume unit rows); rows already unit to float
-            // precision, as tripmine's own, are kept bit for bit.
-            RowCheck::UnitLength if (norm - 1.0).abs() <= UNIT_AS_WRITTEN => {}
-            _ => row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32),
         }
     }
     let meta = EmbeddingsMeta {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{images_per_pass, EmbeddingsArgs, KnnArgs, RuntimeArgs};
-use crate::audit::{AuditConfig, AuditSource, Thresholds};
+use super::{embeddings_from, EmbeddingsArgs, KnnArgs, RuntimeArgs, UsageError};
+use crate::audit::{AuditConfig, Thresholds};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -59,24 +59,24 @@ pub struct AuditArgs {
 
 impl AuditArgs {
     pub fn to_config(&self) -> Result<AuditConfig, anyhow::Error> {
-        let batch_size = images_per_pass(self.batch_size)?;
-        let source = match (&self.model, self.embeddings.input()?) {
-            (Some(m), _) => AuditSource::Model(m.clone()),
-            (None, Some(input)) => AuditSource::Embeddings {
-                input,
-                normalise: self.embeddings.normalise,
-            },
-            (None, None) => unreachable!("clap requires one of them"),
-        };
+        self.runtime.apply()?;
+        if self.k == 0 {
+            return Err(UsageError("--k (neighbours per sample) must be at least 1".into()).into());
+        }
+        let source = embeddings_from(
+            &self.embeddings,
+            Some(&self.corpus),
+            self.model.as_deref(),
+            self.batch_size,
+            &self.runtime,
+        )?;
         Ok(AuditConfig {
             corpus: self.corpus.clone(),
             source,
             out: self.out.clone(),
             knn: self.neighbours.config()?,
-            device: self.runtime.apply()?,
-            batch_size,
             thresholds: Thresholds {
-                k: self.k.max(1),
+                k: self.k,
                 near_duplicate_fraction: self.near_duplicate_fraction,
                 mislabel_probability: self.mislabel_probability,
                 min_model_p_at_1: self.min_model_p_at_1,

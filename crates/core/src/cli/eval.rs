@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{EmbeddingsArgs, RuntimeArgs};
-use crate::eval::{EvalConfig, EvalSource};
+use super::{embeddings_from, EmbeddingsArgs, RuntimeArgs};
+use crate::eval::EvalConfig;
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -35,27 +35,17 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn to_config(&self) -> Result<EvalConfig, anyhow::Error> {
-        let batch_size = super::images_per_pass(self.batch_size)?;
-        let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
-            (Some(input), _, _) => EvalSource::Embeddings {
-                input,
-                normalise: self.embeddings.normalise,
-            },
-            (None, Some(corpus), Some(model)) => EvalSource::Checkpoint {
-                corpus: corpus.clone(),
-                model: model.clone(),
-                batch_size,
-            },
-            _ => {
-                return Err(
-                    super::UsageError("give --corpus with --model, or --embeddings".into()).into(),
-                )
-            }
-        };
+        self.runtime.apply()?;
+        let source = embeddings_from(
+            &self.embeddings,
+            self.corpus.as_deref(),
+            self.model.as_deref(),
+            self.batch_size,
+            &self.runtime,
+        )?;
         Ok(EvalConfig {
             source,
             split: self.split.clone(),
-            device: self.runtime.apply()?,
         })
     }
 }

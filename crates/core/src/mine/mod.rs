@@ -5,7 +5,7 @@ mod miner;
 mod rules;
 
 pub use crate::definitions::Triplet;
-pub use miner::{mine, MineStats};
+pub use miner::{mine, mine_anchors, MineStats};
 pub use rules::{MiningRules, NegativeOrder, PositiveRule, Selection, Strategy};
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,9 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tch::Device;
-
-use crate::embed::{embed_corpus, EmbedError, ModelChoice};
+use crate::embeddings::{EmbeddingsFrom, Network, SourceError};
 use crate::knn::{
     Backend, HnswIndex, HnswLoader, HnswParams, KnnChoice, KnnConfig, NeighbourIndex, Points,
 };
@@ -24,32 +22,15 @@ use crate::output::{crash_point, write_atomic, write_json, HashingWriter};
 use crate::store::{self, EmbeddingSet, EmbeddingsInput, StoreError};
 use crate::triplets::{self, TripletRow};
 
-/// Where the embeddings come from.
-#[derive(Debug, Clone)]
-pub enum EmbeddingSource {
-    /// Read from files (tripmine's directory, another tool's, or an `.npy` with its labels);
-    /// `normalise` L2-normalises rows that are not unit length instead of refusing them.
-    Files {
-        input: EmbeddingsInput,
-        normalise: bool,
-    },
-    Corpus {
-        corpus: PathBuf,
-        model: PathBuf,
-        batch_size: usize,
-    },
-}
-
 /// `tripmine mine`, validated.
 #[derive(Debug, Clone)]
 pub struct MineConfig {
-    pub source: EmbeddingSource,
+    pub source: EmbeddingsFrom,
     /// `None` writes the CSV to stdout (and no sidecar).
     pub out: Option<PathBuf>,
     pub rules: MiningRules,
     pub knn: KnnConfig,
     pub exclude: Option<PathBuf>,
-    pub device: Device,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +38,7 @@ pub enum MineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Embed(#[from] EmbedError),
+    Source(#[from] SourceError),
     #[error("exclude list {path}: {message}")]
     Exclude { path: PathBuf, message: String },
     #[error("writing {path}")]
@@ -72,7 +53,7 @@ impl crate::exit::Classify for MineError {
         match self {
             MineError::Exclude { .. } => true,
             MineError::Store(e) => e.is_input_error(),
-            MineError::Embed(e) => e.is_input_error(),
+            MineError::Source(e) => e.is_input_error(),
             MineError::Write { .. } => false,
         }
     }
@@ -263,25 +244,10 @@ pub fn parse_exclude(bytes: &[u8]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
+/// `network` embeds `--corpus` with `--model`; without it only files can be mined.
+pub fn run(cfg: &MineConfig, network: Option<&dyn Network>) -> Result<MineSummary, MineError> {
     let start = Instant::now();
-    let set = match &cfg.source {
-        EmbeddingSource::Files { input, normalise } => store::open(input, *normalise)?,
-        EmbeddingSource::Corpus {
-            corpus,
-            model,
-            batch_size,
-        } => {
-            embed_corpus(
-                corpus,
-                &ModelChoice::Checkpoint(model.clone()),
-                cfg.device,
-                *batch_size,
-                false,
-            )?
-            .set
-        }
-    };
+    let set = cfg.source.load(network, None)?.set;
     let mut warnings = Vec::new();
     let excluded = match &cfg.exclude {
         Some(path) => {
@@ -298,7 +264,7 @@ pub fn run(cfg: &MineConfig) -> Result<MineSummary, MineError> {
     let (choice, reason) = cfg.knn.resolve(points);
     let cache = match (&cfg.source, choice) {
         (
-            EmbeddingSource::Files {
+            EmbeddingsFrom::Files {
                 input: EmbeddingsInput::Dir(dir),
                 normalise: false,
             },

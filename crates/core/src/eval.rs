@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::embeddings::{EmbeddingsFrom, Network, SourceError};
 use crate::knn::{ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
-use crate::model::Embedder;
 
 pub const RECALL_AT: [usize; 4] = [1, 2, 4, 8];
 
@@ -229,104 +229,28 @@ mod tests {
     }
 }
 
-/// Where `tripmine eval` gets its embeddings.
-#[derive(Debug, Clone)]
-pub enum EvalSource {
-    /// Embed a corpus with a checkpoint.
-    Checkpoint {
-        corpus: std::path::PathBuf,
-        model: std::path::PathBuf,
-        batch_size: usize,
-    },
-    /// Embeddings from files (see [`crate::store::open`]).
-    Embeddings {
-        input: crate::store::EmbeddingsInput,
-        normalise: bool,
-    },
-}
-
 /// `tripmine eval`, validated.
 #[derive(Debug, Clone)]
 pub struct EvalConfig {
-    pub source: EvalSource,
+    pub source: EmbeddingsFrom,
     /// Only samples of this split (the manifest's split column).
     pub split: Option<String>,
-    pub device: tch::Device,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EvalError {
-    #[error(transparent)]
-    Embed(#[from] crate::embed::EmbedError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("{input}: no sample has split {split:?}")]
-    NoSplit { input: String, split: String },
-}
-
-impl crate::exit::Classify for EvalError {
-    fn is_input_error(&self) -> bool {
-        match self {
-            EvalError::Embed(e) => e.is_input_error(),
-            EvalError::Store(e) => e.is_input_error(),
-            EvalError::NoSplit { .. } => true,
+/// Measures retrieval on the embeddings of a corpus (or one split of it); `network` embeds
+/// `--corpus` with `--model`.
+pub fn run(cfg: &EvalConfig, network: Option<&dyn Network>) -> Result<Metrics, SourceError> {
+    let loaded = cfg.source.load(network, cfg.split.as_deref())?;
+    if cfg.source.needs_network() {
+        for p in &loaded.problems {
+            eprintln!("warning: skipping {}: {}", p.path, p.reason);
         }
     }
-}
-
-/// Measures retrieval on the embeddings of a corpus (or one split of it).
-pub fn run(cfg: &EvalConfig) -> Result<Metrics, EvalError> {
-    use crate::embed::embed_samples;
-    let no_split = |input: &std::path::Path, split: &str| EvalError::NoSplit {
-        input: input.display().to_string(),
-        split: split.to_string(),
-    };
-    let (data, dim, labels): (Vec<f32>, usize, Vec<String>) = match &cfg.source {
-        EvalSource::Checkpoint {
-            corpus: path,
-            model,
-            batch_size,
-        } => {
-            let mut corpus = crate::corpus::open(path).map_err(crate::embed::EmbedError::from)?;
-            if let Some(split) = &cfg.split {
-                corpus
-                    .samples
-                    .retain(|s| crate::corpus::split_matches(&s.split, split));
-                if corpus.samples.is_empty() {
-                    return Err(no_split(path, split));
-                }
-            }
-            let model =
-                Embedder::load(model, cfg.device).map_err(crate::embed::EmbedError::from)?;
-            let embedded = embed_samples(&corpus.samples, &model, *batch_size)
-                .map_err(crate::embed::EmbedError::from)?;
-            for p in &embedded.problems {
-                eprintln!("warning: skipping {}: {}", p.path, p.reason);
-            }
-            let labels = embedded.samples.iter().map(|s| s.label.clone()).collect();
-            (embedded.data, embedded.dim, labels)
-        }
-        EvalSource::Embeddings { input, normalise } => {
-            let set = crate::store::open(input, *normalise)?;
-            let keep: Vec<usize> = (0..set.len())
-                .filter(|&i| {
-                    cfg.split
-                        .as_ref()
-                        .is_none_or(|s| crate::corpus::split_matches(&set.samples[i].split, s))
-                })
-                .collect();
-            if keep.is_empty() {
-                return Err(no_split(input.path(), cfg.split.as_deref().unwrap_or("")));
-            }
-            let data = keep.iter().flat_map(|&i| set.row(i).to_vec()).collect();
-            let labels = keep.iter().map(|&i| set.samples[i].label.clone()).collect();
-            (data, set.dim, labels)
-        }
-    };
-    let (_, labels) = crate::corpus::label_ids(labels.iter().map(String::as_str));
+    let set = loaded.set;
+    let (_, labels) = crate::corpus::label_ids(set.samples.iter().map(|s| s.label.as_str()));
     let points = Points {
-        data: &data,
-        dim,
+        data: &set.data,
+        dim: set.dim,
         labels: &labels,
     };
     Ok(evaluate(points))

@@ -124,6 +124,64 @@ pub struct Findings {
     pub excluded: BTreeMap<usize, &'static str>,
 }
 
+/// The findings as records keyed by row index and label id (the Python API's `audit`).
+pub fn findings_json(findings: &Findings) -> serde_json::Value {
+    let duplicates: Vec<serde_json::Value> = findings
+        .duplicates
+        .iter()
+        .enumerate()
+        .flat_map(|(g, group)| {
+            group.members.iter().map(move |&(index, similarity)| {
+                serde_json::json!({
+                    "group": g,
+                    "index": index,
+                    "similarity": similarity,
+                    "conflict": group.conflict,
+                    "leak": group.leak,
+                    "keep": index == group.keep,
+                })
+            })
+        })
+        .collect();
+    let mislabels: Vec<serde_json::Value> = findings
+        .label_issues
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "index": f.index,
+                "suggested": f.suggested,
+                "probability": f.probability,
+                "own_share": f.own_share,
+                "suggested_share": f.suggested_share,
+            })
+        })
+        .collect();
+    let outliers: Vec<serde_json::Value> = findings
+        .outliers
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "index": o.index,
+                "signal": o.signal.name(),
+                "score": o.score,
+                "group": o.group.map(|(id, _)| id),
+            })
+        })
+        .collect();
+    let excluded: Vec<serde_json::Value> = findings
+        .excluded
+        .iter()
+        .map(|(index, reason)| serde_json::json!({ "index": index, "reason": reason }))
+        .collect();
+    serde_json::json!({
+        "duplicates": duplicates,
+        "likely_mislabels": mislabels,
+        "outliers": outliers,
+        "model_quality": findings.quality,
+        "excluded": excluded,
+    })
+}
+
 pub fn compute(input: &AuditInput) -> Findings {
     let labels = input.points.labels;
     let t = input.thresholds;

@@ -4,11 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{images_per_pass, EmbeddingsArgs, GuardArgs, KnnArgs, RuntimeArgs, UsageError};
+use super::{embeddings_from, EmbeddingsArgs, GuardArgs, KnnArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
-use crate::mine::{
-    EmbeddingSource, MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy,
-};
+use crate::mine::{MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy};
 
 #[derive(Debug, Clone, Args)]
 #[command(
@@ -64,9 +62,8 @@ pub struct MineArgs {
 
 impl MineArgs {
     pub fn to_config(&self) -> Result<MineConfig, anyhow::Error> {
-        let device = self.runtime.apply()?;
+        self.runtime.apply()?;
         self.guard.validate()?;
-        let batch_size = images_per_pass(self.batch_size)?;
         let usage = |m: &str| -> anyhow::Error { UsageError(m.into()).into() };
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return Err(usage("--margin must be a non-negative number"));
@@ -84,6 +81,9 @@ impl MineArgs {
             ))
             .into());
         }
+        if self.max_search_depth == 0 {
+            return Err(usage("--max-search-depth must be at least 1"));
+        }
         if self.negatives_per_anchor > self.max_search_depth {
             return Err(UsageError(format!(
                 "--negatives-per-anchor {} exceeds --max-search-depth {}: no anchor's search \
@@ -92,22 +92,13 @@ impl MineArgs {
             ))
             .into());
         }
-        let source = match (self.embeddings.input()?, &self.corpus, &self.model) {
-            (Some(input), _, _) => EmbeddingSource::Files {
-                input,
-                normalise: self.embeddings.normalise,
-            },
-            (None, Some(corpus), Some(model)) => EmbeddingSource::Corpus {
-                corpus: corpus.clone(),
-                model: model.clone(),
-                batch_size,
-            },
-            _ => {
-                return Err(usage(
-                    "give --embeddings DIR (or FILE.npy with --labels CSV), or --corpus PATH with --model DIR",
-                ))
-            }
-        };
+        let source = embeddings_from(
+            &self.embeddings,
+            self.corpus.as_deref(),
+            self.model.as_deref(),
+            self.batch_size,
+            &self.runtime,
+        )?;
         let defaults = MiningRules::default();
         Ok(MineConfig {
             source,
@@ -122,13 +113,12 @@ impl MineArgs {
                 anchors_per_class: self.anchors_per_class,
                 seed: self.runtime.seed,
                 start_depth: defaults.start_depth.min(self.max_search_depth),
-                max_depth: self.max_search_depth.max(1),
+                max_depth: self.max_search_depth,
                 skip_nearest: self.guard.skip_nearest,
                 negative_floor: self.guard.negative_floor,
             },
             knn,
             exclude: self.exclude.clone(),
-            device,
         })
     }
 }

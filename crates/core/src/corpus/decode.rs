@@ -7,7 +7,6 @@ use image::imageops::FilterType;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageReader};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 /// How an image becomes a network input. Stored in `model.json` so that a checkpoint is always
 /// fed the way it was trained. Every image is first turned upright by its EXIF orientation.
@@ -98,22 +97,17 @@ impl Preprocess {
             .collect()
     }
 
-    /// Network inputs (N × C × S × S, in the channels-last memory the network runs on; see
-    /// `Embedder::forward`) of images given as concatenated HWC bytes from
-    /// [`Preprocess::pixels`].
-    pub fn input_tensor(&self, pixels: &[u8]) -> Tensor {
+    /// Normalised network input values of images given as concatenated HWC bytes from
+    /// [`Preprocess::pixels`], in the same (channels-last) order; the network crate views them
+    /// as N × C × S × S.
+    pub fn input_values(&self, pixels: &[u8]) -> Vec<f32> {
         let table = self.value_table();
         let c = self.channels as usize;
-        let values: Vec<f32> = pixels
+        pixels
             .iter()
             .enumerate()
             .map(|(i, &v)| table[(i % c) * 256 + v as usize])
-            .collect();
-        let side = self.input_size as i64;
-        let n = (pixels.len() / self.len().max(1)) as i64;
-        Tensor::from_slice(&values)
-            .view([n, side, side, c as i64])
-            .permute([0, 3, 1, 2])
+            .collect()
     }
 }
 
@@ -174,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn inputs_are_normalised_nchw_views_of_channels_last_memory() {
+    fn input_values_are_normalised_per_channel_in_pixel_order() {
         let mut rgb = image::RgbImage::new(2, 1);
         rgb.put_pixel(0, 0, image::Rgb([255, 0, 51]));
         rgb.put_pixel(1, 0, image::Rgb([0, 255, 102]));
@@ -187,12 +181,11 @@ mod tests {
         };
         let bytes = p.pixels(&DynamicImage::ImageRgb8(rgb));
         assert_eq!(bytes.len(), p.len());
-        let x = p.input_tensor(&bytes);
-        assert_eq!(x.size(), [1, 3, 2, 2]);
-        assert_eq!(x.stride(), [12, 1, 6, 3], "channels-last strides");
-        let at = |c: i64, w: i64| x.double_value(&[0, c, 0, w]);
-        assert!((at(0, 0) - 1.0).abs() < 1e-6 && at(0, 1).abs() < 1e-6);
-        assert!((at(1, 0) + 1.0).abs() < 1e-6 && (at(1, 1) - 1.0).abs() < 1e-6);
-        assert!((at(2, 0) - 0.1).abs() < 1e-6 && (at(2, 1) - 0.2).abs() < 1e-6);
+        let x = p.input_values(&bytes);
+        // Row 0 of the 2×2 stretch: (255, 0, 51) then (0, 255, 102), channels innermost.
+        let want = [1.0, -1.0, 0.1, 0.0, 1.0, 0.2];
+        for (got, want) in x[..6].iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{x:?}");
+        }
     }
 }

@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use tch::Device;
 
-use crate::corpus::{self, decode_image, CorpusError, Problem, PROBLEM_HEADER};
+use crate::corpus::{self, decode_image, CorpusError, PROBLEM_HEADER};
 use crate::definitions::Distance;
-use crate::embed::{embed_corpus, EmbedError, ModelChoice};
+use crate::embeddings::{EmbeddingsFrom, Loaded, Network, SourceError};
 use crate::knn::{ExactIndex, KnnConfig, Neighbour, NeighbourIndex, Points, Restriction};
 use crate::output::{crash_point, is_foreign, publish_dir, staging_dir};
 use crate::output::{write_csv, write_json};
-use crate::store::{self, sha256_hex, EmbeddingsInput, StoreError};
+use crate::store::{self, sha256_hex, StoreError};
 use findings::{AuditInput, ModelQuality};
 
 /// Documented defaults, in plain units.
@@ -57,22 +56,12 @@ impl Default for Thresholds {
 }
 
 #[derive(Debug, Clone)]
-pub enum AuditSource {
-    Model(PathBuf),
-    Embeddings {
-        input: EmbeddingsInput,
-        normalise: bool,
-    },
-}
-
-#[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub corpus: PathBuf,
-    pub source: AuditSource,
+    /// The corpus's embeddings: from files, or `corpus` embedded with a checkpoint.
+    pub source: EmbeddingsFrom,
     pub out: PathBuf,
     pub knn: KnnConfig,
-    pub device: Device,
-    pub batch_size: usize,
     pub thresholds: Thresholds,
 }
 
@@ -81,7 +70,7 @@ pub enum AuditError {
     #[error(transparent)]
     Corpus(#[from] CorpusError),
     #[error(transparent)]
-    Embed(#[from] EmbedError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("embeddings {dir} name {count} sample(s) that are not in the corpus {corpus}, e.g. {example}")]
@@ -108,7 +97,7 @@ impl crate::exit::Classify for AuditError {
         match self {
             AuditError::Corpus(_) | AuditError::Mismatch { .. } | AuditError::NotOurs(_) => true,
             AuditError::Store(e) => e.is_input_error(),
-            AuditError::Embed(e) => e.is_input_error(),
+            AuditError::Source(e) => e.is_input_error(),
             AuditError::Write { .. } => false,
         }
     }
@@ -204,33 +193,13 @@ pub struct AuditSummary {
     pub warning: Option<String>,
 }
 
-pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
+/// `network` embeds the corpus when the source is a checkpoint.
+pub fn run(cfg: &AuditConfig, network: Option<&dyn Network>) -> Result<AuditSummary, AuditError> {
     if is_foreign(&cfg.out, "audit.json") {
         return Err(AuditError::NotOurs(cfg.out.clone()));
     }
     let corpus = corpus::open(&cfg.corpus)?;
-    let (set, problems) = match &cfg.source {
-        AuditSource::Model(dir) => {
-            let e = embed_corpus(
-                &cfg.corpus,
-                &ModelChoice::Checkpoint(dir.clone()),
-                cfg.device,
-                cfg.batch_size,
-                false,
-            )?;
-            (e.set, e.problems)
-        }
-        AuditSource::Embeddings { input, normalise } => {
-            let set = store::open(input, *normalise)?;
-            let problems: Vec<Problem> = match input {
-                EmbeddingsInput::Dir(dir) => csv::Reader::from_path(dir.join(store::SKIPPED_CSV))
-                    .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
-                    .unwrap_or_default(),
-                EmbeddingsInput::Files { .. } => Vec::new(),
-            };
-            (set, problems)
-        }
-    };
+    let Loaded { set, problems } = cfg.source.load(network, None)?;
     let files: HashMap<&str, &Path> = corpus
         .samples
         .iter()
@@ -242,7 +211,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
         .map(|s| s.path.as_str())
         .filter(|p| !files.contains_key(p))
         .collect();
-    if let (Some(first), AuditSource::Embeddings { input, .. }) = (missing.first(), &cfg.source) {
+    if let (Some(first), EmbeddingsFrom::Files { input, .. }) = (missing.first(), &cfg.source) {
         return Err(AuditError::Mismatch {
             dir: input.path().to_path_buf(),
             corpus: cfg.corpus.clone(),
@@ -522,7 +491,7 @@ pub fn run(cfg: &AuditConfig) -> Result<AuditSummary, AuditError> {
             ("samples".to_string(), n.to_string()),
             (
                 "model".to_string(),
-                crate::embed::model_summary(&set.meta.model),
+                crate::store::model_summary(&set.meta.model),
             ),
             (
                 "neighbour backend".to_string(),

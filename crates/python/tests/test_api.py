@@ -1,0 +1,212 @@
+"""The Python API against brute force, the CLI and pytorch-metric-learning (`make test` runs it
+in a fresh venv holding only numpy and pytest; the pml test runs where pml is installed)."""
+
+import csv
+import os
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+
+import tripmine
+
+
+def clustered(classes=12, per_class=6, dim=16, spread=0.7, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim))
+    x = np.repeat(centres, per_class, axis=0) + spread * rng.standard_normal((classes * per_class, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(classes), per_class)
+    order = rng.permutation(len(x))
+    return x[order].astype(np.float32), labels[order]
+
+
+def distances64(x):
+    x = x.astype(np.float64)
+    return np.sqrt(np.clip(2 - 2 * x @ x.T, 0, None))
+
+
+def triplet_set(r):
+    return set(zip(r.anchor.tolist(), r.positive.tolist(), r.negative.tolist()))
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, tripmine; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_semihard_triplets_obey_the_definitions_and_match_brute_force():
+    x, labels = clustered()
+    r = tripmine.mine(x, labels, strategy="semihard", negatives_per_anchor=3)
+    assert r.anchor.dtype == np.int64 and r.d_ap.dtype == np.float32 and len(r) > 0
+    d = distances64(x)
+    for a, p, n, kind in zip(r.anchor, r.positive, r.negative, r.kind):
+        assert labels[a] == labels[p] and labels[a] != labels[n] and a != p
+        # the hardest positive: the farthest same-label row
+        same = np.flatnonzero((labels == labels[a]) & (np.arange(len(x)) != a))
+        assert p == same[np.argmax(d[a, same])]
+        t = d[a, n] - d[a, p]
+        assert 0 < t <= 0.2 + 1e-5 and kind == "semihard"
+    # each anchor's negatives are the nearest semi-hard ones
+    for a in np.unique(r.anchor)[:20]:
+        p = r.positive[r.anchor == a][0]
+        band = np.flatnonzero((labels != labels[a]) & (d[a] - d[a, p] > 0) & (d[a] - d[a, p] <= 0.2))
+        want = band[np.argsort(d[a, band], kind="stable")][:3]
+        assert sorted(r.negative[r.anchor == a].tolist()) == sorted(want.tolist())
+    assert r.stats["per_kind"]["semihard"] == len(r)
+
+
+def test_results_equal_the_cli_csv(tmp_path):
+    x, labels = clustered(seed=5)
+    np.save(tmp_path / "X.npy", x)
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label"])
+        w.writerows([[f"c{v}"] for v in labels])
+    script = os.path.join(sysconfig.get_path("scripts"), "tripmine")
+    out = tmp_path / "t.csv"
+    done = subprocess.run(
+        [script, "mine", "--embeddings", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "labels.csv"),
+         "--strategy", "semihard=0.5,hard=0.5", "--negatives-per-anchor", "2", "--out", str(out)],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    r = tripmine.mine(x, [f"c{v}" for v in labels], strategy="semihard=0.5,hard=0.5", negatives_per_anchor=2)
+    # tripmine names row i of an .npy by its row number
+    cli = [(int(row["anchor"]), int(row["positive"]), int(row["negative"]), row["kind"]) for row in rows]
+    api = list(zip(r.anchor.tolist(), r.positive.tolist(), r.negative.tolist(), r.kind.tolist()))
+    assert sorted(cli) == sorted(api)
+    assert np.allclose(sorted(float(row["d_an"]) for row in rows), np.sort(r.d_an), atol=1e-6)
+
+
+def test_fortran_order_and_float64_give_the_same_triplets():
+    x, labels = clustered(seed=7)
+    want = triplet_set(tripmine.mine(x, labels, negatives_per_anchor=2))
+    assert triplet_set(tripmine.mine(np.asfortranarray(x), labels, negatives_per_anchor=2)) == want
+    assert triplet_set(tripmine.mine(x.astype(np.float64), labels, negatives_per_anchor=2)) == want
+    # unnormalised rows need normalise=True, and then mean the same directions
+    scaled = x * np.linspace(0.5, 3, len(x), dtype=np.float32)[:, None]
+    assert triplet_set(tripmine.mine(scaled, labels, negatives_per_anchor=2, normalise=True)) == want
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, l: tripmine.mine(x[0], l), "2-D"),
+        (lambda x, l: tripmine.mine(x, l[:-1]), "label i must belong to row i"),
+        (lambda x, l: tripmine.mine(x * 2, l), "norm"),
+        (lambda x, l: tripmine.mine(np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), l), "NaN"),
+        (lambda x, l: tripmine.mine(x, l, strategy="hardest"), "hardest"),
+        (lambda x, l: tripmine.mine(x, l, positives="nearest"), "positives"),
+        (lambda x, l: tripmine.mine(x, l, negatives_per_anchor=0), "at least 1"),
+        (lambda x, l: tripmine.mine(x, l, exclude=[10_000]), "exclude"),
+        (lambda x, l: tripmine.mine(np.zeros((0, 4)), []), "empty"),
+        (lambda x, l: tripmine.mine(np.array([["a", "b"]]), [0]), "numbers"),
+        (lambda x, l: tripmine.knn(x, 3, restrict="other-label"), "needs labels"),
+        (lambda x, l: tripmine.evaluate(x, l.reshape(-1, 1)), "1-D"),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_problem(call, message):
+    x, labels = clustered()
+    with pytest.raises(ValueError, match=message):
+        call(x, labels)
+
+
+def test_knn_equals_brute_force_for_each_restriction():
+    x, labels = clustered(seed=11)
+    d = distances64(x)
+    np.fill_diagonal(d, np.inf)
+    for restrict, allowed in [("any", lambda a: np.ones(len(x), bool)),
+                              ("other-label", lambda a: labels != labels[a]),
+                              ("same-label", lambda a: labels == labels[a])]:
+        D, I = tripmine.knn(x, 4, labels=labels, restrict=restrict)
+        assert D.shape == I.shape == (len(x), 4) and I.dtype == np.int64
+        for a in range(len(x)):
+            cand = np.flatnonzero(allowed(a) & np.isfinite(d[a]))
+            want = cand[np.argsort(d[a, cand], kind="stable")][:4]
+            got = I[a][I[a] >= 0]
+            assert np.allclose(d[a, got], d[a, want], atol=1e-5), (restrict, a)
+            assert np.allclose(D[a, : len(got)], d[a, got], atol=1e-5)
+    # a class of 6 has 5 same-label neighbours: the rest is padded as faiss pads
+    D, I = tripmine.knn(x, 8, labels=labels, restrict="same-label")
+    assert (I[:, 5:] == -1).all() and np.isinf(D[:, 5:]).all()
+
+
+def test_evaluate_matches_the_definitions():
+    x, labels = clustered(spread=1.2, seed=13)
+    m = tripmine.evaluate(x, labels)
+    d = distances64(x)
+    np.fill_diagonal(d, np.inf)
+    p1, maps = [], []
+    for q in range(len(x)):
+        order = np.argsort(d[q], kind="stable")[:-1]
+        rel = labels[order] == labels[q]
+        r = rel.sum()
+        p1.append(rel[0])
+        hits = np.cumsum(rel[:r])
+        maps.append(np.sum(hits / np.arange(1, r + 1) * rel[:r]) / r)
+    assert set(m) >= {"precision_at_1", "r_precision", "mean_average_precision_at_r", "recall_at_1"}
+    assert m["precision_at_1"] == pytest.approx(np.mean(p1), abs=1e-9)
+    assert m["mean_average_precision_at_r"] == pytest.approx(np.mean(maps), abs=1e-6)
+
+
+def test_audit_finds_a_planted_duplicate_and_a_mislabel():
+    x, labels = clustered(classes=8, per_class=12, spread=0.3, seed=17)
+    labels = labels.copy()
+    x = x.copy()
+    x[1], labels[1] = x[0], labels[0]             # an exact duplicate
+    victim = int(np.flatnonzero((labels != labels[5]) & (np.arange(len(x)) > 1))[0])
+    labels[victim] = labels[5]                    # a mislabel
+    paths = [f"img/{i}.png" for i in range(len(x))]
+    found = tripmine.audit(x, labels, paths=paths)
+    dup_paths = {r["path"] for r in found["duplicates"]}
+    assert {"img/0.png", "img/1.png"} <= dup_paths and not found["conflicts"]
+    assert victim in {r["index"] for r in found["likely_mislabels"]}
+    assert found["model_quality"]["trusted"]
+    assert any(r["index"] == victim for r in found["exclude"])
+
+
+def test_cli_runs_without_torch_and_names_what_needs_the_full_build():
+    script = os.path.join(sysconfig.get_path("scripts"), "tripmine")
+    help_text = subprocess.run([script, "mine", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--embeddings" in help_text.stdout
+    embed = subprocess.run([script, "embed", "--corpus", "x", "--out", "y"], capture_output=True, text=True)
+    assert embed.returncode == 2 and "libtorch" in embed.stderr
+
+
+def test_to_pandas_when_pandas_is_installed():
+    pd = pytest.importorskip("pandas")
+    x, labels = clustered()
+    frame = tripmine.mine(x, labels).to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns)[:3] == ["anchor", "positive", "negative"]
+
+
+def test_all_semihard_triplets_equal_pml_triplet_margin_miner():
+    torch = pytest.importorskip("torch")
+    miners = pytest.importorskip("pytorch_metric_learning.miners")
+    x, labels = clustered(classes=8, per_class=8, spread=0.9, seed=19)
+    pml = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+    a, p, n = pml(torch.from_numpy(x), torch.from_numpy(labels))
+    want = set(zip(a.tolist(), p.tolist(), n.tolist()))
+    got = triplet_set(tripmine.mine(x, labels, strategy="semihard", positives="all", negatives_per_anchor=None))
+    # pml decides with float32 distances: only triplets within rounding of a band edge may differ
+    d = distances64(x)
+    edge = [t for t in want ^ got if min(abs(d[t[0], t[2]] - d[t[0], t[1]]), abs(d[t[0], t[2]] - d[t[0], t[1]] - 0.2)) > 1e-5]
+    assert len(want) > 100 and not edge
+
+
+def test_global_miner_mines_a_batch_against_the_corpus():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pytorch_metric_learning")
+    from tripmine.pml import GlobalMiner
+
+    x, labels = clustered(seed=23)
+    miner = GlobalMiner(x, labels, margin=0.2, type_of_triplets="semihard")
+    batch = np.arange(0, len(x), 7)
+    a, p, n = miner(torch.from_numpy(x[batch]), torch.from_numpy(labels[batch]), indices=torch.from_numpy(batch))
+    assert a.dtype == torch.long and len(a) > 0
+    assert set(a.tolist()) <= set(batch.tolist())
+    assert not set(n.tolist()) <= set(batch.tolist()), "negatives come from the whole corpus"
