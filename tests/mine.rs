@@ -412,6 +412,7 @@ fn inputs_that_cannot_work_are_refused_at_once_with_the_reason() {
         "--candidate-classes",
     );
     refused(&["--batch-size", "0"], "--batch-size");
+    refused(&["--max-search-depth", "0"], "--max-search-depth");
     // A candidate count beyond the classes means every class (it once overflowed).
     ok(&[
         "mine",
@@ -501,4 +502,105 @@ fn a_triplet_csv_and_its_sidecar_never_share_a_name_and_always_match() {
         .as_u64()
         .unwrap();
     assert_eq!(queries, 24, "the 24 rows marked Test: {stdout}");
+}
+
+#[test]
+fn thread_count_and_gemm_kernel_do_not_change_the_triplets() {
+    // Tiles are cut by thread count (1: 256-row blocks; 2: half the rows each) and the portable
+    // kernel sums in another order: the exported triplets must not depend on either.
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    synthetic_embeddings(&emb, 100, 30, 32, 0.6, 5);
+    let mine = |name: &str, threads: &str, kernel: Option<&str>| {
+        let out = dir.path().join(name);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tripmine"));
+        cmd.args(["mine", "--embeddings", s(&emb), "--out", s(&out)])
+            .args([
+                "--strategy",
+                "semihard=0.5,hard=0.5",
+                "--negatives-per-anchor",
+                "3",
+            ])
+            .args(["--knn", "exact", "--threads", threads]);
+        if let Some(kernel) = kernel {
+            cmd.env("TRIPMINE_GEMM", kernel);
+        }
+        let done = cmd.output().unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        fs::read(out).unwrap()
+    };
+    let one = mine("one.csv", "1", None);
+    assert!(one.len() > 10_000, "a real workload");
+    assert!(
+        one == mine("two.csv", "2", None),
+        "--threads 1 and 2 differ"
+    );
+    assert!(
+        one == mine("portable.csv", "2", Some("portable")),
+        "the portable kernel differs"
+    );
+}
+
+#[test]
+fn every_subcommand_refuses_a_count_of_zero_instead_of_clamping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb = dir.path().join("emb");
+    synthetic_embeddings(&emb, 6, 8, 16, 0.1, 1);
+    let corpus = fixtures().join("manifest.csv");
+    let out = dir.path().join("out");
+    for (args, option) in [
+        (
+            vec!["eval", "--embeddings", s(&emb), "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (
+            vec![
+                "audit",
+                "--corpus",
+                s(&corpus),
+                "--embeddings",
+                s(&emb),
+                "--out",
+                s(&out),
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
+        (
+            vec![
+                "audit",
+                "--corpus",
+                s(&corpus),
+                "--embeddings",
+                s(&emb),
+                "--out",
+                s(&out),
+                "--k",
+                "0",
+            ],
+            "--k",
+        ),
+        (
+            vec![
+                "train",
+                "--corpus",
+                s(&corpus),
+                "--out",
+                s(&out),
+                "--negatives-per-anchor",
+                "0",
+            ],
+            "--negatives-per-anchor",
+        ),
+    ] {
+        let (code, _, stderr) = tripmine(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(option), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
 }

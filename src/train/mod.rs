@@ -481,9 +481,7 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .into_iter()
         .filter(|s| !excluded.contains(&s.path))
         .collect();
-    let mut label_names: Vec<String> = samples.iter().map(|s| s.label.clone()).collect();
-    label_names.sort();
-    label_names.dedup();
+    let (label_names, _) = crate::corpus::label_ids(samples.iter().map(|s| s.label.as_str()));
     let label_ids: BTreeMap<String, u32> = label_names
         .iter()
         .enumerate()

@@ -19,9 +19,9 @@ use crate::model::Embedder;
 use crate::rng::Rng;
 use crate::triplets::{self, TripletRow};
 
-/// How each step's triplets are found.
+/// How each step's triplets are found. Recorded in `config.json` by its `--mining` spelling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(into = "String", try_from = "String")]
 pub enum Mining {
     /// Chosen from the training split by [`Mining::choose`] (the default); a run's
     /// `config.json` holds the choice and its reason.
@@ -31,12 +31,9 @@ pub enum Mining {
     NeighbourBatches,
     /// Re-embed the training split and mine it whole every `remine_every` epochs.
     Global,
-    /// Per anchor in a P×K batch: hardest positive, hardest negative.
-    BatchHard,
-    /// Per positive pair in a P×K batch: the nearest semi-hard negative.
-    BatchSemihard,
-    /// Every margin-violating triplet of a P×K batch.
-    BatchAll,
+    /// Random P×K batches mined inside by the in-batch miner (batch-hard, batch-semihard,
+    /// batch-all).
+    InBatch(InBatchMiner),
     /// A triplet CSV exported by `tripmine mine`.
     Triplets(PathBuf),
 }
@@ -48,11 +45,22 @@ impl Mining {
             Mining::Auto => "auto".into(),
             Mining::NeighbourBatches => "neighbour-batches".into(),
             Mining::Global => "global".into(),
-            Mining::BatchHard => "batch-hard".into(),
-            Mining::BatchSemihard => "batch-semihard".into(),
-            Mining::BatchAll => "batch-all".into(),
+            Mining::InBatch(miner) => miner.name().into(),
             Mining::Triplets(path) => format!("triplets:{}", path.display()),
         }
+    }
+}
+
+impl From<Mining> for String {
+    fn from(mining: Mining) -> String {
+        mining.name()
+    }
+}
+
+impl TryFrom<String> for Mining {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
     }
 }
 
@@ -63,9 +71,9 @@ impl std::str::FromStr for Mining {
             "auto" => Ok(Mining::Auto),
             "neighbour-batches" | "neighbor-batches" => Ok(Mining::NeighbourBatches),
             "global" => Ok(Mining::Global),
-            "batch-hard" => Ok(Mining::BatchHard),
-            "batch-semihard" => Ok(Mining::BatchSemihard),
-            "batch-all" => Ok(Mining::BatchAll),
+            _ if InBatchMiner::named(s).is_some() => {
+                Ok(Mining::InBatch(InBatchMiner::named(s).expect("named")))
+            }
             _ => match s.strip_prefix("triplets:") {
                 Some(path) if !path.is_empty() => Ok(Mining::Triplets(PathBuf::from(path))),
                 _ => Err(format!(
@@ -119,7 +127,7 @@ impl Mining {
             )
         } else {
             (
-                Mining::BatchSemihard,
+                Mining::InBatch(InBatchMiner::Semihard),
                 format!("more than {FEW_PER_CLASS} per class (or no more classes than P): a P×K batch already meets its confusable samples"),
             )
         };
@@ -191,6 +199,17 @@ pub enum InBatchMiner {
 }
 
 impl InBatchMiner {
+    /// The miner a `--mining` spelling names (batch-hard, batch-semihard, batch-all).
+    pub fn named(name: &str) -> Option<InBatchMiner> {
+        [
+            InBatchMiner::Hard,
+            InBatchMiner::Semihard,
+            InBatchMiner::All,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             InBatchMiner::Hard => "batch-hard",
@@ -296,9 +315,7 @@ pub fn for_config<'a>(
             ))
         }
         Mining::Global => Box::new(GlobalTriplets::new(cfg, train)),
-        Mining::BatchHard => Box::new(InBatch::new(cfg, train, InBatchMiner::Hard)),
-        Mining::BatchSemihard => Box::new(InBatch::new(cfg, train, InBatchMiner::Semihard)),
-        Mining::BatchAll => Box::new(InBatch::new(cfg, train, InBatchMiner::All)),
+        Mining::InBatch(miner) => Box::new(InBatch::new(cfg, train, *miner)),
         Mining::NeighbourBatches => Box::new(NeighbourBatches::new(cfg, train)),
         Mining::Triplets(path) => Box::new(FixedTriplets::new(cfg, train, path)?),
     })
@@ -709,6 +726,24 @@ mod tests {
     /// `--mining auto`: index-guided batches with few samples per class, batch-semihard
     /// otherwise; the reason names the split's shape.
     #[test]
+    fn every_mining_round_trips_through_its_name_in_config_json() {
+        for mining in [
+            Mining::Auto,
+            Mining::NeighbourBatches,
+            Mining::Global,
+            Mining::InBatch(InBatchMiner::Hard),
+            Mining::InBatch(InBatchMiner::Semihard),
+            Mining::InBatch(InBatchMiner::All),
+            Mining::Triplets("t.csv".into()),
+        ] {
+            let json = serde_json::to_string(&mining).unwrap();
+            assert_eq!(json, format!("{:?}", mining.name()));
+            assert_eq!(serde_json::from_str::<Mining>(&json).unwrap(), mining);
+        }
+        assert!(serde_json::from_str::<Mining>("\"batch-easiest\"").is_err());
+    }
+
+    #[test]
     fn auto_mining_follows_the_split_shape_and_says_why() {
         let sop = Mining::choose(&labels(4000, 6), false, 16);
         assert_eq!(sop.chose, Mining::NeighbourBatches);
@@ -726,16 +761,16 @@ mod tests {
         );
         assert_eq!(
             Mining::choose(&labels(200, 17), false, 16).chose,
-            Mining::BatchSemihard
+            Mining::InBatch(InBatchMiner::Semihard)
         );
         assert_eq!(
             Mining::choose(&labels(10, 200), true, 16).chose,
-            Mining::BatchSemihard
+            Mining::InBatch(InBatchMiner::Semihard)
         );
         // No more classes than P: every batch already holds them all.
         assert_eq!(
             Mining::choose(&labels(8, 4), false, 8).chose,
-            Mining::BatchSemihard
+            Mining::InBatch(InBatchMiner::Semihard)
         );
     }
 }

@@ -572,3 +572,74 @@ pub fn parse_samples(bytes: &[u8]) -> Result<Vec<SampleRow>, String> {
     }
     Ok(samples)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearly_unit_rows_are_made_unit_and_unit_rows_kept_bit_for_bit() {
+        let unit: Vec<f32> = vec![0.6, 0.8, 0.0];
+        assert_eq!(row_fix(&unit, RowCheck::UnitLength), Ok(None));
+        let near: Vec<f32> = unit.iter().map(|v| v * 1.0008).collect();
+        let norm = row_fix(&near, RowCheck::UnitLength)
+            .unwrap()
+            .expect("a row of norm 1.0008 is renormalised");
+        let fixed: Vec<f32> = near.iter().map(|v| (*v as f64 / norm) as f32).collect();
+        let length: f64 = fixed
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((length - 1.0).abs() < 1e-6, "{length}");
+        let far: Vec<f32> = unit.iter().map(|v| v * 1.01).collect();
+        assert!(matches!(
+            row_fix(&far, RowCheck::UnitLength),
+            Err(RowProblem::NotUnit(n)) if (n - 1.01).abs() < 1e-6
+        ));
+        assert!(row_fix(&far, RowCheck::Normalise).unwrap().is_some());
+        assert_eq!(
+            row_fix(&[0.0, 0.0], RowCheck::Normalise),
+            Err(RowProblem::Zero)
+        );
+        assert_eq!(
+            row_fix(&[f32::NAN, 1.0], RowCheck::AsTheyAre),
+            Err(RowProblem::NotFinite)
+        );
+        assert_eq!(row_fix(&[3.0, 4.0], RowCheck::AsTheyAre), Ok(None));
+    }
+
+    #[test]
+    fn retain_keeps_the_chosen_rows_in_order_and_renumbers_them() {
+        let set = EmbeddingSet {
+            dim: 2,
+            data: vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0],
+            samples: ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(index, p)| SampleRow {
+                    index,
+                    path: p.to_string(),
+                    label: "x".into(),
+                    split: if *p == "b" { "test" } else { "train" }.into(),
+                })
+                .collect(),
+            meta: serde_json::from_value(serde_json::json!({
+                "tripmine_version": "0", "corpus": "c", "count": 3, "dim": 2,
+                "distance": "euclidean", "normalised": true, "skipped": 0,
+                "model": {}, "sha256": "", "samples_sha256": null, "corpus_root": null
+            }))
+            .unwrap(),
+            loaded: None,
+        };
+        let kept = set.retain(|s| s.split == "train");
+        assert_eq!(kept.data, vec![1.0, 0.0, -1.0, 0.0]);
+        let names: Vec<_> = kept
+            .samples
+            .iter()
+            .map(|s| (s.index, s.path.as_str()))
+            .collect();
+        assert_eq!(names, [(0, "a"), (1, "c")]);
+        assert_eq!(kept.meta.count, 2);
+    }
+}

@@ -80,6 +80,14 @@ def test_results_equal_the_cli_csv(tmp_path):
     api = list(zip(r.anchor.tolist(), r.positive.tolist(), r.negative.tolist(), r.kind.tolist()))
     assert sorted(cli) == sorted(api)
     assert np.allclose(sorted(float(row["d_an"]) for row in rows), np.sort(r.d_an), atol=1e-6)
+    # eval through the console script gives the API's numbers
+    done = subprocess.run([script, "eval", "--embeddings", str(tmp_path / "X.npy"), "--labels",
+                           str(tmp_path / "labels.csv"), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import json
+    cli_metrics = json.loads(done.stdout)
+    api_metrics = tripmine.evaluate(x, labels)
+    assert cli_metrics["map_at_r"] == pytest.approx(api_metrics["mean_average_precision_at_r"], abs=1e-12)
 
 
 def test_fortran_order_and_float64_give_the_same_triplets():

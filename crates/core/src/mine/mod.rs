@@ -81,14 +81,7 @@ pub struct Labelled {
 impl Labelled {
     /// Every sample of `set` whose path is not in `excluded`.
     pub fn from_set(set: &EmbeddingSet, excluded: &HashSet<String>) -> Self {
-        let mut names: Vec<String> = set.samples.iter().map(|s| s.label.clone()).collect();
-        names.sort();
-        names.dedup();
-        let id: BTreeMap<&str, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i as u32))
-            .collect();
+        let (names, ids) = crate::corpus::label_ids(set.samples.iter().map(|s| s.label.as_str()));
         let origin: Vec<usize> = (0..set.len())
             .filter(|&i| !excluded.contains(&set.samples[i].path))
             .collect();
@@ -98,10 +91,7 @@ impl Labelled {
                 .flat_map(|&i| set.row(i).iter().copied())
                 .collect(),
             dim: set.dim,
-            labels: origin
-                .iter()
-                .map(|&i| id[set.samples[i].label.as_str()])
-                .collect(),
+            labels: origin.iter().map(|&i| ids[i]).collect(),
             names,
             origin,
         }
