@@ -96,7 +96,8 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
 		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
-# The bare product that bounds exact search: tripmine's GEMM tiles (faer) against libtorch's.
+# The bare product that bounds exact search: tripmine's GEMM tiles (faer) beside the gemm and
+# matrixmultiply crates and libtorch's MKL.
 bench-gemm: $(LIBTORCH)
 	cargo run --release --example bench_gemm
 
@@ -113,6 +114,7 @@ bench-audit: $(LIBTORCH) $(BENCH_READY)
 # MINE_1M=1 adds the classes path on 1M samples (about 12 minutes on 2 cores).
 bench-mine: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
+	cargo run --release --example bench_gemm
 	cargo run --release --example bench_mine -- $(BENCH_MINE_ARGS)
 	$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-faiss
 	$(BENCH_PY) scripts/bench_mine_faiss.py --bin target/release/tripmine --out out/bench-mine-faiss-100 \

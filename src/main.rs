@@ -17,7 +17,8 @@ fn main() -> ExitCode {
 }
 
 /// Replaces this process with `tripmine-torch` (same pid, so signals and exit status pass
-/// through); returns only when that binary cannot be started.
+/// through); returns only when that binary cannot be started, with status 2 as the pip
+/// package's command gives (this build cannot do what was asked).
 fn run_network_part(argv: &[OsString]) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()
@@ -32,5 +33,5 @@ fn run_network_part(argv: &[OsString]) -> ExitCode {
          build it with `make build` (README)",
         exe.display()
     );
-    ExitCode::from(1)
+    ExitCode::from(2)
 }

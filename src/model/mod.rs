@@ -439,26 +439,19 @@ pub fn input_tensor(preprocess: &Preprocess, pixels: &[u8]) -> Tensor {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn inputs_are_normalised_nchw_views_of_channels_last_memory() {
-        use crate::corpus::Resize;
-        let mut rgb = image::RgbImage::new(2, 1);
-        rgb.put_pixel(0, 0, image::Rgb([255, 0, 51]));
-        rgb.put_pixel(1, 0, image::Rgb([0, 255, 102]));
-        let p = Preprocess {
-            input_size: 2,
-            channels: 3,
-            mean: vec![0.0, 0.5, 0.0],
-            std: vec![1.0, 0.5, 2.0],
-            resize: Resize::Stretch,
-        };
-        let bytes = p.pixels(&image::DynamicImage::ImageRgb8(rgb));
+    fn inputs_are_nchw_views_of_the_normalised_channels_last_values() {
+        let p = Preprocess::standard(4, 3);
+        let img =
+            image::RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8 * 60, y as u8 * 60, 7]));
+        let bytes = p.pixels(&image::DynamicImage::ImageRgb8(img));
+        let values = p.input_values(&bytes);
         let x = super::input_tensor(&p, &bytes);
-        assert_eq!(x.size(), [1, 3, 2, 2]);
-        assert_eq!(x.stride(), [12, 1, 6, 3], "channels-last strides");
-        let at = |c: i64, w: i64| x.double_value(&[0, c, 0, w]);
-        assert!((at(0, 0) - 1.0).abs() < 1e-6 && at(0, 1).abs() < 1e-6);
-        assert!((at(1, 0) + 1.0).abs() < 1e-6 && (at(1, 1) - 1.0).abs() < 1e-6);
-        assert!((at(2, 0) - 0.1).abs() < 1e-6 && (at(2, 1) - 0.2).abs() < 1e-6);
+        assert_eq!(x.size(), [1, 3, 4, 4]);
+        assert_eq!(x.stride(), [48, 1, 12, 3], "channels-last strides");
+        for (h, w, c) in [(0, 0, 0), (1, 2, 0), (3, 1, 1), (2, 3, 2)] {
+            let want = values[(h * 4 + w) * 3 + c] as f64;
+            assert_eq!(x.double_value(&[0, c as i64, h as i64, w as i64]), want);
+        }
     }
 
     use super::*;

@@ -540,8 +540,10 @@ fn memory_negatives(
     (!out.triplets.is_empty()).then_some(out)
 }
 
-/// Makes `plan` exactly `steps` batches: the smallest two merge while there are too many, the
-/// largest splits at a group boundary while there are too few (and can).
+/// Makes `plan` exactly `steps` batches (the epoch's announced step count, which the learning
+/// rate follows): the smallest two merge while there are too many, the largest splits at a
+/// group boundary while there are too few, and when none can split (under 4 samples) the
+/// largest is drawn again.
 fn fit_batches(plan: &mut Vec<Vec<usize>>, steps: usize) {
     while plan.len() > steps.max(1) {
         plan.sort_by_key(|b| std::cmp::Reverse(b.len()));
@@ -553,7 +555,9 @@ fn fit_batches(plan: &mut Vec<Vec<usize>>, steps: usize) {
             return;
         };
         if largest.len() < 4 {
-            return;
+            let again = largest.clone();
+            plan.push(again);
+            continue;
         }
         let half = largest.len() / 2;
         let second = plan[at].split_off(half);
@@ -825,5 +829,10 @@ mod tests {
             (0..27).collect::<Vec<_>>(),
             "no sample lost or repeated"
         );
+        // Batches too small to split are drawn again rather than leaving steps unrun.
+        let mut tiny = vec![batch(2, 0), batch(3, 2)];
+        fit_batches(&mut tiny, 4);
+        assert_eq!(tiny.len(), 4);
+        assert!(tiny.iter().all(|b| !b.is_empty()));
     }
 }

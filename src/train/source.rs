@@ -21,7 +21,7 @@ use crate::triplets::{self, TripletRow};
 
 /// How each step's triplets are found. Recorded in `config.json` by its `--mining` spelling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[serde(into = "String", try_from = "MiningRecord")]
 pub enum Mining {
     /// Chosen from the training split by [`Mining::choose`] (the default); a run's
     /// `config.json` holds the choice and its reason.
@@ -57,10 +57,22 @@ impl From<Mining> for String {
     }
 }
 
-impl TryFrom<String> for Mining {
+/// `--mining` as `config.json` holds it: its spelling, or (runs before the in-batch miners
+/// were one variant) `{"triplets": FILE}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MiningRecord {
+    Name(String),
+    Triplets { triplets: PathBuf },
+}
+
+impl TryFrom<MiningRecord> for Mining {
     type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        name.parse()
+    fn try_from(record: MiningRecord) -> Result<Self, String> {
+        match record {
+            MiningRecord::Name(name) => name.parse(),
+            MiningRecord::Triplets { triplets } => Ok(Mining::Triplets(triplets)),
+        }
     }
 }
 
@@ -741,6 +753,9 @@ mod tests {
             assert_eq!(serde_json::from_str::<Mining>(&json).unwrap(), mining);
         }
         assert!(serde_json::from_str::<Mining>("\"batch-easiest\"").is_err());
+        // A config.json written before the in-batch miners were one variant.
+        let old: Mining = serde_json::from_str(r#"{"triplets": "t.csv"}"#).unwrap();
+        assert_eq!(old, Mining::Triplets("t.csv".into()));
     }
 
     #[test]

@@ -349,8 +349,10 @@ fn knn_search<'py>(
         None if restriction == Restriction::Any => vec![0; n],
         None => return Err(value_error(format!("restrict={restrict:?} needs labels"))),
     };
-    if k == 0 {
-        return Err(value_error("k must be at least 1"));
+    if k == 0 || k > n {
+        return Err(value_error(format!(
+            "k must be in 1..{n} (the number of rows), not {k}"
+        )));
     }
     let unit = unit_rows("x", data, dim, normalise)?;
     let (d, i) = py.allow_threads(|| {
@@ -475,11 +477,14 @@ fn audit_findings(
 fn run(py: Python<'_>, argv: Vec<OsString>) -> i32 {
     // Python's own SIGINT handler would only run between bytecodes, which a long Rust call
     // never reaches: Ctrl-C must stop the command as it stops the binary.
-    // SAFETY: restoring the default disposition of one signal.
+    // SAFETY: setting, then restoring, the disposition of one signal.
+    let python_handler = unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let dispatched = py.allow_threads(|| dispatch(argv));
+    // SAFETY: as above: Python's handler back for whatever the process does next.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, python_handler);
     }
-    match py.allow_threads(|| dispatch(argv)) {
+    match dispatched {
         Dispatch::Ran(status) => i32::from(status),
         Dispatch::NeedsNetwork => {
             eprintln!(

@@ -115,12 +115,27 @@ def test_fortran_order_and_float64_give_the_same_triplets():
         (lambda x, l: tripmine.mine(np.array([["a", "b"]]), [0]), "numbers"),
         (lambda x, l: tripmine.knn(x, 3, restrict="other-label"), "needs labels"),
         (lambda x, l: tripmine.evaluate(x, l.reshape(-1, 1)), "1-D"),
+        (lambda x, l: tripmine.knn(x, 10_000), "k must be"),
+        (lambda x, l: tripmine.mine(x, l, exclude=[0.5]), "integers"),
+        (lambda x, l: tripmine.mine(x, l, anchors=np.ones(3, bool)), "one entry per row"),
+        (lambda x, l: tripmine.mine(x, l, distance="manhattan"), "distance"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_problem(call, message):
     x, labels = clustered()
     with pytest.raises(ValueError, match=message):
         call(x, labels)
+
+
+def test_a_boolean_mask_and_row_indices_exclude_the_same_rows():
+    x, labels = clustered(seed=29)
+    mask = np.zeros(len(x), bool)
+    mask[::5] = True
+    by_mask = tripmine.mine(x, labels, exclude=mask, negatives_per_anchor=2)
+    by_rows = tripmine.mine(x, labels, exclude=np.flatnonzero(mask), negatives_per_anchor=2)
+    assert triplet_set(by_mask) == triplet_set(by_rows)
+    used = np.concatenate([by_mask.anchor, by_mask.positive, by_mask.negative])
+    assert not mask[used].any()
 
 
 def test_knn_equals_brute_force_for_each_restriction():
@@ -169,10 +184,12 @@ def test_audit_finds_a_planted_duplicate_and_a_mislabel():
     victim = int(np.flatnonzero((labels != labels[5]) & (np.arange(len(x)) > 1))[0])
     labels[victim] = labels[5]                    # a mislabel
     paths = [f"img/{i}.png" for i in range(len(x))]
-    found = tripmine.audit(x, labels, paths=paths)
+    found = tripmine.audit(x, np.array([f"class {v}" for v in labels], dtype=object), paths=paths)
     dup_paths = {r["path"] for r in found["duplicates"]}
     assert {"img/0.png", "img/1.png"} <= dup_paths and not found["conflicts"]
     assert victim in {r["index"] for r in found["likely_mislabels"]}
+    issue = next(r for r in found["likely_mislabels"] if r["index"] == victim)
+    assert issue["label"] == f"class {labels[victim]}" and issue["suggested_label"].startswith("class ")
     assert found["model_quality"]["trusted"]
     assert any(r["index"] == victim for r in found["exclude"])
 
@@ -212,9 +229,14 @@ def test_global_miner_mines_a_batch_against_the_corpus():
     from tripmine.pml import GlobalMiner
 
     x, labels = clustered(seed=23)
+    before = x.copy()
     miner = GlobalMiner(x, labels, margin=0.2, type_of_triplets="semihard")
     batch = np.arange(0, len(x), 7)
     a, p, n = miner(torch.from_numpy(x[batch]), torch.from_numpy(labels[batch]), indices=torch.from_numpy(batch))
     assert a.dtype == torch.long and len(a) > 0
     assert set(a.tolist()) <= set(batch.tolist())
     assert not set(n.tolist()) <= set(batch.tolist()), "negatives come from the whole corpus"
+    # the miner keeps its own copy of the corpus and never writes into the caller's arrays
+    batch_rows = torch.from_numpy(x[batch] * 3)
+    miner(batch_rows, torch.from_numpy(labels[batch]), indices=torch.from_numpy(batch))
+    assert np.array_equal(x, before) and torch.equal(batch_rows, torch.from_numpy(before[batch] * 3))

@@ -89,6 +89,13 @@ pub enum Dispatch {
 
 /// Parses `argv` (program name first) and runs what needs no network.
 pub fn dispatch(argv: impl IntoIterator<Item = OsString>) -> Dispatch {
+    let argv: Vec<OsString> = argv.into_iter().collect();
+    // `help embed` and `help train` are answered by the part that knows their options.
+    if argv.get(1).is_some_and(|a| a == "help")
+        && argv.get(2).is_some_and(|a| a == "embed" || a == "train")
+    {
+        return Dispatch::NeedsNetwork;
+    }
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
@@ -263,8 +270,18 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    /// Sizes the worker pool (the network part also sizes libtorch's); returns the count.
+    /// Checks `--device` and sizes the worker pool (the network part also sizes libtorch's);
+    /// returns the thread count.
     pub fn apply(&self) -> Result<usize, UsageError> {
+        let device = self.device.as_str();
+        let cuda_index = device
+            .strip_prefix("cuda:")
+            .is_some_and(|i| i.parse::<usize>().is_ok());
+        if !matches!(device, "auto" | "cpu" | "cuda") && !cuda_index {
+            return Err(UsageError(format!(
+                "--device {device:?}: expected auto, cpu, cuda or cuda:N"
+            )));
+        }
         worker_threads(self.threads)
     }
 }

@@ -1,8 +1,8 @@
 //! Dot-product tiles (`queries · corpusᵀ`) on a pure-Rust GEMM. faer chooses its kernel when
 //! the program runs (AVX-512, AVX2+FMA or portable code), so one build serves every x86-64
 //! CPU. MKL, inside libtorch, takes its AVX2 path on AMD processors; faer uses AVX-512 where
-//! the CPU has it (about 2× MKL's sgemm on an AVX-512 EPYC) and is still ahead on AVX2 alone
-//! (`make bench-gemm`, README "Global mining").
+//! the CPU has it (about 2× MKL's sgemm on an AVX-512 EPYC) and is level with MKL, gemm and
+//! matrixmultiply on AVX2 alone (`make bench-gemm`, README "Global mining").
 //!
 //! `TRIPMINE_GEMM=portable` replaces faer by plain loops compiled for the build's baseline
 //! (SSE2): slower, but the way to see what another CPU's rounding does to a result.
@@ -58,13 +58,13 @@ fn instruction_set() -> &'static str {
 /// `n = corpus.len() / dim` corpus rows, all row-major. Runs on the calling thread: callers
 /// parallelise over tiles, so that each tile is scanned while it is still in cache.
 pub fn dot_tile(queries: &[f32], corpus: &[f32], dim: usize, out: &mut [f32]) {
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
     let (m, n) = (queries.len() / dim, corpus.len() / dim);
     assert_eq!(out.len(), m * n, "score tile of {m} × {n}");
     if m == 0 || n == 0 {
-        return;
-    }
-    if dim == 0 {
-        out.fill(0.0);
         return;
     }
     match Kernel::current() {

@@ -34,7 +34,20 @@ def _rows(name, x):
         raise ValueError(f"{name} must hold numbers, not dtype {a.dtype}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # C order, float32, aligned: what the extension reads in place (a copy only when needed).
+    return np.require(a, dtype=np.float32, requirements=["C", "A"])
+
+
+def _indices(name, rows, n):
+    """Row indices from integers or a boolean mask of n rows."""
+    a = np.asarray(rows)
+    if a.dtype == bool:
+        if a.shape != (n,):
+            raise ValueError(f"{name} as a boolean mask must have one entry per row ({n}), not shape {a.shape}")
+        return np.flatnonzero(a).astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be row indices (integers) or a boolean mask, not dtype {a.dtype}")
+    return np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
 
 
 def _codes(labels, n):
@@ -45,7 +58,7 @@ def _codes(labels, n):
     if len(a) != n:
         raise ValueError(f"labels has {len(a)} entries but embeddings has {n} rows; label i must belong to row i")
     names, codes = np.unique(a, return_inverse=True)
-    return names, np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
+    return names.tolist(), np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
 
 
 class MiningResult:
@@ -120,9 +133,9 @@ def mine(
     x = _rows("embeddings", embeddings)
     _, codes = _codes(labels, x.shape[0])
     if exclude is not None:
-        exclude = np.ascontiguousarray(np.asarray(exclude).reshape(-1), dtype=np.int64)
+        exclude = _indices("exclude", exclude, x.shape[0])
     if anchors is not None:
-        anchors = np.ascontiguousarray(np.asarray(anchors).reshape(-1), dtype=np.int64)
+        anchors = _indices("anchors", anchors, x.shape[0])
     if negatives_per_anchor is not None:
         negatives_per_anchor = int(negatives_per_anchor)
         if negatives_per_anchor < 1:
@@ -156,8 +169,8 @@ def knn(x, k, *, labels=None, restrict="any", distance="euclidean", normalise=Fa
     """
     a = _rows("x", x)
     k = int(k)
-    if k < 1:
-        raise ValueError("k must be at least 1")
+    if not 1 <= k <= a.shape[0]:
+        raise ValueError(f"k must be in 1..{a.shape[0]} (the number of rows), not {k}")
     codes = None if labels is None else _codes(labels, a.shape[0])[1]
     d, i = _tripmine.knn_search(a, k, codes, restrict=str(restrict), distance=str(distance), normalise=bool(normalise))
     return d.reshape(a.shape[0], k), i.reshape(a.shape[0], k)
@@ -218,13 +231,13 @@ def audit(
     def named(record):
         i = record["index"]
         out = dict(record)
-        out["label"] = names[codes[i]].item()
+        out["label"] = names[codes[i]]
         if paths is not None:
             out["path"] = paths[i]
         if splits[i]:
             out["split"] = splits[i]
         if "suggested" in out:
-            out["suggested_label"] = names[out.pop("suggested")].item()
+            out["suggested_label"] = names[out.pop("suggested")]
         return out
 
     duplicates = [named(r) for r in found["duplicates"]]

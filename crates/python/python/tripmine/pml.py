@@ -22,7 +22,8 @@ class GlobalMiner(BaseMiner):
     def __init__(self, corpus_embeddings, corpus_labels, *, margin=0.2, type_of_triplets="semihard",
                  negatives_per_anchor=1, positives="hardest", **kwargs):
         super().__init__(**kwargs)
-        self.corpus = np.ascontiguousarray(np.asarray(corpus_embeddings, dtype=np.float32))
+        # A copy of its own: the miner updates rows in place and must never write into yours.
+        self.corpus = np.array(corpus_embeddings, dtype=np.float32, order="C", copy=True)
         self.corpus /= np.linalg.norm(self.corpus, axis=1, keepdims=True).clip(1e-12)
         self.labels = np.asarray(corpus_labels)
         self.margin = margin
@@ -32,7 +33,8 @@ class GlobalMiner(BaseMiner):
 
     def update(self, embeddings, indices):
         """Stores fresh embeddings of corpus rows ``indices`` (e.g. a batch's, after a step)."""
-        rows = embeddings.detach().float().cpu().numpy()
+        # .numpy() shares the batch's memory: normalise a copy, never the training tensor.
+        rows = embeddings.detach().float().cpu().numpy().copy()
         rows /= np.linalg.norm(rows, axis=1, keepdims=True).clip(1e-12)
         self.corpus[np.asarray(indices.cpu() if torch.is_tensor(indices) else indices)] = rows
 
