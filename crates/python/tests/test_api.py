@@ -138,6 +138,16 @@ def test_a_boolean_mask_and_row_indices_exclude_the_same_rows():
     assert not mask[used].any()
 
 
+def test_anchors_mine_those_rows_against_the_whole_corpus():
+    x, labels = clustered(seed=31)
+    every = tripmine.mine(x, labels, negatives_per_anchor=3)
+    chosen = np.arange(0, len(x), 4)
+    some = tripmine.mine(x, labels, negatives_per_anchor=3, anchors=chosen)
+    assert set(some.anchor.tolist()) <= set(chosen.tolist())
+    want = {t for t in triplet_set(every) if t[0] in set(chosen.tolist())}
+    assert triplet_set(some) == want and len(want) > 0
+
+
 def test_knn_equals_brute_force_for_each_restriction():
     x, labels = clustered(seed=11)
     d = distances64(x)
