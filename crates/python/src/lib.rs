@@ -229,14 +229,14 @@ fn mine<'py>(
     };
     let (triplets, stats) = py.allow_threads(|| {
         let origin: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
-        let (kept, kept_labels): (Cow<[f32]>, Vec<u32>) = if origin.len() == n {
-            (Cow::Borrowed(&unit[..]), codes.clone())
+        let (kept, kept_labels): (Cow<[f32]>, Cow<[u32]>) = if origin.len() == n {
+            (Cow::Borrowed(&unit[..]), Cow::Borrowed(&codes[..]))
         } else {
             (
                 Cow::Owned(
                     origin
                         .iter()
-                        .flat_map(|&i| unit[i * dim..(i + 1) * dim].to_vec())
+                        .flat_map(|&i| unit[i * dim..(i + 1) * dim].iter().copied())
                         .collect(),
                 ),
                 origin.iter().map(|&i| codes[i]).collect(),
