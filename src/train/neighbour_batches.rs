@@ -31,6 +31,11 @@ use crate::rng::Rng;
 
 /// Other-label neighbours kept per sample: enough for the rank window and class affinities.
 const GRAPH_DEPTH: usize = 16;
+/// Below this many training samples the graph's lists are exact (about 10 s a refresh at
+/// 100,000 rows of 64 here); from it they come the way the index answers bands, which the
+/// classes path does through each sample's candidate classes: a million rows in 200,000
+/// classes took over 18 minutes to search exactly.
+const EXACT_GRAPH_BELOW: usize = 100_000;
 /// Below this many classes per batch slot (classes < 4·P), batches are composed per image.
 const IMAGE_LEVEL_BELOW: usize = 4;
 /// Class pairs listed in a round's `batches.json`.
@@ -391,7 +396,11 @@ impl<'a> NeighbourBatches<'a> {
                 .map(|l| l.into_iter().map(|n| n.index).collect())
                 .collect()
         };
-        let other = as_indices(index.search(&all, depth, Restriction::OtherLabels));
+        let other = as_indices(if points.len() < EXACT_GRAPH_BELOW {
+            index.search(&all, depth, Restriction::OtherLabels)
+        } else {
+            index.nearest_other_labels(&all, depth)
+        });
         let class_neighbours = class_neighbours(&self.train.labels, &other, self.classes);
         let memory = if memory_on {
             let seed = cfg.seed ^ ((self.span.epoch as u64) << 8) ^ ((self.step as u64) << 32);
