@@ -16,10 +16,11 @@ use super::gemm;
 use crate::rng::Rng;
 
 /// Class count from which the classes path searches through cells. Below it every mean is
-/// scored, which `make bench-mine` measured at 5,000 classes (99.3% of in-band negatives in
-/// the 500 nearest classes); at 20,000 classes with 500 candidates the cells score a fifth
-/// as many means, at 200,000 a fortieth.
-pub const CELLS_FROM_CLASSES: usize = 20_000;
+/// scored, as `make bench-mine` measured: 5,000 classes at 100,000 rows (99.3% of in-band
+/// negatives in the 500 nearest classes) and 50,161 classes at a million rows (716 s, 92.4%
+/// of the float64 nearest negatives). At 200,001 classes and a million rows the scoring alone
+/// kept a training refresh busy for over 18 minutes; through cells it takes under a minute.
+pub const CELLS_FROM_CLASSES: usize = 100_000;
 
 /// An anchor opens cells until they hold this many times the classes it may pick.
 const OPEN_FACTOR: usize = 8;
