@@ -167,9 +167,9 @@ impl Cells {
                 &mut scores[at..],
             );
         }
-        order[opened..]
-            .iter()
-            .any(|&g| cell_scores[g] + self.reach[g] + BOUND_SLACK >= threshold)
+        order[opened..].iter().any(|&g| {
+            !self.runs[g].is_empty() && cell_scores[g] + self.reach[g] + BOUND_SLACK >= threshold
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! band lie almost all in the classes whose centroids are nearest to it: on 100,000 clustered
 //! points in 5,000 classes, its 500 nearest class centroids held 99.3% of its true in-band
 //! negatives. So each anchor is scored against every centroid (a pure-Rust GEMM per block of
-//! anchors) and picks its `candidates` nearest classes; then each class, whose members are one
-//! run of a class-ordered copy of the points, is scored against the anchors that picked it, and
-//! the scores pass through the exact backend's fused row scan. Classes that the triangle
-//! inequality rules out are never picked, so a band is exact (and says so) whenever the cap
-//! cut no class it could reach.
+//! anchors; from `CELLS_FROM_CLASSES` classes only against those of the cells it opens, see
+//! `cells.rs`) and picks its `candidates` nearest classes; then each class, whose members are
+//! one run of a class-ordered copy of the points, is scored against the anchors that picked
+//! it, and the scores pass through the exact backend's fused row scan. Classes that the
+//! triangle inequality rules out are never picked, so a band is exact (and says so) whenever
+//! the cap cut no class it could reach and no unopened cell could hold one.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +49,7 @@ pub struct ClassIndex<'a> {
     /// Class of each sample, as an index into `runs`.
     class_of: Vec<usize>,
     /// Unnormalised class means, classes × dim, row-major.
+    /// Empty when `cells` holds them.
     centroids: Vec<f32>,
     /// Largest distance of a member from its class mean.
     radius: Vec<f32>,
@@ -63,7 +65,7 @@ impl<'a> ClassIndex<'a> {
     }
 
     /// The same, with centroids grouped into cells from `cells_from` classes on.
-    pub fn with_cells_from(points: Points<'a>, candidates: usize, cells_from: usize) -> Self {
+    fn with_cells_from(points: Points<'a>, candidates: usize, cells_from: usize) -> Self {
         let exact = ExactIndex::new(points);
         let mut labels: Vec<u32> = points.labels.to_vec();
         labels.sort_unstable();
@@ -114,8 +116,8 @@ impl<'a> ClassIndex<'a> {
         for (row, &i) in order.iter().enumerate() {
             position[i] = row;
         }
-        let cells = (labels.len() >= cells_from).then(|| Cells::new(&means, &radius, dim));
-        let centroids = means;
+        let cells = (labels.len() >= cells_from.max(1)).then(|| Cells::new(&means, &radius, dim));
+        let centroids = if cells.is_some() { Vec::new() } else { means };
         // More candidates than classes means every class; the cap keeps the ranking's
         // buffers (a few times the count) from overflowing on a huge --candidate-classes.
         let candidates = candidates.clamp(1, labels.len().max(1));
@@ -138,12 +140,11 @@ impl<'a> ClassIndex<'a> {
     /// class its bands could reach. Each row's query is scored against every centroid, or
     /// against those of the cells it opens; the triangle inequality (a·x ≤ a·μ + r for a
     /// member x of a class with mean μ and radius r) rules classes out, and the nearest
-    /// `candidates` centroids of the rest are searched.
+    /// `limit` centroids of the rest are searched.
     fn pick_classes(&self, rows: &[Row], limit: usize) -> (Vec<Vec<u32>>, Vec<bool>) {
         let classes = self.runs.len();
         let dim = self.dim;
-        let scored = self.cells.as_ref().map_or(classes, Cells::count);
-        let block = (CENTROID_SCORES_PER_TILE / scored.max(1)).clamp(1, 256);
+        let (scored, block) = self.anchor_block();
         let (class_of, radius) = (&self.class_of[..], &self.radius[..]);
         let picks: Vec<(Vec<u32>, bool)> = rows
             .par_chunks(block)
@@ -207,12 +208,24 @@ impl<'a> ClassIndex<'a> {
         (picked_by, searched_all)
     }
 
+    /// How many centroids (or cell centres) each anchor is scored against, and how many
+    /// anchors are scored in one tile.
+    fn anchor_block(&self) -> (usize, usize) {
+        let scored = self.cells.as_ref().map_or(self.runs.len(), Cells::count);
+        (
+            scored,
+            (CENTROID_SCORES_PER_TILE / scored.max(1)).clamp(1, 256),
+        )
+    }
+
     /// Band members in each anchor's `candidates` nearest classes, a group of anchors at a
-    /// time.
+    /// time. A group is whole tiles, so tiles (and their rounding) are those of one pass.
     fn band_search_in(&self, bands: &[Band], candidates: usize) -> Vec<BandHits> {
         let mut band_rows = BandRows::new(bands);
         let mut searched_all = Vec::with_capacity(band_rows.rows.len());
-        for rows in band_rows.rows.chunks_mut(ANCHORS_PER_PASS) {
+        let block = self.anchor_block().1;
+        let pass = (ANCHORS_PER_PASS / block).max(1) * block;
+        for rows in band_rows.rows.chunks_mut(pass) {
             searched_all.extend(self.search_picked_classes(rows, candidates));
         }
         band_rows.answers(bands, |r| searched_all[r])
@@ -348,6 +361,7 @@ impl NeighbourIndex for ClassIndex<'_> {
             "kernel": gemm::Kernel::current().name(),
             "classes": self.runs.len(),
             "candidate_classes": self.candidates,
+            "cells": self.cells.as_ref().map(Cells::count),
         })
     }
 }

@@ -69,9 +69,9 @@ pub trait NeighbourIndex {
         format!("the {max_depth} nearest other-label neighbours")
     }
 
-    /// The `k` nearest other-label samples of each query, found the way bands are: exact,
-    /// except on the classes path, which looks only in a few nearest classes of each query
-    /// (its `search` stays exact). What training's neighbour graph asks for: a million rows in
+    /// The `k` nearest other-label samples of each query (or fewer), found the way bands
+    /// are: as `search` finds them, except on the classes path, which looks only in a few
+    /// nearest classes of each query (its `search` stays exact). What training's neighbour graph asks for: a million rows in
     /// 200,000 classes took minutes to search exactly.
     fn nearest_other_labels(&self, queries: &[usize], k: usize) -> Vec<Vec<Neighbour>> {
         self.band_search(&open_bands(queries, k), k, k)
