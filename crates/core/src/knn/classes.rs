@@ -146,6 +146,10 @@ impl<'a> ClassIndex<'a> {
         let dim = self.dim;
         let (scored, block) = self.anchor_block();
         let (class_of, radius) = (&self.class_of[..], &self.radius[..]);
+        let targets = self
+            .cells
+            .as_ref()
+            .map_or(&self.centroids[..], Cells::centres);
         let picks: Vec<(Vec<u32>, bool)> = rows
             .par_chunks(block)
             .flat_map_iter(|block_rows| {
@@ -154,10 +158,6 @@ impl<'a> ClassIndex<'a> {
                     .flat_map(|row| self.exact.points.row(row.query).iter().copied())
                     .collect();
                 let mut scores = vec![0f32; block_rows.len() * scored];
-                let targets = self
-                    .cells
-                    .as_ref()
-                    .map_or(&self.centroids[..], Cells::centres);
                 gemm::dot_tile(&queries, targets, dim, &mut scores);
                 let (mut opened, mut opened_scores) = (Vec::new(), Vec::new());
                 block_rows
