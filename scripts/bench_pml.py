@@ -4,7 +4,7 @@
 Usage: scripts/bench_pml.py --manifest manifest.csv [--miner batch-hard|batch-semihard]
            [--epochs 5] [--input-size 32] [--channels 3] [--dim 64] [--seed 0]
            [--classes-per-batch 16] [--samples-per-class 4] [--lr 1e-3] [--threads 2]
-           [--eval-untrained]
+           [--eval-untrained] [--init RUN/last]
        scripts/bench_pml.py --manifest manifest.csv --check-checkpoint RUN/last [--split test]
 
 Runs in the bench venv (`make bench-venv`: pytorch-metric-learning and Pillow over .venv's
@@ -211,28 +211,34 @@ def learning_rate(base, step, total, steps_per_epoch):
     return 0.5 * base * (1.0 + math.cos(math.pi * progress))
 
 
-def check_checkpoint(args):
-    """Loads a tripmine checkpoint into this network and prints its metrics on --split: equal to
-    `tripmine eval --json` (up to float rounding) when the network and inputs are the same."""
+def load_checkpoint(folder):
+    """The network of tripmine's checkpoint `folder` with its weights, and its preprocessing."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(args.check_checkpoint, "model.json")) as f:
+    with open(os.path.join(folder, "model.json")) as f:
         spec = json.load(f)
     arch, pre = spec["architecture"], spec["preprocess"]
     if arch.get("kind") != "resnet":
-        sys.exit(f"{args.check_checkpoint}: architecture {arch.get('kind')!r}, not the built-in resnet")
+        sys.exit(f"{folder}: architecture {arch.get('kind')!r}, not the built-in resnet")
     model = Net(pre["channels"], pre["input_size"], spec["dim"], arch["widths"])
-    weights = load_file(os.path.join(args.check_checkpoint, "model.safetensors"))
+    weights = load_file(os.path.join(folder, "model.safetensors"))
     ours = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(ours) - set(weights))
     extra = sorted(set(weights) - set(ours))
     shapes = [k for k in ours if k in weights and tuple(weights[k].shape) != tuple(ours[k].shape)]
     if missing or extra or shapes:
-        sys.exit(f"checkpoint does not fit: missing {missing}, unexpected {extra}, other shapes {shapes}")
+        sys.exit(f"{folder}: checkpoint does not fit: missing {missing}, unexpected {extra}, other shapes {shapes}")
     model.load_state_dict({k: weights[k].float() for k in ours}, strict=False)
+    return model, pre
+
+
+def check_checkpoint(args):
+    """Loads a tripmine checkpoint into this network and prints its metrics on --split: equal to
+    `tripmine eval --json` (up to float rounding) when the network and inputs are the same."""
+    model, pre = load_checkpoint(args.check_checkpoint)
     x, y = load_split(args.manifest, args.split, pre["input_size"], pre["channels"], (pre["mean"], pre["std"]))
     metrics = retrieval_metrics(embed(model, x), y)
-    print(json.dumps({**metrics, "checkpoint": args.check_checkpoint, "tensors": len(ours)}))
+    print(json.dumps({**metrics, "checkpoint": args.check_checkpoint, "tensors": sum(1 for k in model.state_dict() if not k.endswith("num_batches_tracked"))}))
 
 
 def main():
@@ -259,6 +265,9 @@ def main():
                     help="no training: load tripmine's checkpoint DIR into this network and print its "
                          "metrics on --split, to compare with `tripmine eval --json`")
     ap.add_argument("--split", default="test", help="with --check-checkpoint")
+    ap.add_argument("--init", metavar="DIR",
+                    help="start from tripmine's checkpoint DIR (as `tripmine train --model DIR`): its "
+                         "network and weights; --input-size, --channels and --dim must match it")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -270,7 +279,12 @@ def main():
     random.seed(args.seed)
 
     train_x, train_y = load_split(args.manifest, "train", args.input_size, args.channels)
-    model = Net(args.channels, args.input_size, args.dim)
+    if args.init:
+        model, pre = load_checkpoint(args.init)
+        if (pre["input_size"], pre["channels"]) != (args.input_size, args.channels) or model.head.out_features != args.dim:
+            sys.exit(f"{args.init}: the checkpoint's input or dim differs from --input-size/--channels/--dim")
+    else:
+        model = Net(args.channels, args.input_size, args.dim)
     untrained = None
     if args.eval_untrained:
         t0 = time.time()

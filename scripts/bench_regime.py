@@ -2,7 +2,7 @@
 """`make bench-regime`: which mining regime wins where whole-corpus mining should pay?
 
 Usage: scripts/bench_regime.py [--bin target/release/tripmine] [--out out/bench-regime] [--quick]
-           [--settings scratch,effnet,indomain] [--contenders a,b,...] [--seeds 0,1,2]
+           [--settings scratch,effnet,indomain,finetune] [--contenders a,b,...] [--seeds 0,1,2]
            [--pml-python .venv-bench/bin/python] [--data out/corpora] [--threads 2]
 
 The corpus is shaped like Stanford Online Products (scripts/make_sop.py, seed 0): full, 5,000+
@@ -19,6 +19,9 @@ test classes never used for training or model selection, last checkpoint, seeds 
   indomain  the same head over the 64-d embeddings of a ResNet that tripmine trained on other
             classes of the same kind (make_sop.py seed 1, batch-semihard, 4 epochs): pretrained
             in-domain, as many users' models are
+  finetune  that pretrained ResNet fine-tuned whole on the images (`train --model`; pml loads the
+            same checkpoint), Adam 1e-4, 3 epochs (about 1,400 steps; quick: 2): the slow drift
+            under which XBM's memory stays valid
 
 Contenders (tripmine train unless named pml):
   auto                    no --mining option: the default, whatever it picks (config.json says)
@@ -56,8 +59,10 @@ XBM_ROWS = 1024
 
 SIZES = {"full": ("sop-5000", ["--train-classes", "5000", "--val-classes", "400", "--test-classes", "1000"]),
          "quick": ("sop-600", ["--train-classes", "600", "--val-classes", "100", "--test-classes", "200"])}
-EPOCHS = {"scratch": {"full": 7, "quick": 3}, "effnet": {"full": 20, "quick": 10}, "indomain": {"full": 20, "quick": 10}}
-LR = {"scratch": 1e-3, "effnet": 0.01, "indomain": 0.01}
+EPOCHS = {"scratch": {"full": 7, "quick": 3}, "effnet": {"full": 20, "quick": 10}, "indomain": {"full": 20, "quick": 10},
+          "finetune": {"full": 3, "quick": 2}}
+LR = {"scratch": 1e-3, "effnet": 0.01, "indomain": 0.01, "finetune": 1e-4}
+IMAGE_SETTINGS = {"scratch", "finetune"}
 
 CONTENDERS = {
     "auto": [],
@@ -80,6 +85,23 @@ def ensure(cmd, marker, what):
         subprocess.run(cmd, check=True)
 
 
+def pretrain_indomain(args, folder, sizes, log):
+    """The in-domain pretrained ResNet: trained by tripmine on other classes of the same kind."""
+    other = os.path.join(args.data, folder + "-other")
+    ensure([sys.executable, os.path.join(HERE, "make_sop.py"), other, "--seed", "1"] + sizes,
+           os.path.join(other, "manifest.csv"), "the in-domain pretraining corpus")
+    trunk_run = os.path.join(args.out, "features", folder + "-indomain-run")
+    state = os.path.join(trunk_run, "last", "state.json")
+    epochs = 4
+    if not (os.path.exists(state) and json.load(open(state))["epoch"] >= epochs):
+        subprocess.run(["rm", "-rf", trunk_run], check=True)
+        run_cmd([args.bin, "train", "--corpus", os.path.join(other, "manifest.csv"), "--out", trunk_run,
+                 "--mining", "batch-semihard", "--epochs", str(epochs), "--input-size", "32", "--dim", str(DIM),
+                 "--classes-per-batch", str(P), "--samples-per-class", str(K), "--no-augment",
+                 "--threads", str(args.threads), "--device", "cpu"], log)
+    return trunk_run
+
+
 def prepare(args, variant, log):
     folder, sizes = SIZES[variant]
     corpus = os.path.join(args.data, folder)
@@ -94,18 +116,12 @@ def prepare(args, variant, log):
                 os.path.join(corpus, "manifest.csv"), "--trunk", TRUNK, "--out", out, "--input-size", "64",
                 "--threads", str(args.threads)], os.path.join(out, "embeddings.npy"), "EfficientNet-Lite0 features")
         features["effnet"] = out
+    if "indomain" in args.settings or "finetune" in args.settings:
+        trunk_run = pretrain_indomain(args, folder, sizes, log)
+        features["finetune"] = os.path.join(trunk_run, "last")
     if "indomain" in args.settings:
-        other = os.path.join(args.data, folder + "-other")
-        ensure([sys.executable, os.path.join(HERE, "make_sop.py"), other, "--seed", "1"] + sizes,
-               os.path.join(other, "manifest.csv"), "the in-domain pretraining corpus")
-        trunk_run = os.path.join(args.out, "features", folder + "-indomain-run")
         out = os.path.join(args.out, "features", folder + "-indomain")
         if not os.path.exists(os.path.join(out, "embeddings.npy")):
-            subprocess.run(["rm", "-rf", trunk_run], check=True)
-            run_cmd([args.bin, "train", "--corpus", os.path.join(other, "manifest.csv"), "--out", trunk_run,
-                     "--mining", "batch-semihard", "--epochs", "4", "--input-size", "32", "--dim", str(DIM),
-                     "--classes-per-batch", str(P), "--samples-per-class", str(K), "--no-augment",
-                     "--threads", str(args.threads), "--device", "cpu"], log)
             run_cmd([args.bin, "embed", "--corpus", os.path.join(corpus, "manifest.csv"), "--model",
                      os.path.join(trunk_run, "last"), "--out", out, "--threads", str(args.threads),
                      "--device", "cpu"], log)
@@ -121,13 +137,15 @@ def tripmine_run(args, setting, flags, manifest, features, seed, epochs, run_dir
               "--lr", str(LR[setting]), "--device", "cpu"]
     if setting == "scratch":
         source = ["--corpus", manifest, "--input-size", "32", "--channels", "3", "--no-augment"]
+    elif setting == "finetune":
+        source = ["--corpus", manifest, "--model", features, "--no-augment"]
     else:
         source = ["--embeddings", features, "--head", "linear"]
     t0 = time.time()
     _, peak = run_cmd([args.bin, "train", "--out", run_dir] + source + flags + common, log)
     train_s = time.time() - t0
     model = os.path.join(run_dir, "last")
-    if setting == "scratch":
+    if setting in IMAGE_SETTINGS:
         evaluate = [args.bin, "eval", "--corpus", manifest, "--model", model]
     else:
         emb = os.path.join(run_dir, "test-embeddings")
@@ -151,9 +169,11 @@ def pml_run(args, setting, miner, manifest, features, seed, epochs, train_rows, 
     common = ["--miner", miner, "--epochs", str(epochs), "--dim", str(DIM), "--seed", str(seed),
               "--classes-per-batch", str(P), "--samples-per-class", str(K), "--lr", str(LR[setting]),
               "--threads", str(args.threads), "--xbm-warmup", str(steps_per_epoch), "--xbm-memory", str(XBM_ROWS)]
-    if setting == "scratch":
+    if setting in IMAGE_SETTINGS:
         cmd = [args.pml_python, os.path.join(HERE, "bench_pml.py"), "--manifest", manifest, "--input-size", "32",
                "--channels", "3"] + common
+        if setting == "finetune":
+            cmd += ["--init", features]
     else:
         cmd = [args.pml_python, os.path.join(HERE, "bench_pml_head.py"), "--features", features] + common
     t0 = time.time()
@@ -169,7 +189,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--data", default="out/corpora")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--settings", default="scratch,effnet,indomain")
+    ap.add_argument("--settings", default="scratch,effnet,indomain,finetune")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--pml-python", default=".venv-bench/bin/python")
@@ -194,7 +214,7 @@ def main():
         epochs = EPOCHS[setting][variant]
         for seed in seeds:
             for c in contenders:
-                if setting == "scratch" and c in HEADS_ONLY:
+                if setting in IMAGE_SETTINGS and c in HEADS_ONLY:
                     continue
                 key = (f"{folder}/{setting}", c, seed, epochs)
                 if key in done:
@@ -227,12 +247,18 @@ def main():
           f"{args.threads} threads, seeds {','.join(map(str, seeds))}")
     for setting in args.settings:
         epochs = EPOCHS[setting][variant]
-        names = [c for c in contenders if not (setting == "scratch" and c in HEADS_ONLY)]
+        names = [c for c in contenders if not (setting in IMAGE_SETTINGS and c in HEADS_ONLY)]
         rows = {c: [done[(f"{folder}/{setting}", c, s, epochs)] for s in seeds
                     if (f"{folder}/{setting}", c, s, epochs) in done] for c in names}
         steps = sorted({r["steps"] for rs in rows.values() for r in rs})
         print_table(f"{setting}: {epochs} epochs, lr {LR[setting]}, steps {steps}", names, rows, seeds,
                     {c for s, c in failed if s == setting})
+        if setting == "finetune":
+            start = last_json(run_cmd([args.bin, "eval", "--corpus", manifest, "--model", features["finetune"],
+                                       "--split", "test", "--json", "--threads", str(args.threads),
+                                       "--device", "cpu"], log)[0], "tripmine eval")
+            print(f"\nbefore fine-tuning (the in-domain pretrained network): MAP@R {start['map_at_r']:.4f}, "
+                  f"P@1 {start['p_at_1']:.4f}")
         auto = rows.get("auto") or []
         if auto:
             print(f"\nauto chose: {auto[0]['mining']} ({auto[0].get('choice')})")

@@ -510,3 +510,85 @@ fn an_image_is_turned_upright_by_its_exif_orientation_before_it_is_embedded() {
         "the rotation changes the embedding"
     );
 }
+
+/// `train --model DIR` fine-tunes an earlier checkpoint: the new run's untrained validation is
+/// the checkpoint's own, its model.json says where it started, and what cannot start a run
+/// is refused with the checkpoint named.
+#[test]
+fn a_run_starts_from_an_earlier_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    let common = [
+        "--corpus",
+        fixtures_manifest(),
+        "--epochs",
+        "1",
+        "--seed",
+        "5",
+        "--no-augment",
+    ];
+    let mut args = vec![
+        "train",
+        "--out",
+        s(&first),
+        "--dim",
+        "16",
+        "--input-size",
+        "32",
+    ];
+    args.extend(common);
+    ok(&args);
+    let start = tmp.path().join("first/last");
+    let mut args = vec![
+        "train",
+        "--out",
+        s(&second),
+        "--model",
+        s(&start),
+        "--lr",
+        "1e-4",
+    ];
+    args.extend(common);
+    ok(&args);
+    let map_at_r = |run: &Path, epoch: usize| -> f64 {
+        let rows = read_csv(&run.join("metrics.csv"));
+        rows[epoch][7].parse().unwrap()
+    };
+    assert!(
+        (map_at_r(&first, 1) - map_at_r(&first, 0)).abs() > 1e-6,
+        "training moved the first run"
+    );
+    assert!(
+        (map_at_r(&second, 0) - map_at_r(&first, 1)).abs() < 1e-9,
+        "the second run starts from the first's trained weights: {} against {}",
+        map_at_r(&second, 0),
+        map_at_r(&first, 1)
+    );
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(second.join("last/model.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec["dim"], 16,
+        "the checkpoint's network, not a default one"
+    );
+    assert!(
+        spec["origin"].as_str().unwrap().contains("first/last"),
+        "{}",
+        spec["origin"]
+    );
+
+    let (missing, third) = (tmp.path().join("nowhere"), tmp.path().join("third"));
+    let mut args = vec!["train", "--out", s(&third), "--model", s(&missing)];
+    args.extend(common);
+    let (code, _, stderr) = tripmine(&args);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+    args.extend(["--dim", "8"]);
+    let (code, _, stderr) = tripmine(&args);
+    assert_eq!(
+        code, 2,
+        "a network option beside --model is a usage error: {stderr}"
+    );
+}

@@ -8,7 +8,7 @@ use super::embed::NetworkArgs;
 use super::{GuardArgs, KnnArgs, RuntimeArgs, UsageError};
 use crate::definitions::{Distance, DEFAULT_MARGIN};
 use crate::mine::{PositiveRule, Strategy};
-use crate::model::{HeadKind, ModelSpec, TrunkMode};
+use crate::model::{Architecture, HeadKind, ModelSpec, TrunkMode};
 use crate::train::{
     FeatureSource, InBatchMiner, LossConfig, Mining, OptimConfig, OptimizerKind, Period,
     ScheduleKind, TrainConfig, Validation, DEFAULT_BACKBONE_LR_SCALE, DEFAULT_CACHED_VIEWS,
@@ -17,7 +17,7 @@ use crate::train::{
 
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # --mining auto (config.json says what it chose)\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --resume run/                                   # continue after an interruption",
+    after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # --mining auto (config.json says what it chose)\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --corpus products/ --out run2/ --model run/best --lr 1e-4  # fine-tune an earlier model\n  tripmine train --resume run/                                   # continue after an interruption",
     group(clap::ArgGroup::new("fresh").multiple(true).args([
         "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
         "memory_warmup", "global_warmup", "skip_nearest", "negative_floor", "triplets_per_step", "classes_per_batch", "samples_per_class",
@@ -27,7 +27,7 @@ use crate::train::{
         "ef_search", "val_classes", "val_samples", "exclude", "device", "seed",
         "dim", "input_size", "channels", "backbone", "preprocess", "mean", "std", "resize",
         "freeze_backbone", "backbone_lr_scale", "freeze_backbone_epochs", "freeze_bn",
-        "cached_views", "head", "embeddings",
+        "cached_views", "head", "embeddings", "model",
     ]))
 )]
 pub struct TrainArgs {
@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// The head over --embeddings: linear, or mlp (linear, ReLU, linear)
     #[arg(long, value_enum, default_value_t = HeadKind::default(), requires = "embeddings")]
     pub head: HeadKind,
+    /// Start from this checkpoint (a run's best/ or last/): its network, input preprocessing
+    /// and weights, trained further on --corpus with a fresh optimiser and schedule (fine-tune
+    /// a model trained before, e.g. on other classes). Default: a fresh network from --seed
+    #[arg(long, conflicts_with_all = ["embeddings", "dim", "input_size", "channels", "backbone", "preprocess", "mean", "std", "resize", "freeze_backbone", "freeze_bn"])]
+    pub model: Option<PathBuf>,
     /// Run directory (metrics.csv, last/, best/, rounds/, config.json)
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
@@ -267,9 +272,19 @@ impl TrainArgs {
                 }),
                 cached_views: self.cached_views,
                 out: self.out.clone().expect("required by clap"),
-                network: match &self.embeddings {
+                network: match (&self.model, &self.embeddings) {
+                    (Some(dir), _) => {
+                        let spec = ModelSpec::from_checkpoint(dir)?;
+                        if matches!(spec.architecture, Architecture::Head { .. }) {
+                            return Err(usage(format!(
+                                "--model {}: a head over feature rows; --model starts image training from an image network's checkpoint",
+                                dir.display()
+                            )));
+                        }
+                        spec.warm_start(dir, self.runtime.seed)
+                    }
                     // Width and standardisation are filled from the training rows.
-                    Some(_) => ModelSpec::head(
+                    (None, Some(_)) => ModelSpec::head(
                         0,
                         self.head,
                         self.normalise,
@@ -277,7 +292,7 @@ impl TrainArgs {
                         self.network.dim,
                         self.runtime.seed,
                     ),
-                    None => self.network.fresh_spec(
+                    (None, None) => self.network.fresh_spec(
                         self.runtime.seed,
                         if self.freeze_backbone {
                             TrunkMode::Frozen
@@ -287,6 +302,7 @@ impl TrainArgs {
                         self.freeze_bn,
                     )?,
                 },
+                model: self.model.clone(),
                 freeze_backbone_epochs: self.freeze_backbone_epochs,
                 device: self.runtime.device.clone(),
                 seed: self.runtime.seed,

@@ -100,7 +100,9 @@ fn locate_backbone(dir: &Path, recorded: &Path, sha256: &str) -> Result<PathBuf,
     })
 }
 
-pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
+/// The network a checkpoint describes, its backbone located, and the TorchScript module its
+/// trunk loads from (a fine-tuned trunk's own copy in the checkpoint).
+pub(super) fn read_spec(dir: &Path) -> Result<(ModelSpec, Option<PathBuf>), ModelError> {
     let bad = |message: String| ModelError::Checkpoint {
         dir: dir.to_path_buf(),
         message,
@@ -112,7 +114,7 @@ pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
     }
     let json =
         fs::read_to_string(dir.join(MODEL_JSON)).map_err(|e| bad(format!("{MODEL_JSON}: {e}")))?;
-    let spec: ModelSpec = serde_json::from_str(&json).map_err(|e| {
+    let mut spec: ModelSpec = serde_json::from_str(&json).map_err(|e| {
         bad(format!(
             "{MODEL_JSON} is not a valid model description: {e}"
         ))
@@ -123,7 +125,6 @@ pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
             spec.format
         )));
     }
-    let mut spec = spec;
     let module = match &mut spec.architecture {
         Architecture::Backbone {
             file,
@@ -143,6 +144,15 @@ pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
         }
         Architecture::Resnet { .. } | Architecture::Head { .. } => None,
     };
+    Ok((spec, module))
+}
+
+pub(super) fn load(dir: &Path, device: Device) -> Result<Embedder, ModelError> {
+    let bad = |message: String| ModelError::Checkpoint {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let (spec, module) = read_spec(dir)?;
     let model = match &module {
         Some(m) => Embedder::init_with_module(spec, device, m),
         None => Embedder::init(spec, device),

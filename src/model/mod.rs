@@ -103,6 +103,20 @@ impl ModelSpec {
         )
     }
 
+    /// What the checkpoint in `dir` describes (its backbone located), without its weights.
+    pub fn from_checkpoint(dir: &Path) -> Result<Self, ModelError> {
+        checkpoint::read_spec(dir).map(|(spec, _)| spec)
+    }
+
+    /// This checkpoint's network as the start of a new run: the weights of `dir`, trained
+    /// further from `seed`, with no training record yet.
+    pub fn warm_start(mut self, dir: &Path, seed: u64) -> Self {
+        self.origin = format!("the checkpoint {} ({})", dir.display(), self.origin);
+        self.seed = seed;
+        self.training = serde_json::Value::Null;
+        self
+    }
+
     /// A freshly initialised built-in network.
     pub fn resnet(preprocess: Preprocess, dim: i64, seed: u64) -> Self {
         ModelSpec {
@@ -238,6 +252,24 @@ impl Embedder {
     /// Loads a checkpoint directory written by [`Embedder::save`].
     pub fn load(dir: &Path, device: Device) -> Result<Self, ModelError> {
         checkpoint::load(dir, device)
+    }
+
+    /// The checkpoint in `dir` as the start of a run whose network is `spec` (what
+    /// [`ModelSpec::warm_start`] made of it): its weights, and `spec.seed` for what is random.
+    pub fn load_as(dir: &Path, spec: ModelSpec, device: Device) -> Result<Self, ModelError> {
+        let mut model = checkpoint::load(dir, device)?;
+        let loaded = &model.spec;
+        if (&loaded.architecture, &loaded.preprocess, loaded.dim)
+            != (&spec.architecture, &spec.preprocess, spec.dim)
+        {
+            return Err(ModelError::Checkpoint {
+                dir: dir.to_path_buf(),
+                message: "changed since this run was configured: its network is no longer the one config.json records".into(),
+            });
+        }
+        tch::manual_seed(spec.seed as i64);
+        model.spec = spec;
+        Ok(model)
     }
 
     /// Writes `model.safetensors` and `model.json` into `dir`, each atomically.

@@ -65,6 +65,9 @@ pub struct TrainConfig {
     pub corpus: PathBuf,
     pub out: PathBuf,
     pub network: ModelSpec,
+    /// The checkpoint whose weights the run starts from (`--model`); none: fresh weights.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
     /// Epochs in which a fine-tuned trunk stays fixed while the head trains alone.
     #[serde(default)]
     pub freeze_backbone_epochs: usize,
@@ -580,7 +583,10 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         // would otherwise be taken for this run's.
         run_dir::clear_unfinished(run).map_err(io_err(run))?;
         write_json(&run.join(CONFIG_JSON), cfg).map_err(io_err(run))?;
-        let model = Embedder::init(cfg.network.clone(), device)?;
+        let model = match &cfg.model {
+            Some(dir) => Embedder::load_as(dir, cfg.network.clone(), device)?,
+            None => Embedder::init(cfg.network.clone(), device)?,
+        };
         let optimizer = Optimizer::new(&model.vs, cfg.optim.clone());
         let state = RunState {
             epoch: 0,
