@@ -250,7 +250,7 @@ fn planted_defects_are_found_and_exclusions_reach_mining() {
         "--exclude",
         s(&out.join("exclude.csv")),
         "--strategy",
-        "all",
+        "violating",
     ]);
     for row in tripmine::triplets::read(&triplets).unwrap() {
         for p in [&row.anchor, &row.positive, &row.negative] {

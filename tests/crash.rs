@@ -110,14 +110,14 @@ fn killed_runs_leave_the_old_set_or_the_new_one() {
     };
     ok(&mine("semihard"));
     let old_rows = tripmine::triplets::read(&t).unwrap();
-    killed_at("mine:csv-written", &mine("all"));
+    killed_at("mine:csv-written", &mine("violating"));
     let err = tripmine::triplets::read(&t).expect_err("a new CSV with the old sidecar");
     assert!(err.contains("t.json") && err.contains("sidecar"), "{err}");
     let sheets = d.join("sheets");
     let corpus = fixtures().join("corpus");
     let (code, _, stderr) = tripmine(&["view", s(&t), "--corpus", s(&corpus), "--out", s(&sheets)]);
     assert_eq!(code, 2, "{stderr}");
-    ok(&mine("all"));
+    ok(&mine("violating"));
     let new_rows = tripmine::triplets::read(&t).unwrap();
     assert_ne!(old_rows, new_rows);
 

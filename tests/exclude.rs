@@ -61,7 +61,7 @@ fn an_exclude_list_from_a_manifest_audit_excludes_the_same_images_from_an_image_
         "--out",
         s(&t),
         "--strategy",
-        "all",
+        "violating",
         "--exclude",
         s(&exclude),
     ]);

@@ -425,7 +425,7 @@ fn training_on_an_exported_triplet_csv() {
         "--out",
         s(&csv),
         "--strategy",
-        "all",
+        "violating",
         "--negatives-per-anchor",
         "2",
     ]);

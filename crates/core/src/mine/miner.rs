@@ -656,7 +656,7 @@ mod tests {
             labels: &labels,
         };
         let exact = ExactIndex::new(points);
-        for strategy in ["hard", "semihard", "easy", "all"] {
+        for strategy in ["hard", "semihard", "easy", "violating"] {
             let want = oracle(points, &rules(strategy, 3));
             // The data must exercise the oracle: some anchors mined, and for K = 50 short ones.
             assert!(!want.triplets.is_empty(), "{strategy}: nothing to mine");
@@ -729,7 +729,7 @@ mod tests {
             dim: 8,
             labels: &labels,
         };
-        for strategy in ["hard", "semihard", "all"] {
+        for strategy in ["hard", "semihard", "violating"] {
             let plain = rules(strategy, 3);
             let guarded = MiningRules {
                 skip_nearest: 2,

@@ -94,9 +94,15 @@ impl FromStr for Strategy {
                 "hard" => Selection::Kind(TripletKind::Hard),
                 "semihard" | "semi-hard" => Selection::Kind(TripletKind::Semihard),
                 "easy" => Selection::Kind(TripletKind::Easy),
-                // `all` was its first name; it reads as "every negative", which is `any`.
-                "violating" | "all" => Selection::All,
+                "violating" => Selection::All,
                 "any" => Selection::Any,
+                // `violating`'s first name, which pytorch-metric-learning's users read as
+                // every triplet (`any`): either reading would be silently wrong for someone.
+                "all" => {
+                    return Err(
+                        "`all` is ambiguous: say violating (hard or semihard negatives, what tripmine's `all` used to mean) or any (every negative, pytorch-metric-learning's \"all\")".into(),
+                    )
+                }
                 other => {
                     return Err(format!(
                         "unknown kind {other:?}; expected hard, semihard, easy, violating (hard or semihard) or any (every negative)"
@@ -190,5 +196,7 @@ mod tests {
         assert!("medium".parse::<Strategy>().is_err());
         assert!("hard=0".parse::<Strategy>().is_err());
         assert!("hard,hard".parse::<Strategy>().is_err());
+        let e = "all".parse::<Strategy>().unwrap_err();
+        assert!(e.contains("violating") && e.contains("any"), "{e}");
     }
 }
