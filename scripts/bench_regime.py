@@ -27,7 +27,9 @@ Contenders (tripmine train unless named pml):
   auto                    no --mining option: the default, whatever it picks (config.json says)
   batch-semihard, batch-hard
   neighbour-batches       index-guided P x K batches, semi-hard inside, refreshed every epoch
-  memory                  neighbour-batches + 4 memory negatives per anchor after 1 epoch
+  memory                  neighbour-batches + 4 memory negatives per anchor after 1 epoch (train's
+                          --strategy: half semi-hard, half hard)
+  memory-semihard         the same with semi-hard memory negatives only
   global                  heads only: whole-split rounds every epoch through the current head,
                           hardest positive, nearest semi-hard negative, 64 triplets a step (as
                           many steps as P x K gives), after a 1-epoch in-batch warm-up
@@ -70,6 +72,8 @@ CONTENDERS = {
     "batch-hard": ["--mining", "batch-hard"],
     "neighbour-batches": ["--mining", "neighbour-batches"],
     "memory": ["--mining", "neighbour-batches", "--memory-negatives", "4", "--memory-warmup", "1"],
+    "memory-semihard": ["--mining", "neighbour-batches", "--memory-negatives", "4", "--memory-warmup", "1",
+                        "--strategy", "semihard"],
     "global": ["--mining", "global", "--positives", "hardest", "--strategy", "semihard",
                "--negatives-per-anchor", "1", "--global-warmup", "1"],
     "pml-batch-semihard": "batch-semihard",
@@ -132,7 +136,9 @@ def prepare(args, variant, log):
 def tripmine_run(args, setting, flags, manifest, features, seed, epochs, run_dir, log):
     subprocess.run(["rm", "-rf", run_dir], check=True)
     # 64 triplets a step where steps are triplets (global): as many steps as P x K batches.
-    common = ["--epochs", str(epochs), "--dim", str(DIM), "--seed", str(seed), "--threads", str(args.threads),
+    # A fine-tuned checkpoint brings its own network (64-d): --dim beside --model is refused.
+    dim = [] if setting == "finetune" else ["--dim", str(DIM)]
+    common = dim + ["--epochs", str(epochs), "--seed", str(seed), "--threads", str(args.threads),
               "--classes-per-batch", str(P), "--samples-per-class", str(K), "--triplets-per-step", str(P * K),
               "--lr", str(LR[setting]), "--device", "cpu"]
     if setting == "scratch":
