@@ -212,7 +212,8 @@ def learning_rate(base, step, total, steps_per_epoch):
 
 
 def load_checkpoint(folder):
-    """The network of tripmine's checkpoint `folder` with its weights, and its preprocessing."""
+    """The network of tripmine's checkpoint `folder` with its weights, its preprocessing and the
+    number of tensors loaded."""
     from safetensors.torch import load_file
 
     with open(os.path.join(folder, "model.json")) as f:
@@ -229,16 +230,16 @@ def load_checkpoint(folder):
     if missing or extra or shapes:
         sys.exit(f"{folder}: checkpoint does not fit: missing {missing}, unexpected {extra}, other shapes {shapes}")
     model.load_state_dict({k: weights[k].float() for k in ours}, strict=False)
-    return model, pre
+    return model, pre, len(ours)
 
 
 def check_checkpoint(args):
     """Loads a tripmine checkpoint into this network and prints its metrics on --split: equal to
     `tripmine eval --json` (up to float rounding) when the network and inputs are the same."""
-    model, pre = load_checkpoint(args.check_checkpoint)
+    model, pre, tensors = load_checkpoint(args.check_checkpoint)
     x, y = load_split(args.manifest, args.split, pre["input_size"], pre["channels"], (pre["mean"], pre["std"]))
     metrics = retrieval_metrics(embed(model, x), y)
-    print(json.dumps({**metrics, "checkpoint": args.check_checkpoint, "tensors": sum(1 for k in model.state_dict() if not k.endswith("num_batches_tracked"))}))
+    print(json.dumps({**metrics, "checkpoint": args.check_checkpoint, "tensors": tensors}))
 
 
 def main():
@@ -280,7 +281,7 @@ def main():
 
     train_x, train_y = load_split(args.manifest, "train", args.input_size, args.channels)
     if args.init:
-        model, pre = load_checkpoint(args.init)
+        model, pre, _ = load_checkpoint(args.init)
         if (pre["input_size"], pre["channels"]) != (args.input_size, args.channels) or model.head.out_features != args.dim:
             sys.exit(f"{args.init}: the checkpoint's input or dim differs from --input-size/--channels/--dim")
     else:
