@@ -11,6 +11,6 @@ pub mod model;
 pub mod train;
 
 pub use tripmine_core::{
-    audit, corpus, definitions, embeddings, eval, exit, knn, mine, npy, output, progress, report,
-    rng, store, triplets, view,
+    audit, batches, corpus, definitions, embeddings, eval, exit, knn, mine, npy, output, progress,
+    report, rng, store, triplets, view,
 };

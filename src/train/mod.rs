@@ -242,9 +242,7 @@ impl FeatureTable {
     }
 }
 
-/// Half of a neighbour batch's groups come from the graph, half at random
-/// (`make bench-train`, README).
-pub const DEFAULT_RANDOM_CLASSES: f64 = 0.5;
+pub use crate::batches::DEFAULT_RANDOM_CLASSES;
 
 fn default_random_classes() -> f64 {
     DEFAULT_RANDOM_CLASSES

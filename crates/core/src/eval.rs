@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::embeddings::{EmbeddingsFrom, Network, SourceError};
-use crate::knn::{ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
+use crate::knn::{
+    dot_tile, ExactIndex, Neighbour, NeighbourIndex, Points, Restriction, CORPUS_BLOCK,
+};
 
 pub const RECALL_AT: [usize; 4] = [1, 2, 4, 8];
 
@@ -20,6 +22,27 @@ pub struct Metrics {
     pub recall_at_k: std::collections::BTreeMap<usize, f64>,
     pub queries: usize,
     pub skipped_queries: usize,
+}
+
+impl Metrics {
+    /// The metrics as `tripmine eval --json` prints them and `tripmine.evaluate` returns them:
+    /// `p_at_1`, `r_precision`, `map_at_r`, `recall_at_k` (keyed "1", "2", "4", "8"),
+    /// `queries` and `skipped_queries`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let recall: serde_json::Map<String, serde_json::Value> = self
+            .recall_at_k
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        serde_json::json!({
+            "p_at_1": self.p_at_1,
+            "r_precision": self.r_precision,
+            "map_at_r": self.map_at_r,
+            "recall_at_k": recall,
+            "queries": self.queries,
+            "skipped_queries": self.skipped_queries,
+        })
+    }
 }
 
 /// Metrics of one query from the relevance of its ranked neighbours (`r` = samples sharing its label).
@@ -254,4 +277,250 @@ pub fn run(cfg: &EvalConfig, network: Option<&dyn Network>) -> Result<Metrics, S
         labels: &labels,
     };
     Ok(evaluate(points))
+}
+
+/// Each query's retrieval among a separate reference set (pytorch-metric-learning's
+/// `AccuracyCalculator.get_accuracy(query, query_labels, reference, reference_labels,
+/// ref_includes_query)`), computed exactly from the rank of every relevant reference row, so
+/// that no list of k neighbours per query is ever held: a query's state is its R relevant
+/// scores and R counters, whatever the reference's size.
+pub struct Against<'a> {
+    pub queries: &'a [f32],
+    pub query_labels: &'a [u32],
+    pub reference: &'a [f32],
+    pub reference_labels: &'a [u32],
+    pub dim: usize,
+    /// Query i is reference row i (pml's `ref_includes_query`): it is never its own neighbour.
+    pub ref_includes_query: bool,
+}
+
+/// Per-query metrics of [`Against`], as pml computes them from its first `k` neighbours
+/// (`None`: the whole reference, pml's `k=None`). Rows are ranked by Euclidean distance on
+/// the rows as given (faiss's `IndexFlatL2`, pml's default); ties rank the relevant row first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryScores {
+    /// R: reference rows sharing the query's label (itself aside); 0 for a lone query, whose
+    /// metrics are NaN (pml leaves such queries out of every mean).
+    pub relevant: Vec<u32>,
+    pub precision_at_1: Vec<f64>,
+    pub r_precision: Vec<f64>,
+    pub map_at_r: Vec<f64>,
+    /// Average precision over the first k neighbours, divided by R.
+    pub mean_average_precision: Vec<f64>,
+    pub reciprocal_rank: Vec<f64>,
+}
+
+/// Queries scored at once by one worker: their relevant scores are held together.
+const AGAINST_QUERY_BLOCK: usize = 256;
+/// Relevant scores held by one worker's block at most (16 MB).
+const RELEVANT_IN_FLIGHT: usize = 4_000_000;
+
+/// The metrics of one query from the ranks (1-based, ascending) of its R relevant rows.
+fn scores_from_ranks(ranks: &[usize], k: usize) -> [f64; 5] {
+    let r = ranks.len();
+    let within_r = r.min(k);
+    let (mut hits_r, mut ap_r, mut ap_k) = (0usize, 0.0f64, 0.0f64);
+    for (j, &rank) in ranks.iter().enumerate() {
+        let precision = (j + 1) as f64 / rank as f64;
+        if rank <= within_r {
+            hits_r += 1;
+            ap_r += precision;
+        }
+        if rank <= k {
+            ap_k += precision;
+        }
+    }
+    let first = ranks[0];
+    [
+        (first == 1) as u8 as f64,
+        hits_r as f64 / within_r as f64,
+        ap_r / r as f64,
+        ap_k / r as f64,
+        if first <= k { 1.0 / first as f64 } else { 0.0 },
+    ]
+}
+
+impl Against<'_> {
+    /// Every query's metrics at `k` neighbours (`None`: all of the reference).
+    pub fn scores(&self, k: Option<usize>) -> QueryScores {
+        use rayon::prelude::*;
+        let dim = self.dim;
+        let nq = self.query_labels.len();
+        let nr = self.reference_labels.len();
+        let k = k.unwrap_or(usize::MAX).max(1);
+        let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, &l) in self.reference_labels.iter().enumerate() {
+            members.entry(l).or_default().push(i);
+        }
+        // Ranking by Euclidean distance is ranking by q·r − |r|²/2, highest first.
+        let half_norm: Vec<f32> = self
+            .reference
+            .chunks_exact(dim)
+            .map(|r| 0.5 * r.iter().map(|v| v * v).sum::<f32>())
+            .collect();
+        let deepest = members.values().map(Vec::len).max().unwrap_or(1);
+        let block = AGAINST_QUERY_BLOCK.min((RELEVANT_IN_FLIGHT / deepest).max(1));
+        let queries: Vec<usize> = (0..nq).collect();
+        let per_block: Vec<Vec<(u32, [f64; 5])>> = queries
+            .par_chunks(block)
+            .map(|block| {
+                let rows: Vec<f32> = block
+                    .iter()
+                    .flat_map(|&q| self.queries[q * dim..(q + 1) * dim].iter().copied())
+                    .collect();
+                // Per query: its relevant scores, highest first, and per gap between them the
+                // other-label rows that fall there.
+                let mut relevant: Vec<Vec<f32>> = block
+                    .iter()
+                    .zip(rows.chunks_exact(dim))
+                    .map(|(&q, row)| {
+                        let own = members
+                            .get(&self.query_labels[q])
+                            .map_or(&[][..], Vec::as_slice);
+                        let mut s: Vec<f32> = own
+                            .iter()
+                            .filter(|&&j| !(self.ref_includes_query && j == q))
+                            .map(|&j| {
+                                let r = &self.reference[j * dim..(j + 1) * dim];
+                                row.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() - half_norm[j]
+                            })
+                            .collect();
+                        s.sort_unstable_by(|a, b| b.total_cmp(a));
+                        s
+                    })
+                    .collect();
+                let mut between: Vec<Vec<u32>> =
+                    relevant.iter().map(|s| vec![0; s.len()]).collect();
+                let mut tile = Vec::new();
+                for start in (0..nr).step_by(CORPUS_BLOCK) {
+                    let len = CORPUS_BLOCK.min(nr - start);
+                    tile.resize(block.len() * len, 0.0);
+                    dot_tile(
+                        &rows,
+                        &self.reference[start * dim..(start + len) * dim],
+                        dim,
+                        &mut tile,
+                    );
+                    for (x, (&q, scores)) in block.iter().zip(tile.chunks_exact(len)).enumerate() {
+                        let Some(&farthest) = relevant[x].last() else {
+                            continue;
+                        };
+                        let own = self.query_labels[q];
+                        for (c, &dot) in scores.iter().enumerate() {
+                            let j = start + c;
+                            let s = dot - half_norm[j];
+                            if s <= farthest || self.reference_labels[j] == own {
+                                continue;
+                            }
+                            let gap = relevant[x].partition_point(|&v| v >= s);
+                            between[x][gap] += 1;
+                        }
+                    }
+                }
+                relevant
+                    .iter_mut()
+                    .zip(&between)
+                    .map(|(s, counts)| {
+                        if s.is_empty() {
+                            return (0, [f64::NAN; 5]);
+                        }
+                        let mut closer = 0usize;
+                        let ranks: Vec<usize> = counts
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &c)| {
+                                closer += c as usize;
+                                j + 1 + closer
+                            })
+                            .collect();
+                        (s.len() as u32, scores_from_ranks(&ranks, k))
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out = QueryScores::default();
+        for (r, s) in per_block.into_iter().flatten() {
+            out.relevant.push(r);
+            out.precision_at_1.push(s[0]);
+            out.r_precision.push(s[1]);
+            out.map_at_r.push(s[2]);
+            out.mean_average_precision.push(s[3]);
+            out.reciprocal_rank.push(s[4]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod against_tests {
+    use super::*;
+
+    #[test]
+    fn ranks_give_pml_s_truncated_metrics() {
+        // Relevant rows at ranks 1, 3, 6 (R = 3).
+        let s = scores_from_ranks(&[1, 3, 6], usize::MAX);
+        assert_eq!(s[0], 1.0);
+        assert!((s[1] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s[2] - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert!((s[3] - (1.0 + 2.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
+        assert_eq!(s[4], 1.0);
+        // k = 2: R-precision over the first two, MAP@R still divided by R.
+        let s = scores_from_ranks(&[2, 3, 6], 2);
+        assert_eq!(s[0], 0.0);
+        assert_eq!(s[1], 0.5);
+        assert!((s[2] - 0.5 / 3.0).abs() < 1e-12);
+        assert_eq!(s[4], 0.5);
+    }
+
+    #[test]
+    fn the_corpus_against_itself_equals_evaluate() {
+        let (data, labels) = crate::knn::testing::clustered(7, 6, 8, 1.1, 4);
+        let points = Points {
+            data: &data,
+            dim: 8,
+            labels: &labels,
+        };
+        let whole = evaluate(points);
+        let s = Against {
+            queries: &data,
+            query_labels: &labels,
+            reference: &data,
+            reference_labels: &labels,
+            dim: 8,
+            ref_includes_query: true,
+        }
+        .scores(None);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!((mean(&s.precision_at_1) - whole.p_at_1).abs() < 1e-12);
+        assert!((mean(&s.r_precision) - whole.r_precision).abs() < 1e-12);
+        assert!((mean(&s.map_at_r) - whole.map_at_r).abs() < 1e-12);
+        assert!(s.relevant.iter().all(|&r| r == 5));
+    }
+
+    #[test]
+    fn separate_queries_rank_among_the_reference_only() {
+        // Reference on a line of angles; one query between a class-1 and a class-0 row.
+        let reference = [1.0f32, 0.0, 0.8, 0.6, 0.6, 0.8, 0.0, 1.0];
+        let reference_labels = [0u32, 1, 0, 2];
+        let queries = [0.7f32, 0.72, 0.0, 1.0];
+        let query_labels = [0u32, 5];
+        let s = Against {
+            queries: &queries,
+            query_labels: &query_labels,
+            reference: &reference,
+            reference_labels: &reference_labels,
+            dim: 2,
+            ref_includes_query: false,
+        }
+        .scores(None);
+        // Query 0: row 2 (label 0, rank 1), row 1 (label 1), row 3 (label 2), row 0 (rank 4).
+        assert_eq!(s.relevant, vec![2, 0]);
+        assert_eq!(s.precision_at_1[0], 1.0);
+        assert!((s.mean_average_precision[0] - (1.0 + 2.0 / 4.0) / 2.0).abs() < 1e-12);
+        assert_eq!(s.r_precision[0], 0.5);
+        assert!(
+            s.map_at_r[1].is_nan(),
+            "a label absent from the reference is a lone query"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! adds the network (model, embed, train) on libtorch; see ARCHITECTURE.md for the map.
 
 pub mod audit;
+pub mod batches;
 pub mod cli;
 pub mod corpus;
 pub mod definitions;

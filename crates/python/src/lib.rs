@@ -15,9 +15,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tripmine_core::audit::findings::{self, AuditInput};
 use tripmine_core::audit::Thresholds;
+use tripmine_core::batches::{self, Composition, Graph};
 use tripmine_core::cli::{dispatch, Dispatch};
 use tripmine_core::definitions::Distance;
-use tripmine_core::eval::{evaluate as evaluate_points, RECALL_AT};
+use tripmine_core::eval::evaluate as evaluate_points;
 use tripmine_core::knn::{
     self, ExactIndex, HnswParams, KnnChoice, KnnConfig, NeighbourIndex, Points, Restriction,
 };
@@ -319,15 +320,19 @@ fn mine<'py>(
 /// `(D, I)` flat, reshaped to n × k by the Python layer.
 type DistancesAndIndices<'py> = (Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<i64>>);
 
-/// The k nearest other rows of every row, exact: `(D, I)` as faiss returns them (n × k, nearest
-/// first, padded with inf and -1 where fewer rows are allowed), D in `distance`.
+/// The k nearest rows, exact: of every row among the others (`reference` None: the row itself
+/// excluded), or of every row of `x` among the rows of `reference` (faiss's
+/// `index.search(x, k)`). n × k, nearest first, padded with inf and -1 where fewer rows are
+/// allowed; D in `distance`.
 #[pyfunction]
-#[pyo3(signature = (x, k, labels, *, restrict, distance, normalise))]
+#[pyo3(signature = (x, k, labels, *, reference, restrict, distance, normalise))]
+#[allow(clippy::too_many_arguments)]
 fn knn_search<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f32>,
     k: usize,
     labels: Option<PyReadonlyArray1<'py, i64>>,
+    reference: Option<PyReadonlyArray2<'py, f32>>,
     restrict: &str,
     distance: &str,
     normalise: bool,
@@ -344,24 +349,55 @@ fn knn_search<'py>(
             )))
         }
     };
-    let codes = match &labels {
-        Some(labels) => label_codes(labels, n)?,
-        None if restriction == Restriction::Any => vec![0; n],
-        None => return Err(value_error(format!("restrict={restrict:?} needs labels"))),
+    let unit = unit_rows("x", data, dim, normalise)?;
+    // Against a reference, the queries follow the reference rows in one point set, labelled
+    // apart from them: "other-label" neighbours of a query are then exactly reference rows.
+    let (points_data, codes, queries, restriction, candidates) = match &reference {
+        Some(reference) => {
+            if restriction != Restriction::Any {
+                return Err(value_error(
+                    "restrict applies to a corpus searched against itself, not with reference",
+                ));
+            }
+            let (rdata, m, rdim) = rows("reference", reference)?;
+            if rdim != dim {
+                return Err(value_error(format!(
+                    "reference has {rdim} columns but x has {dim}"
+                )));
+            }
+            let runit = unit_rows("reference", rdata, dim, normalise)?;
+            let mut all = runit.into_owned();
+            all.extend_from_slice(&unit);
+            let mut codes = vec![0u32; m];
+            codes.resize(m + n, 1);
+            (
+                Cow::Owned(all),
+                codes,
+                (m..m + n).collect::<Vec<_>>(),
+                Restriction::OtherLabels,
+                m,
+            )
+        }
+        None => {
+            let codes = match &labels {
+                Some(labels) => label_codes(labels, n)?,
+                None if restriction == Restriction::Any => vec![0; n],
+                None => return Err(value_error(format!("restrict={restrict:?} needs labels"))),
+            };
+            (unit, codes, (0..n).collect(), restriction, n)
+        }
     };
-    if k == 0 || k > n {
+    if k == 0 || k > candidates {
         return Err(value_error(format!(
-            "k must be in 1..{n} (the number of rows), not {k}"
+            "k must be in 1..{candidates} (the rows that can be neighbours), not {k}"
         )));
     }
-    let unit = unit_rows("x", data, dim, normalise)?;
     let (d, i) = py.allow_threads(|| {
         let points = Points {
-            data: &unit,
+            data: &points_data,
             dim,
             labels: &codes,
         };
-        let queries: Vec<usize> = (0..n).collect();
         let lists = ExactIndex::new(points).search(&queries, k, restriction);
         let mut d = vec![f32::INFINITY; n * k];
         let mut i = vec![-1i64; n * k];
@@ -376,7 +412,166 @@ fn knn_search<'py>(
     Ok((PyArray1::from_vec(py, d), PyArray1::from_vec(py, i)))
 }
 
-/// Retrieval metrics with exact neighbours: P@1, R-Precision, MAP@R, Recall@K (JSON text).
+/// Per-query retrieval metrics of `queries` among `reference` (pml's AccuracyCalculator
+/// definitions, exact, streamed): a dict of 1-D arrays, one entry per query.
+#[pyfunction]
+#[pyo3(signature = (queries, query_labels, reference, reference_labels, *, ref_includes_query, k))]
+fn accuracy_scores<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    query_labels: PyReadonlyArray1<'py, i64>,
+    reference: PyReadonlyArray2<'py, f32>,
+    reference_labels: PyReadonlyArray1<'py, i64>,
+    ref_includes_query: bool,
+    k: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (qdata, nq, dim) = rows("query", &queries)?;
+    let (rdata, nr, rdim) = rows("reference", &reference)?;
+    if rdim != dim {
+        return Err(value_error(format!(
+            "reference has {rdim} columns but query has {dim}"
+        )));
+    }
+    for (name, data) in [("query", qdata), ("reference", rdata)] {
+        if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+            return Err(value_error(format!(
+                "{name} row {} holds NaN or infinite values",
+                at / dim
+            )));
+        }
+    }
+    let qcodes = label_codes(&query_labels, nq)?;
+    let rcodes = label_codes(&reference_labels, nr)?;
+    if ref_includes_query && nq > nr {
+        return Err(value_error(format!(
+            "ref_includes_query: the reference ({nr} rows) must start with the {nq} queries"
+        )));
+    }
+    if k == Some(0) {
+        return Err(value_error("k must be at least 1"));
+    }
+    let scores = py.allow_threads(|| {
+        tripmine_core::eval::Against {
+            queries: qdata,
+            query_labels: &qcodes,
+            reference: rdata,
+            reference_labels: &rcodes,
+            dim,
+            ref_includes_query,
+        }
+        .scores(k)
+    });
+    let out = PyDict::new(py);
+    out.set_item("relevant", PyArray1::from_vec(py, scores.relevant))?;
+    out.set_item(
+        "precision_at_1",
+        PyArray1::from_vec(py, scores.precision_at_1),
+    )?;
+    out.set_item("r_precision", PyArray1::from_vec(py, scores.r_precision))?;
+    out.set_item(
+        "mean_average_precision_at_r",
+        PyArray1::from_vec(py, scores.map_at_r),
+    )?;
+    out.set_item(
+        "mean_average_precision",
+        PyArray1::from_vec(py, scores.mean_average_precision),
+    )?;
+    out.set_item(
+        "mean_reciprocal_rank",
+        PyArray1::from_vec(py, scores.reciprocal_rank),
+    )?;
+    Ok(out)
+}
+
+/// A neighbour graph of one set of embeddings and the batches it composes
+/// (`tripmine_core::batches`, the trainer's `--mining neighbour-batches`).
+#[pyclass(module = "tripmine._tripmine", frozen)]
+struct NeighbourGraph {
+    labels: Vec<u32>,
+    graph: Graph,
+}
+
+#[pymethods]
+impl NeighbourGraph {
+    /// The graph of `embeddings` (unit rows) with label codes `labels`: each row's
+    /// 16 + skip_nearest nearest other-label rows.
+    #[new]
+    #[pyo3(signature = (embeddings, labels, *, skip_nearest, knn, normalise))]
+    fn new(
+        py: Python<'_>,
+        embeddings: PyReadonlyArray2<'_, f32>,
+        labels: PyReadonlyArray1<'_, i64>,
+        skip_nearest: usize,
+        knn: &str,
+        normalise: bool,
+    ) -> PyResult<Self> {
+        let (data, n, dim) = rows("embeddings", &embeddings)?;
+        let codes = label_codes(&labels, n)?;
+        let choice: KnnChoice = parse_enum("knn", knn)?;
+        let unit = unit_rows("embeddings", data, dim, normalise)?;
+        let graph = py.allow_threads(|| {
+            let points = Points {
+                data: &unit,
+                dim,
+                labels: &codes,
+            };
+            let config = KnnConfig {
+                choice,
+                ..KnnConfig::default()
+            };
+            let index = knn::build(points, &config);
+            batches::neighbour_graph(points, &index, skip_nearest)
+        });
+        Ok(NeighbourGraph {
+            labels: codes,
+            graph,
+        })
+    }
+
+    /// Each row's other-label neighbours, nearest first.
+    fn neighbours(&self, row: usize) -> PyResult<Vec<usize>> {
+        self.graph
+            .other
+            .get(row)
+            .cloned()
+            .ok_or_else(|| value_error(format!("row {row} is not in 0..{}", self.labels.len())))
+    }
+
+    /// One epoch's batches (lists of row indices) over every row of a class with two or more.
+    #[pyo3(signature = (*, groups, group_size, random_share, skip_nearest, seed, epoch))]
+    #[allow(clippy::too_many_arguments)]
+    fn compose_epoch(
+        &self,
+        py: Python<'_>,
+        groups: usize,
+        group_size: usize,
+        random_share: f64,
+        skip_nearest: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> PyResult<Vec<Vec<usize>>> {
+        if groups == 0 || group_size < 2 {
+            return Err(value_error(
+                "classes_per_batch must be at least 1 and samples_per_class at least 2",
+            ));
+        }
+        if !(0.0..=1.0).contains(&random_share) {
+            return Err(value_error(format!(
+                "random_share {random_share} must lie in [0, 1]"
+            )));
+        }
+        let how = Composition {
+            groups,
+            group_size,
+            random_share,
+            skip_nearest,
+        };
+        Ok(py
+            .allow_threads(|| batches::compose_epoch(&self.labels, &self.graph, &how, seed, epoch)))
+    }
+}
+
+/// Retrieval metrics with exact neighbours, as `tripmine eval --json` prints them (JSON text).
 #[pyfunction]
 #[pyo3(signature = (embeddings, labels, *, normalise))]
 fn evaluate(
@@ -395,17 +590,7 @@ fn evaluate(
             labels: &codes,
         })
     });
-    let mut out = serde_json::json!({
-        "precision_at_1": m.p_at_1,
-        "r_precision": m.r_precision,
-        "mean_average_precision_at_r": m.map_at_r,
-        "queries": m.queries,
-        "skipped_queries": m.skipped_queries,
-    });
-    for k in RECALL_AT {
-        out[format!("recall_at_{k}")] = m.recall_at_k.get(&k).copied().unwrap_or(f64::NAN).into();
-    }
-    Ok(out.to_string())
+    Ok(m.to_json().to_string())
 }
 
 /// The audit's findings over embeddings alone (no pixels): JSON text with row indices.
@@ -472,17 +657,23 @@ fn audit_findings(
 }
 
 /// The `tripmine` console script: the subcommands that need no network; `embed`, `train` and
-/// `--model` need the libtorch build.
+/// `--model` need the libtorch build. `own_process`: the console script, whose Ctrl-C must
+/// stop the command as it stops the binary; called from a Python session (a Jupyter kernel)
+/// the process's SIGINT is left alone, so Ctrl-C never kills the session (it raises
+/// KeyboardInterrupt once the command returns).
 #[pyfunction]
-fn run(py: Python<'_>, argv: Vec<OsString>) -> i32 {
+#[pyo3(signature = (argv, *, own_process=false))]
+fn run(py: Python<'_>, argv: Vec<OsString>, own_process: bool) -> i32 {
     // Python's own SIGINT handler would only run between bytecodes, which a long Rust call
-    // never reaches: Ctrl-C must stop the command as it stops the binary.
+    // never reaches.
     // SAFETY: setting, then restoring, the disposition of one signal.
-    let python_handler = unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let python_handler = own_process.then(|| unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) });
     let dispatched = py.allow_threads(|| dispatch(argv));
-    // SAFETY: as above: Python's handler back for whatever the process does next.
-    unsafe {
-        libc::signal(libc::SIGINT, python_handler);
+    if let Some(handler) = python_handler {
+        // SAFETY: as above: Python's handler back for whatever the process does next.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+        }
     }
     match dispatched {
         Dispatch::Ran(status) => i32::from(status),
@@ -503,7 +694,10 @@ fn _tripmine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(knn_search, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(audit_findings, m)?)?;
+    m.add_function(wrap_pyfunction!(accuracy_scores, m)?)?;
+    m.add_class::<NeighbourGraph>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_RANDOM_CLASSES", batches::DEFAULT_RANDOM_CLASSES)?;
     Ok(())
 }

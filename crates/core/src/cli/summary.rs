@@ -51,19 +51,7 @@ pub fn run_tool(tool: Tool, network: Option<&dyn Network>) -> Result<(), Failure
             let json = args.json;
             let m = eval::run(&args.to_config().map_err(Failure::options)?, network)?;
             if json {
-                let recall: serde_json::Map<String, serde_json::Value> = m
-                    .recall_at_k
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), (*v).into()))
-                    .collect();
-                let out = serde_json::json!({
-                    "p_at_1": m.p_at_1,
-                    "r_precision": m.r_precision,
-                    "map_at_r": m.map_at_r,
-                    "recall_at_k": recall,
-                    "queries": m.queries,
-                    "skipped_queries": m.skipped_queries,
-                });
+                let out = m.to_json();
                 println!("{out}");
             } else {
                 println!("| metric | value |\n|---|---|");

@@ -282,9 +282,14 @@ impl AnchorPlan {
             .map(|(positive, d_ap)| {
                 let mut wanted: Vec<(Selection, usize)> =
                     rules.strategy.parts.iter().map(|&(s, _)| (s, 0)).collect();
-                for _ in 0..rules.negatives_per_anchor {
-                    let slot = draw_weighted(&mut rng, &rules.strategy.parts);
-                    wanted[slot].1 += 1;
+                if rules.negatives_per_anchor >= points.len() {
+                    // Every negative of each kind: weights share a count, not "everything".
+                    wanted.iter_mut().for_each(|w| w.1 = points.len());
+                } else {
+                    for _ in 0..rules.negatives_per_anchor {
+                        let slot = draw_weighted(&mut rng, &rules.strategy.parts);
+                        wanted[slot].1 += 1;
+                    }
                 }
                 wanted.retain(|&(_, n)| n > 0);
                 PairPlan {

@@ -96,11 +96,11 @@ impl FromStr for Strategy {
                 "easy" => Selection::Kind(TripletKind::Easy),
                 "violating" => Selection::All,
                 "any" => Selection::Any,
-                // `violating`'s first name, which pytorch-metric-learning's users read as
-                // every triplet (`any`): either reading would be silently wrong for someone.
+                // `violating`'s first name here and pml's name for the same rule; refused so that
+                // nobody reads it as every triplet (`any`), with the pml meaning in the message.
                 "all" => {
                     return Err(
-                        "`all` is ambiguous: say violating (hard or semihard negatives, what tripmine's `all` used to mean) or any (every negative, pytorch-metric-learning's \"all\")".into(),
+                        "`all` is not a tripmine kind: pytorch-metric-learning's TripletMarginMiner(type_of_triplets=\"all\") keeps every triplet with d(a,n) - d(a,p) <= margin, which tripmine calls violating (hard or semihard); any is every negative".into(),
                     )
                 }
                 other => {
@@ -138,6 +138,8 @@ pub struct MiningRules {
     pub distance: Distance,
     pub strategy: Strategy,
     pub positives: PositiveRule,
+    /// Per anchor and positive, split among the strategy's kinds by weight; at least the
+    /// corpus size means every negative of every requested kind.
     pub negatives_per_anchor: usize,
     pub negative_order: NegativeOrder,
     pub anchors_per_class: Option<usize>,
@@ -197,6 +199,9 @@ mod tests {
         assert!("hard=0".parse::<Strategy>().is_err());
         assert!("hard,hard".parse::<Strategy>().is_err());
         let e = "all".parse::<Strategy>().unwrap_err();
-        assert!(e.contains("violating") && e.contains("any"), "{e}");
+        assert!(
+            e.contains("violating") && e.contains("d(a,n) - d(a,p) <= margin"),
+            "{e}"
+        );
     }
 }

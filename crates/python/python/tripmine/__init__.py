@@ -5,7 +5,7 @@ embedding models, on a Rust core (no torch needed).
     x = np.load("embeddings.npy"); labels = np.load("labels.npy")
     t = tripmine.mine(x, labels, strategy="semihard", negatives_per_anchor=5)
     print(t.anchor[:5], t.negative[:5], t.stats["per_kind"])
-    print(tripmine.evaluate(x, labels)["mean_average_precision_at_r"])
+    print(tripmine.evaluate(x, labels)["map_at_r"])
 
 Definitions (as the `tripmine` command's README): rows are L2-normalised (pass
 ``normalise=True`` otherwise); d is Euclidean on them by default; for an anchor a, positive p
@@ -13,6 +13,10 @@ and negative n, t = d(a,n) - d(a,p); hard: t <= 0, semi-hard: 0 < t <= margin, e
 Arrays are read without a copy when they are C-contiguous float32 with unit rows; other
 layouts and float dtypes are converted (a Fortran-order array is copied into row order, never
 read as rows). Bad input raises ``ValueError`` naming the problem.
+
+PyTorch: ``tripmine.pml`` (a miner, a memory wrapper and an AccuracyCalculator with
+pytorch-metric-learning's conventions) and ``tripmine.torch`` (a neighbour-batch sampler for
+``DataLoader``); both import torch, this module never does.
 """
 
 import json
@@ -38,16 +42,35 @@ def _rows(name, x):
     return np.require(a, dtype=np.float32, requirements=["C", "A"])
 
 
+def _count(name, value, minimum=0):
+    """A Python int >= minimum (ValueError naming the argument otherwise, never OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    if value >= 2**63:
+        raise ValueError(f"{name} {value} is too large")
+    return value
+
+
 def _indices(name, rows, n):
     """Row indices from integers or a boolean mask of n rows."""
     a = np.asarray(rows)
+    if a.size == 0 and a.dtype != bool:
+        # np.asarray([]) is float64: an empty list names no rows, whatever its dtype.
+        return np.zeros(0, dtype=np.int64)
     if a.dtype == bool:
         if a.shape != (n,):
             raise ValueError(f"{name} as a boolean mask must have one entry per row ({n}), not shape {a.shape}")
         return np.flatnonzero(a).astype(np.int64)
     if a.dtype.kind not in "iu":
         raise ValueError(f"{name} must be row indices (integers) or a boolean mask, not dtype {a.dtype}")
-    return np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+    a = np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+    bad = a[(a < 0) | (a >= n)]
+    if len(bad):
+        raise ValueError(f"{name} names row {int(bad[0])}, not in 0..{n}")
+    return a
 
 
 def _codes(labels, n):
@@ -121,9 +144,10 @@ def mine(
 ):
     """Triplets over the whole corpus, as ``tripmine mine`` mines them.
 
-    strategy: "hard", "semihard", "easy", "violating" (t <= margin), "any", or a mix such as
-    "semihard=0.7,hard=0.3". negatives_per_anchor: per anchor and positive, nearest first;
-    None takes every negative of the requested kinds. positives: "hardest" (the farthest
+    strategy: "hard", "semihard", "easy", "violating" (t <= margin: pytorch-metric-learning's
+    "all"), "any", or a mix such as "semihard=0.7,hard=0.3". negatives_per_anchor: per anchor
+    and positive, nearest first, split among a mix's kinds by weight; None takes every negative
+    of every requested kind. positives: "hardest" (the farthest
     same-label row), "random" or "all". knn: "auto", "exact", "classes" or "hnsw". exclude:
     row indices never used (e.g. an audit's exclusions). anchors: mine only these rows as
     anchors (their positives and negatives still come from the whole corpus). skip_nearest, negative_floor: the
@@ -137,9 +161,7 @@ def mine(
     if anchors is not None:
         anchors = _indices("anchors", anchors, x.shape[0])
     if negatives_per_anchor is not None:
-        negatives_per_anchor = int(negatives_per_anchor)
-        if negatives_per_anchor < 1:
-            raise ValueError("negatives_per_anchor must be at least 1 (or None for every negative)")
+        negatives_per_anchor = _count("negatives_per_anchor (or None for every negative)", negatives_per_anchor, 1)
     columns = _tripmine.mine(
         x,
         codes,
@@ -151,36 +173,41 @@ def mine(
         knn=str(knn),
         exclude=exclude,
         anchors=anchors,
-        seed=int(seed),
-        skip_nearest=int(skip_nearest),
+        seed=_count("seed", seed),
+        skip_nearest=_count("skip_nearest", skip_nearest),
         negative_floor=float(negative_floor),
-        candidate_classes=int(candidate_classes),
-        max_search_depth=int(max_search_depth),
+        candidate_classes=_count("candidate_classes", candidate_classes, 1),
+        max_search_depth=_count("max_search_depth", max_search_depth, 1),
         normalise=bool(normalise),
     )
     return MiningResult(columns)
 
 
-def knn(x, k, *, labels=None, restrict="any", distance="euclidean", normalise=False):
-    """Exact k nearest other rows of every row: ``(D, I)``, each n x k, as faiss returns them.
+def knn(x, k, *, reference=None, labels=None, restrict="any", distance="euclidean", normalise=False):
+    """Exact k nearest neighbours: ``(D, I)``, each n x k, nearest first.
 
-    restrict: "any", "other-label" or "same-label" (needs labels). D holds distances (nearest
-    first); rows with fewer than k allowed neighbours are padded with inf and -1.
+    Without ``reference``, every row of ``x`` among the other rows of ``x`` (the row itself is
+    never its own neighbour; restrict: "any", "other-label" or "same-label", with labels).
+    With ``reference``, every row of ``x`` among the rows of ``reference``, as faiss's
+    ``index.search(x, k)`` over an index of ``reference``. D is in ``distance``: Euclidean by
+    default; ``distance="sqeuclidean"`` gives the squared L2 that faiss's ``IndexFlatL2``
+    returns. Rows with fewer than k allowed neighbours are padded with inf and -1.
     """
     a = _rows("x", x)
-    k = int(k)
-    if not 1 <= k <= a.shape[0]:
-        raise ValueError(f"k must be in 1..{a.shape[0]} (the number of rows), not {k}")
+    k = _count("k", k, 1)
+    ref = None if reference is None else _rows("reference", reference)
     codes = None if labels is None else _codes(labels, a.shape[0])[1]
-    d, i = _tripmine.knn_search(a, k, codes, restrict=str(restrict), distance=str(distance), normalise=bool(normalise))
+    d, i = _tripmine.knn_search(a, k, codes, reference=ref, restrict=str(restrict), distance=str(distance),
+                                normalise=bool(normalise))
     return d.reshape(a.shape[0], k), i.reshape(a.shape[0], k)
 
 
 def evaluate(embeddings, labels, *, normalise=False):
-    """Retrieval metrics with exact neighbours, keyed like pytorch-metric-learning's
-    AccuracyCalculator: precision_at_1, r_precision, mean_average_precision_at_r, plus
-    recall_at_1/2/4/8 (a neighbour among the first k shares the label). Queries whose label has
-    no other row are skipped (counted in skipped_queries)."""
+    """Retrieval metrics of the corpus against itself with exact neighbours, the object
+    ``tripmine eval --json`` prints: p_at_1, r_precision, map_at_r, recall_at_k (keys "1", "2",
+    "4", "8": a neighbour among the first k shares the label), queries, and skipped_queries
+    (queries whose label has no other row). pytorch-metric-learning's call and keys, with
+    separate queries and reference: ``tripmine.pml.AccuracyCalculator``."""
     x = _rows("embeddings", embeddings)
     _, codes = _codes(labels, x.shape[0])
     return json.loads(_tripmine.evaluate(x, codes, normalise=bool(normalise)))
@@ -207,6 +234,7 @@ def audit(
     x = _rows("embeddings", embeddings)
     n = x.shape[0]
     names, codes = _codes(labels, n)
+    k = _count("k", k, 1)
     if splits is None:
         splits = [""] * n
     splits = [str(s) for s in splits]
@@ -219,7 +247,7 @@ def audit(
             x,
             codes,
             splits,
-            k=int(k),
+            k=k,
             near_duplicate_fraction=float(near_duplicate_fraction),
             mislabel_probability=float(mislabel_probability),
             min_model_p_at_1=float(min_model_p_at_1),

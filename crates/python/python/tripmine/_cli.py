@@ -7,7 +7,7 @@ from . import _tripmine
 
 
 def main():
-    sys.exit(_tripmine.run(["tripmine", *sys.argv[1:]]))
+    sys.exit(_tripmine.run(["tripmine", *sys.argv[1:]], own_process=True))
 
 
 if __name__ == "__main__":
