@@ -18,6 +18,8 @@ MATURIN_VERSION := 1.16.0
 PYTEST_VERSION := 8.4.2
 WHEEL_VENV := .venv-wheel
 PYTEST_VENV := .venv-pytest
+PYTEST_TORCH_VENV := .venv-pytest-torch
+PANDAS_VERSION := 2.3.3
 DEMO_OUT := out/demo
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -65,7 +67,7 @@ demo: build
 
 # BROWSER=1 also installs Debian's chromium (when missing) and runs the headless-browser check.
 # The extension crate is left out of `cargo test` (a PyO3 extension links only inside Python);
-# pytest tests it through the wheel, in a fresh venv that holds numpy and pytest only.
+# pytest tests it through the wheel (`make pytest`: without torch, then inside torch and pml).
 test: $(LIBTORCH) $(if $(BROWSER),$(CHROMIUM))
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -85,12 +87,36 @@ $(WHEEL_VENV)/.ready:
 	$(WHEEL_VENV)/bin/python -m pip install --disable-pip-version-check --quiet maturin==$(MATURIN_VERSION)
 	touch $@
 
-# The Python API's tests against the installed wheel: a venv made anew with numpy and pytest.
-pytest: wheel
+# The Python API's tests against the installed wheel, twice: in a venv made anew with numpy and
+# pytest only (the pip package needs nothing else: tests/test_api.py), and in a venv that also
+# has torch (.venv's, through a .pth file, as the bench venv does), pytorch-metric-learning and
+# pandas, where every test runs, tripmine.pml and tripmine.torch inside real pml and DataLoader
+# loops. tests/conftest.py fails the run if any test is skipped.
+pytest: wheel $(PYTEST_TORCH_VENV)/.ready
 	rm -rf $(PYTEST_VENV)
 	python3 -m venv $(PYTEST_VENV)
 	$(PYTEST_VENV)/bin/python -m pip install --disable-pip-version-check --quiet numpy pytest==$(PYTEST_VERSION) dist/tripmine-*.whl
-	cd crates/python && ../../$(PYTEST_VENV)/bin/python -m pytest -q tests
+	cd crates/python && ../../$(PYTEST_VENV)/bin/python -m pytest -q tests/test_api.py
+	$(PYTEST_TORCH_VENV)/bin/python -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
+	cd crates/python && ../../$(PYTEST_TORCH_VENV)/bin/python -m pytest -q tests
+
+$(PYTEST_TORCH_VENV)/.ready: $(LIBTORCH)
+	rm -rf $(PYTEST_TORCH_VENV)
+	python3 -m venv $(PYTEST_TORCH_VENV)
+	$(call share_venv_packages,$(PYTEST_TORCH_VENV)/bin/python)
+	$(PYTEST_TORCH_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
+		pytest==$(PYTEST_VERSION) pytorch-metric-learning==$(PML_VERSION) pandas==$(PANDAS_VERSION)
+	$(PYTEST_TORCH_VENV)/bin/python -c 'import torch, pytorch_metric_learning, pandas'
+	touch $@
+
+# A venv that uses .venv's torch and numpy: a .pth file puts .venv's site-packages on its path,
+# so pip counts them as installed and never fetches a torch of its own.
+define share_venv_packages
+	$(1) -c 'import os, sys, sysconfig; own = sysconfig.get_paths()["purelib"]; \
+		open(os.path.join(own, "tripmine-venv.pth"), "w").write(os.path.relpath(sys.argv[1], own) + "\n")' \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+	$(1) -c 'import torch, numpy'
+endef
 
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
@@ -183,10 +209,7 @@ bench-venv: $(BENCH_READY)
 $(BENCH_READY): $(LIBTORCH)
 	rm -rf $(BENCH_VENV)
 	$(PY) -m venv $(BENCH_VENV)
-	$(BENCH_PY) -c 'import os, sys, sysconfig; own = sysconfig.get_paths()["purelib"]; \
-		open(os.path.join(own, "tripmine-venv.pth"), "w").write(os.path.relpath(sys.argv[1], own) + "\n")' \
-		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-	$(BENCH_PY) -c 'import torch, numpy'  # never let pip fetch its own torch
+	$(call share_venv_packages,$(BENCH_PY))
 	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet \
 		pytorch-metric-learning==$(PML_VERSION) pillow==$(PILLOW_VERSION) "cleanlab[datalab]==$(CLEANLAB_VERSION)" \
 		faiss-cpu==$(FAISS_VERSION)

@@ -1,5 +1,6 @@
-"""The Python API against brute force, the CLI and pytorch-metric-learning (`make test` runs it
-in a fresh venv holding only numpy and pytest; the pml test runs where pml is installed)."""
+"""The Python API against brute force and the CLI. `make test` runs this file in a fresh venv
+holding only numpy and pytest (the pip package needs nothing else), then with every other test
+file where torch and pytorch-metric-learning are installed."""
 
 import csv
 import os
@@ -11,21 +12,7 @@ import numpy as np
 import pytest
 
 import tripmine
-
-
-def clustered(classes=12, per_class=6, dim=16, spread=0.7, seed=3):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dim))
-    x = np.repeat(centres, per_class, axis=0) + spread * rng.standard_normal((classes * per_class, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(classes), per_class)
-    order = rng.permutation(len(x))
-    return x[order].astype(np.float32), labels[order]
-
-
-def distances64(x):
-    x = x.astype(np.float64)
-    return np.sqrt(np.clip(2 - 2 * x @ x.T, 0, None))
+from helpers import clustered, distances64
 
 
 def triplet_set(r):
@@ -87,7 +74,8 @@ def test_results_equal_the_cli_csv(tmp_path):
     import json
     cli_metrics = json.loads(done.stdout)
     api_metrics = tripmine.evaluate(x, labels)
-    assert cli_metrics["map_at_r"] == pytest.approx(api_metrics["mean_average_precision_at_r"], abs=1e-12)
+    # one definition of the metrics object: the same keys and numbers
+    assert cli_metrics == api_metrics
 
 
 def test_fortran_order_and_float64_give_the_same_triplets():
@@ -119,6 +107,13 @@ def test_fortran_order_and_float64_give_the_same_triplets():
         (lambda x, l: tripmine.mine(x, l, exclude=[0.5]), "integers"),
         (lambda x, l: tripmine.mine(x, l, anchors=np.ones(3, bool)), "one entry per row"),
         (lambda x, l: tripmine.mine(x, l, distance="manhattan"), "distance"),
+        (lambda x, l: tripmine.mine(x, l, strategy="all"), "d\\(a,n\\) - d\\(a,p\\) <= margin"),
+        (lambda x, l: tripmine.mine(x, l, seed=-1), "seed must be at least 0"),
+        (lambda x, l: tripmine.mine(x, l, skip_nearest=-2), "skip_nearest"),
+        (lambda x, l: tripmine.mine(x, l, anchors=[-1]), "anchors names row -1"),
+        (lambda x, l: tripmine.knn(x, -3), "k must be at least 1"),
+        (lambda x, l: tripmine.audit(x, l, k=-1), "k must be at least 1"),
+        (lambda x, l: tripmine.knn(x, 2, reference=x[:, :3]), "columns"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_problem(call, message):
@@ -181,9 +176,10 @@ def test_evaluate_matches_the_definitions():
         p1.append(rel[0])
         hits = np.cumsum(rel[:r])
         maps.append(np.sum(hits / np.arange(1, r + 1) * rel[:r]) / r)
-    assert set(m) >= {"precision_at_1", "r_precision", "mean_average_precision_at_r", "recall_at_1"}
-    assert m["precision_at_1"] == pytest.approx(np.mean(p1), abs=1e-9)
-    assert m["mean_average_precision_at_r"] == pytest.approx(np.mean(maps), abs=1e-6)
+    assert set(m) == {"p_at_1", "r_precision", "map_at_r", "recall_at_k", "queries", "skipped_queries"}
+    assert m["p_at_1"] == pytest.approx(np.mean(p1), abs=1e-9)
+    assert m["map_at_r"] == pytest.approx(np.mean(maps), abs=1e-6)
+    assert m["recall_at_k"]["1"] == m["p_at_1"]
 
 
 def test_audit_finds_a_planted_duplicate_and_a_mislabel():
@@ -212,41 +208,54 @@ def test_cli_runs_without_torch_and_names_what_needs_the_full_build():
     assert embed.returncode == 2 and "libtorch" in embed.stderr
 
 
-def test_to_pandas_when_pandas_is_installed():
-    pd = pytest.importorskip("pandas")
-    x, labels = clustered()
-    frame = tripmine.mine(x, labels).to_pandas()
-    assert isinstance(frame, pd.DataFrame) and list(frame.columns)[:3] == ["anchor", "positive", "negative"]
+def test_empty_exclude_and_anchors_are_lists_of_no_rows():
+    x, labels = clustered(seed=37)
+    every = triplet_set(tripmine.mine(x, labels, negatives_per_anchor=2))
+    assert triplet_set(tripmine.mine(x, labels, negatives_per_anchor=2, exclude=[])) == every
+    assert len(tripmine.mine(x, labels, anchors=[])) == 0
 
 
-def test_all_semihard_triplets_equal_pml_triplet_margin_miner():
-    torch = pytest.importorskip("torch")
-    miners = pytest.importorskip("pytorch_metric_learning.miners")
-    x, labels = clustered(classes=8, per_class=8, spread=0.9, seed=19)
-    pml = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
-    a, p, n = pml(torch.from_numpy(x), torch.from_numpy(labels))
-    want = set(zip(a.tolist(), p.tolist(), n.tolist()))
-    got = triplet_set(tripmine.mine(x, labels, strategy="semihard", positives="all", negatives_per_anchor=None))
-    # pml decides with float32 distances: only triplets within rounding of a band edge may differ
-    d = distances64(x)
-    edge = [t for t in want ^ got if min(abs(d[t[0], t[2]] - d[t[0], t[1]]), abs(d[t[0], t[2]] - d[t[0], t[1]] - 0.2)) > 1e-5]
-    assert len(want) > 100 and not edge
+def test_no_negative_count_takes_every_negative_of_each_kind_of_a_mix():
+    x, labels = clustered(classes=6, per_class=6, spread=1.1, seed=41)
+    mixed = tripmine.mine(x, labels, strategy="semihard=0.9,hard=0.1", negatives_per_anchor=None)
+    hard = tripmine.mine(x, labels, strategy="hard", negatives_per_anchor=None)
+    semihard = tripmine.mine(x, labels, strategy="semihard", negatives_per_anchor=None)
+    assert len(hard) > 0 and len(semihard) > 0
+    # the weights share a count; without one, each kind gives every negative it has
+    assert triplet_set(mixed) == triplet_set(hard) | triplet_set(semihard)
 
 
-def test_global_miner_mines_a_batch_against_the_corpus():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("pytorch_metric_learning")
-    from tripmine.pml import GlobalMiner
+def test_knn_against_a_reference_is_faiss_search():
+    x, _ = clustered(classes=10, per_class=8, seed=43)
+    queries, reference = x[:20], x[20:]
+    D, I = tripmine.knn(queries, 5, reference=reference, distance="sqeuclidean")
+    sq = np.clip(2 - 2 * queries.astype(np.float64) @ reference.T.astype(np.float64), 0, None)
+    want = np.argsort(sq, axis=1, kind="stable")[:, :5]
+    assert I.shape == (20, 5) and (I >= 0).all() and (I < len(reference)).all()
+    assert np.allclose(np.take_along_axis(sq, I, 1), np.take_along_axis(sq, want, 1), atol=1e-5)
+    assert np.allclose(D, np.take_along_axis(sq, I, 1), atol=1e-5), "squared L2, as IndexFlatL2"
+    # a query that is also in the reference finds itself first, as faiss does
+    D, I = tripmine.knn(x[:3], 1, reference=x)
+    assert I[:, 0].tolist() == [0, 1, 2] and np.allclose(D, 0, atol=1e-3)
 
-    x, labels = clustered(seed=23)
-    before = x.copy()
-    miner = GlobalMiner(x, labels, margin=0.2, type_of_triplets="semihard")
-    batch = np.arange(0, len(x), 7)
-    a, p, n = miner(torch.from_numpy(x[batch]), torch.from_numpy(labels[batch]), indices=torch.from_numpy(batch))
-    assert a.dtype == torch.long and len(a) > 0
-    assert set(a.tolist()) <= set(batch.tolist())
-    assert not set(n.tolist()) <= set(batch.tolist()), "negatives come from the whole corpus"
-    # the miner keeps its own copy of the corpus and never writes into the caller's arrays
-    batch_rows = torch.from_numpy(x[batch] * 3)
-    miner(batch_rows, torch.from_numpy(labels[batch]), indices=torch.from_numpy(batch))
-    assert np.array_equal(x, before) and torch.equal(batch_rows, torch.from_numpy(before[batch] * 3))
+
+def test_ctrl_c_during_a_command_run_from_python_does_not_kill_the_session(tmp_path):
+    # A Jupyter kernel calling tripmine's CLI: SIGINT mid-command must not take the process.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40_000, 32)).astype(np.float32)
+    np.save(tmp_path / "X.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
+    (tmp_path / "labels.csv").write_text("label\n" + "".join(f"{i % 500}\n" for i in range(len(x))))
+    code = f"""
+import os, signal, sys, threading
+from tripmine import _tripmine
+threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    _tripmine.run(["tripmine", "eval", "--embeddings", {str(tmp_path / "X.npy")!r},
+                   "--labels", {str(tmp_path / "labels.csv")!r}, "--json"])
+    signal.getsignal(signal.SIGINT)  # Python's handler raises at the next bytecode
+    sys.exit(3)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 3), (done.returncode, done.stderr)
