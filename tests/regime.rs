@@ -190,6 +190,46 @@ fn auto_mining_records_its_choice_and_reason() {
     assert!(run.join("rounds/000/batches.json").is_file());
 }
 
+/// Without a split column, a corpus of many classes of 5 validates on held-out classes: every
+/// epoch's validation scores queries (issue 31: one image per class scored none, reported
+/// 0.0 and kept the first epoch as best/), and config.json records what validated.
+#[test]
+fn validation_without_a_split_column_measures_small_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = few_per_class(dir.path());
+    let run = dir.path().join("run");
+    let (code, _, stderr) = tripmine(&[
+        "train",
+        "--embeddings",
+        s(&rows),
+        "--out",
+        s(&run),
+        "--dim",
+        "8",
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        config(&run)["validation"]["classes"],
+        0.1,
+        "{}",
+        config(&run)
+    );
+    assert!(
+        stderr.contains("validation: 20 samples of 4 classes (classes held out, unseen in training), 20 scorable queries"),
+        "{stderr}"
+    );
+    let maps: Vec<f64> = read_csv(&run.join("metrics.csv"))
+        .iter()
+        .map(|r| r[7].parse().unwrap())
+        .collect();
+    assert_eq!(maps.len(), 4);
+    assert!(maps.iter().all(|m| m.is_finite() && *m > 0.0), "{maps:?}");
+}
+
 /// `tripmine mine --skip-nearest R --negative-floor F`: no negative is among its anchor's R
 /// nearest other-label samples (checked by brute force over the rows) or closer than
 /// F·d(a,p); the sidecar records both.

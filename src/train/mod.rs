@@ -55,7 +55,8 @@ pub enum Validation {
     /// The corpus's split column: `train` trains; `val`/`valid`/`validation` validate, or
     /// `test` when there is no validation split (case-insensitive).
     SplitColumn,
-    /// The split column when the corpus has one, otherwise a tenth of every class's samples.
+    /// The split column when the corpus has one; otherwise a tenth of the classes when the
+    /// corpus has many small ones (see [`auto_holdout`]), else a tenth of every class's samples.
     Auto,
 }
 
@@ -340,7 +341,7 @@ fn split(
     samples: Vec<Sample>,
     validation: &Validation,
     seed: u64,
-) -> (Vec<Sample>, Vec<Sample>, Vec<String>) {
+) -> (Vec<Sample>, Vec<Sample>, Vec<String>, Validation) {
     let mut by_class: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for s in samples {
         by_class.entry(s.label.clone()).or_default().push(s);
@@ -349,10 +350,11 @@ fn split(
     let mut val = Vec::new();
     let mut warnings = Vec::new();
     let has_splits = by_class.values().flatten().any(|s| !s.split.is_empty());
+    let sizes: Vec<usize> = by_class.values().map(Vec::len).collect();
     let validation = match validation {
-        Validation::Auto if has_splits => &Validation::SplitColumn,
-        Validation::Auto => &Validation::Samples(0.1),
-        other => other,
+        Validation::Auto if has_splits => Validation::SplitColumn,
+        Validation::Auto => auto_holdout(&sizes),
+        other => other.clone(),
     };
     match validation {
         Validation::SplitColumn => {
@@ -392,7 +394,9 @@ fn split(
         Validation::Classes(fraction) => {
             let mut names: Vec<String> = by_class.keys().cloned().collect();
             Rng::for_item(seed, 0x5E1_C1A5).shuffle(&mut names);
+            // Two classes at least: one held-out class has no other-label row to rank against.
             let held = ((names.len() as f64 * fraction).round() as usize)
+                .max(if fraction > 0.0 { 2 } else { 0 })
                 .min(names.len().saturating_sub(2));
             let held: HashSet<String> = names.into_iter().take(held).collect();
             for (label, members) in by_class {
@@ -407,6 +411,13 @@ fn split(
             for (i, (_, mut members)) in by_class.into_iter().enumerate() {
                 Rng::for_item(seed ^ 0x5A3B, i as u64).shuffle(&mut members);
                 let held = (members.len() as f64 * fraction).round() as usize;
+                // A single validation image of its class is a query with no positive: hold
+                // two, or none when that would leave fewer than two to train on.
+                let held = match held {
+                    1 if members.len() >= 4 => 2,
+                    1 => 0,
+                    h => h,
+                };
                 let held = held.min(members.len().saturating_sub(2));
                 val.extend(members.drain(..held));
                 train.extend(members);
@@ -416,7 +427,51 @@ fn split(
     }
     train.sort_by(|a, b| a.path.cmp(&b.path));
     val.sort_by(|a, b| a.path.cmp(&b.path));
-    (train, val, warnings)
+    (train, val, warnings, validation)
+}
+
+/// Below this median class size a tenth of each class is under two images, which validates
+/// nothing (a query needs a positive): such corpora hold out whole classes instead.
+const SMALL_CLASS: usize = 20;
+/// Classes needed to hold out a tenth of them and still train on most.
+const CLASSES_TO_HOLD_OUT: usize = 10;
+
+/// `Validation::Auto` without a split column: unseen classes (the metric-learning protocol,
+/// like the test split) for many small classes; otherwise a tenth of every class's samples.
+fn auto_holdout(class_sizes: &[usize]) -> Validation {
+    let mut sorted = class_sizes.to_vec();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    if median < SMALL_CLASS && sorted.len() >= CLASSES_TO_HOLD_OUT {
+        Validation::Classes(0.1)
+    } else {
+        Validation::Samples(0.1)
+    }
+}
+
+/// Validation queries that can be scored: samples whose label has another validation sample.
+fn scorable_queries(labels: &[u32]) -> usize {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for &l in labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    labels.iter().filter(|l| counts[l] >= 2).count()
+}
+
+/// What validates, in words, for the run's first lines on stderr.
+fn describe_validation(validation: &Validation, val: &[Sample], queries: usize) -> String {
+    let classes: HashSet<&str> = val.iter().map(|s| s.label.as_str()).collect();
+    let how = match validation {
+        Validation::Classes(_) => "classes held out, unseen in training",
+        Validation::Samples(_) => "samples held out of each class",
+        Validation::SplitColumn => "the split column",
+        Validation::Auto => "auto",
+    };
+    format!(
+        "validation: {} samples of {} classes ({how}), {queries} scorable queries",
+        val.len(),
+        classes.len()
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,9 +543,12 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         .enumerate()
         .map(|(i, l)| (l.clone(), i as u32))
         .collect();
-    let (train_samples, val_samples, mut notices) = split(samples, &cfg.validation, cfg.seed);
+    let (train_samples, val_samples, mut notices, validation) =
+        split(samples, &cfg.validation, cfg.seed);
     notices.extend(exclude_warning);
     let mut cfg = cfg.clone();
+    // Recorded resolved, so that config.json says what validated and a resume splits alike.
+    cfg.validation = validation;
     // The inputs of each split, before a frozen trunk's features replace its images.
     let (train_inputs, val_inputs) = match &rows_by_path {
         Some(rows) => {
@@ -541,11 +599,24 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
         cfg.mining_choice = Some(choice);
     }
     let cfg = &cfg;
+    let val_labels: Vec<u32> = val_inputs.0.iter().map(|s| label_ids[&s.label]).collect();
+    let val_queries = scorable_queries(&val_labels);
     if val_inputs.0.len() < 2 {
         notices.push(format!(
             "the validation split has {} sample(s): no validation metrics, and best/ is simply the last epoch. Give the corpus a `val` split, or use --val-samples 0.1 or --val-classes 0.25",
             val_inputs.0.len()
         ));
+    } else if val_queries == 0 {
+        notices.push(format!(
+            "no validation sample shares its label with another ({} samples of {} labels): validation measures nothing, and best/ is simply the last epoch. Give the corpus a `val` split with two or more images per class, or use --val-classes 0.1",
+            val_inputs.0.len(),
+            val_labels.iter().collect::<HashSet<_>>().len()
+        ));
+    } else {
+        eprintln!(
+            "{}",
+            describe_validation(&cfg.validation, &val_inputs.0, val_queries)
+        );
     }
     // Said before training starts, where they can still save a wasted run.
     for w in &notices {
@@ -706,8 +777,9 @@ pub fn run(cfg: &TrainConfig, resume: bool) -> Result<TrainSummary, TrainError> 
             }
         }
         rows.push(row);
-        // Without validation metrics the latest epoch is the best one known.
-        let improved = metrics.map_at_r > state.best_map_at_r || val.len() < 2;
+        // Without validation metrics the latest epoch is the best one known; an epoch whose
+        // validation scored no query never counts as an improvement.
+        let improved = metrics.map_at_r > state.best_map_at_r || val_queries == 0;
         if improved {
             state.best_map_at_r = metrics.map_at_r;
             state.best_epoch = epoch + 1;
@@ -864,7 +936,8 @@ fn check_trainable(labels: &[u32]) -> Result<(), TrainError> {
 }
 
 /// Validation metrics and the mean pairwise distance (the collapse check), from one
-/// embedding pass over the validation split; both are absent below two samples (metrics NaN).
+/// embedding pass over the validation split; both are absent below two samples, and the
+/// metrics are NaN ("not measured", never 0.0) when no query could be scored.
 fn validate(model: &Embedder, val: &TrainingSet) -> Result<(Metrics, Option<f64>), ModelError> {
     if val.len() < 2 {
         let none = Metrics {
@@ -882,10 +955,13 @@ fn validate(model: &Embedder, val: &TrainingSet) -> Result<(Metrics, Option<f64>
         dim,
         labels: &val.labels,
     };
-    Ok((
-        eval::evaluate(points),
-        Some(mean_pairwise_distance(&data, dim)),
-    ))
+    let mut metrics = eval::evaluate(points);
+    if metrics.queries == 0 {
+        metrics.p_at_1 = f64::NAN;
+        metrics.r_precision = f64::NAN;
+        metrics.map_at_r = f64::NAN;
+    }
+    Ok((metrics, Some(mean_pairwise_distance(&data, dim))))
 }
 
 /// Mean distance over up to 2,000 seeded random pairs of rows.
@@ -1048,7 +1124,7 @@ mod tests {
     #[test]
     fn split_column_is_case_insensitive_prefers_val_over_test_and_names_unknown_values() {
         let samples = corpus(&["Train", "TRAIN", "Val", "test", "holdout", "train "]);
-        let (train, val, warnings) = split(samples, &Validation::SplitColumn, 0);
+        let (train, val, warnings, _) = split(samples, &Validation::SplitColumn, 0);
         assert_eq!(train.len(), 3);
         assert_eq!(
             val.len(),
@@ -1059,9 +1135,46 @@ mod tests {
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("\"holdout\""), "{warnings:?}");
 
-        let (_, val, warnings) = split(corpus(&["train", "train", "Test"]), &Validation::Auto, 0);
+        let (_, val, warnings, chosen) =
+            split(corpus(&["train", "train", "Test"]), &Validation::Auto, 0);
         assert_eq!(val.len(), 1, "test validates when there is no val split");
         assert!(warnings.is_empty());
+        assert_eq!(chosen, Validation::SplitColumn);
+    }
+
+    /// `classes` classes of `per_class` samples, no split column.
+    fn unsplit(classes: usize, per_class: usize) -> Vec<Sample> {
+        (0..classes * per_class)
+            .map(|i| Sample {
+                path: format!("c{}/{i}.png", i % classes),
+                file: PathBuf::from(format!("{i}.png")),
+                label: format!("c{}", i % classes),
+                split: String::new(),
+            })
+            .collect()
+    }
+
+    /// Validation as a user gets it without a split column: every held-out sample can be a
+    /// query with a positive, whatever the class sizes.
+    #[test]
+    fn auto_validation_scores_queries_on_every_corpus_shape() {
+        for (classes, per_class, want) in [
+            (400, 5, Validation::Classes(0.1)),
+            (30, 10, Validation::Classes(0.1)),
+            (10, 700, Validation::Samples(0.1)),
+            (3, 10, Validation::Samples(0.1)),
+        ] {
+            let (train, val, _, chosen) = split(unsplit(classes, per_class), &Validation::Auto, 4);
+            assert_eq!(chosen, want, "{classes} x {per_class}");
+            let ids: Vec<u32> = val.iter().map(|s| s.label[1..].parse().unwrap()).collect();
+            assert_eq!(scorable_queries(&ids), val.len(), "{classes} x {per_class}");
+            assert!(!val.is_empty() && train.len() > val.len());
+        }
+        // An explicit tenth of classes of 10 holds 2 of each, not one query without a positive.
+        let (_, val, _, _) = split(unsplit(3, 10), &Validation::Samples(0.1), 4);
+        assert_eq!(val.len(), 6);
+        let (_, val, _, _) = split(unsplit(3, 3), &Validation::Samples(0.3), 4);
+        assert!(val.is_empty(), "classes of 3 keep both training images");
     }
 
     /// A memory triplet is trained against the positive its negative was chosen for: the
