@@ -15,6 +15,8 @@ PILLOW_VERSION := 13.0.0
 EFFNET_LITE0_MODEL_VERSION := 0.1.0
 EFFNET_LITE_VERSION := 0.1.0
 MATURIN_VERSION := 1.16.0
+MKDOCS_VERSION := 1.6.1
+DOCS_VENV := .venv-docs
 PYTEST_VERSION := 8.4.2
 WHEEL_VENV := .venv-wheel
 PYTEST_VENV := .venv-pytest
@@ -25,7 +27,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
+.PHONY: demo test docs libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -121,6 +123,24 @@ endef
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
 		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+# The documentation book (mkdocs.yml says why MkDocs), built offline into out/docs: first the
+# generated parts, the command-line reference from the clap definitions (tests/docs.rs), the
+# Python reference from the docstrings (crates/python/tests/test_docs.py) and the benchmark
+# charts from docs/benchmarks/data/*.jsonl; `make test` fails when a checked-in reference
+# differs from what the code generates.
+docs: build wheel $(PYTEST_TORCH_VENV)/.ready $(DOCS_VENV)/.ready
+	TRIPMINE_WRITE_DOCS=1 cargo test --release --test docs the_cli_reference -- --quiet
+	$(PYTEST_TORCH_VENV)/bin/python -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
+	$(PYTEST_TORCH_VENV)/bin/python scripts/python_reference.py --out docs/reference/python.md
+	cargo run --release --quiet --example bench_charts
+	$(DOCS_VENV)/bin/mkdocs build --quiet
+	@echo "the book: out/docs/index.html"
+
+$(DOCS_VENV)/.ready:
+	python3 -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --disable-pip-version-check --quiet mkdocs==$(MKDOCS_VERSION)
+	touch $@
 
 # The bare product that bounds exact search: tripmine's GEMM tiles (faer) beside the gemm and
 # matrixmultiply crates and libtorch's MKL.

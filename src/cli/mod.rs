@@ -3,6 +3,7 @@
 //! are re-exported here.
 
 mod embed;
+pub mod reference;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -14,8 +14,9 @@ README = os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md")
 
 def pytorch_loop():
     text = open(README, encoding="utf-8").read()
-    section = text[text.index("### In a PyTorch loop"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    loops = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "NeighbourBatchSampler" in b]
+    assert len(loops) == 1, "the README has one PyTorch loop"
+    return loops[0]
 
 
 def test_the_readme_pytorch_loop_runs_as_written_and_improves_retrieval():
