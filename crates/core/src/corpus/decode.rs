@@ -111,9 +111,39 @@ impl Preprocess {
     }
 }
 
+/// Images above this many pixels are refused before any pixel is decoded: a decompression bomb
+/// (a small file claiming 50,000 × 50,000) would otherwise allocate gigabytes. 100 megapixels
+/// is a 400 MB RGBA buffer, beyond any photo a corpus holds.
+pub const MAX_PIXELS: u64 = 100_000_000;
+/// Longer side over shorter side above which an image cannot be resized to a square input
+/// meaningfully (a 1 × 100,000 strip would keep one column of its pixels).
+pub const MAX_ASPECT: u64 = 64;
+
+/// Why an image of `width` × `height` is refused before decoding, if it is.
+fn refuse_dimensions(width: u32, height: u32) -> Option<String> {
+    let (w, h) = (u64::from(width), u64::from(height));
+    if w == 0 || h == 0 {
+        return Some(format!(
+            "{width} × {height} pixels: an image with no pixels"
+        ));
+    }
+    if w * h > MAX_PIXELS {
+        return Some(format!(
+            "{width} × {height} pixels is over the {MAX_PIXELS}-pixel limit (a decompression bomb or a scan too large to embed)"
+        ));
+    }
+    if w.max(h) > MAX_ASPECT * w.min(h) {
+        return Some(format!(
+            "{width} × {height} pixels: longer than {MAX_ASPECT} times its width, too elongated to resize to a square input"
+        ));
+    }
+    None
+}
+
 /// Decodes `file` by content (not extension) and turns it upright by its EXIF orientation (a
-/// phone photo stored sideways is seen as it was taken). The error is the reason written to
-/// `skipped.csv`.
+/// phone photo stored sideways is seen as it was taken). Dimensions are checked from the header
+/// before any pixel is decoded ([`MAX_PIXELS`], [`MAX_ASPECT`]). The error is the reason
+/// written to `skipped.csv`.
 pub fn decode_image(file: &Path) -> Result<DynamicImage, String> {
     let meta = fs::metadata(file).map_err(|e| format!("unreadable: {e}"))?;
     if meta.len() == 0 {
@@ -135,6 +165,10 @@ pub fn decode_image(file: &Path) -> Result<DynamicImage, String> {
         other => format!("corrupt or truncated {format:?} image: {other}"),
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
+    let (width, height) = decoder.dimensions();
+    if let Some(reason) = refuse_dimensions(width, height) {
+        return Err(reason);
+    }
     // A malformed EXIF block costs the rotation, not the image.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
@@ -165,6 +199,55 @@ mod tests {
         assert!(decode_image(&dir.path().join("none.png"))
             .unwrap_err()
             .starts_with("unreadable"));
+    }
+
+    /// CRC-32 (PNG's), to forge a valid header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn a_decompression_bomb_and_a_strip_are_refused_from_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 71-byte PNG claiming 50,000 × 50,000 pixels (2.5 gigapixels).
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend(50_000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(13u32.to_be_bytes());
+        png.extend(&ihdr);
+        png.extend(crc32(&ihdr).to_be_bytes());
+        // The start of a compressed stream: the header is read, never a pixel.
+        let idat = b"IDAT\x78\x9c";
+        png.extend(2u32.to_be_bytes());
+        png.extend(idat);
+        png.extend(crc32(idat).to_be_bytes());
+        png.extend(0u32.to_be_bytes());
+        png.extend(b"IEND");
+        png.extend(crc32(b"IEND").to_be_bytes());
+        let bomb = dir.path().join("bomb.png");
+        fs::write(&bomb, &png).unwrap();
+        let reason = decode_image(&bomb).unwrap_err();
+        assert!(reason.contains("50000 × 50000 pixels is over"), "{reason}");
+        let strip = dir.path().join("strip.png");
+        image::GrayImage::new(1, 100_000).save(&strip).unwrap();
+        let reason = decode_image(&strip).unwrap_err();
+        assert!(reason.contains("too elongated"), "{reason}");
+        let fine = dir.path().join("fine.png");
+        image::GrayImage::new(64, 48).save(&fine).unwrap();
+        assert!(decode_image(&fine).is_ok());
     }
 
     #[test]
