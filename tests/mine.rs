@@ -604,3 +604,114 @@ fn every_subcommand_refuses_a_count_of_zero_instead_of_clamping_it() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
+
+/// Every numeric option outside its range is refused before any work, naming the option and
+/// its rule (negative numbers included: they are values, not flags), with exit status 2.
+#[test]
+fn numeric_options_out_of_range_are_refused_by_name() {
+    let corpus = fixtures().join("manifest.csv");
+    let c = s(&corpus);
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &[
+                "mine",
+                "--embeddings",
+                "x",
+                "--out",
+                "y",
+                "--margin",
+                "-0.5",
+            ],
+            "--margin -0.5: must be",
+        ),
+        (
+            &[
+                "mine",
+                "--embeddings",
+                "x",
+                "--out",
+                "y",
+                "--negative-floor",
+                "nan",
+            ],
+            "--negative-floor NaN: must be",
+        ),
+        (
+            &[
+                "audit",
+                "--corpus",
+                c,
+                "--embeddings",
+                "x",
+                "--out",
+                "y",
+                "--outlier-z",
+                "0",
+            ],
+            "--outlier-z 0: must be",
+        ),
+        (
+            &[
+                "audit",
+                "--corpus",
+                c,
+                "--embeddings",
+                "x",
+                "--out",
+                "y",
+                "--mislabel-probability",
+                "2",
+            ],
+            "--mislabel-probability 2: must be a number in [0, 1]",
+        ),
+        (
+            &["train", "--corpus", c, "--out", "y", "--lr", "-1"],
+            "--lr -1: must be a finite number above 0",
+        ),
+        (
+            &["train", "--corpus", c, "--out", "y", "--momentum", "nan"],
+            "--momentum NaN: must be a number in [0, 1)",
+        ),
+        (
+            &[
+                "train",
+                "--corpus",
+                c,
+                "--out",
+                "y",
+                "--warmup-epochs",
+                "inf",
+            ],
+            "--warmup-epochs inf: must be",
+        ),
+        (
+            &[
+                "train",
+                "--corpus",
+                c,
+                "--out",
+                "y",
+                "--weight-decay",
+                "-0.1",
+            ],
+            "--weight-decay -0.1: must be",
+        ),
+        (
+            &[
+                "train",
+                "--corpus",
+                c,
+                "--out",
+                "y",
+                "--random-classes",
+                "3",
+            ],
+            "--random-classes 3: must be",
+        ),
+    ];
+    for (args, message) in cases {
+        let (code, _, stderr) = tripmine(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

@@ -11,6 +11,7 @@ use crate::model::{ModelSpec, TrunkMode};
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Example:\n  tripmine embed --corpus photos/ --out emb/            # fresh network, seed 0\n  tripmine embed --corpus list.csv --model run/best --out emb/ --device cuda\n  tripmine embed --corpus photos/ --backbone resnet50.pt --preprocess imagenet --input-size 224 --out emb/\n  tripmine embed --model head-run/best --embeddings feats.npy --labels labels.csv --out emb/"
 )]
 pub struct EmbedArgs {

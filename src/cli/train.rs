@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::embed::NetworkArgs;
 use super::{GuardArgs, KnnArgs, RuntimeArgs, UsageError};
-use crate::definitions::{Distance, DEFAULT_MARGIN};
+use crate::definitions::{check_number, Allowed, Distance, DEFAULT_MARGIN};
 use crate::mine::{PositiveRule, Strategy};
 use crate::model::{Architecture, HeadKind, ModelSpec, TrunkMode};
 use crate::train::{
@@ -17,6 +17,7 @@ use crate::train::{
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Examples:\n  tripmine train --corpus photos/ --out run/                     # --mining auto (config.json says what it chose)\n  tripmine train --corpus photos/ --out run/ --mining neighbour-batches --exclude audit/exclude.csv\n  tripmine train --corpus photos/ --out run/ --mining batch-hard --classes-per-batch 16 --samples-per-class 4\n  tripmine train --corpus photos/ --out run/ --mining global      # export every round's triplets\n  tripmine train --corpus products/ --out run2/ --model run/best --lr 1e-4  # fine-tune an earlier model\n  tripmine train --resume run/                                   # continue after an interruption",
     group(clap::ArgGroup::new("fresh").multiple(true).args([
         "mining", "remine_every", "batch_miner", "random_classes", "memory_negatives",
@@ -235,22 +236,27 @@ impl TrainArgs {
             Period::Epochs(e) => e >= 0.05,
             Period::Steps(n) => n >= 1,
         };
-        let share_ok = (0.0..=1.0).contains(&self.random_classes);
-        if !(every_ok && share_ok) {
+        if !every_ok {
             return Err(usage(
-                "--remine-every must be at least 0.05 epochs or 1 step, and --random-classes in [0, 1]".into(),
+                "--remine-every must be at least 0.05 epochs or 1 step".into(),
             ));
         }
         self.guard.validate()?;
-        let lr_ok = self.lr.is_finite()
-            && self.lr > 0.0
-            && self.backbone_lr_scale.is_finite()
-            && self.backbone_lr_scale >= 0.0;
-        let margin_ok = self.margin.is_finite() && self.margin >= 0.0;
-        if !(lr_ok && margin_ok) {
-            return Err(usage(
-                "--lr must be positive, --backbone-lr-scale and --margin non-negative".into(),
-            ));
+        for (option, value, allowed) in [
+            ("--lr", self.lr, Allowed::Positive),
+            (
+                "--backbone-lr-scale",
+                self.backbone_lr_scale,
+                Allowed::NonNegative,
+            ),
+            ("--margin", f64::from(self.margin), Allowed::NonNegative),
+            ("--weight-decay", self.weight_decay, Allowed::NonNegative),
+            ("--momentum", self.momentum, Allowed::FractionBelowOne),
+            ("--warmup-epochs", self.warmup_epochs, Allowed::NonNegative),
+            ("--lr-gamma", self.lr_gamma, Allowed::Positive),
+            ("--random-classes", self.random_classes, Allowed::Fraction),
+        ] {
+            check_number(option, value, allowed).map_err(usage)?;
         }
         let validation = match (self.val_classes, self.val_samples) {
             (_, Some(f)) => Validation::Samples(f),
@@ -258,8 +264,10 @@ impl TrainArgs {
             (None, None) => Validation::Auto,
         };
         if let Validation::Samples(f) | Validation::Classes(f) = validation {
-            if !(0.0..1.0).contains(&f) {
-                return Err(usage("validation fractions must be in [0, 1)".into()));
+            if !Allowed::FractionBelowOne.holds(f) {
+                return Err(usage(format!(
+                    "--val-samples / --val-classes {f}: must be a number in [0, 1)"
+                )));
             }
         }
         Ok((

@@ -170,3 +170,47 @@ mod tests {
         }
     }
 }
+
+/// What a numeric option may be: one definition of each rule, so the command line and the
+/// Python API refuse the same values with the same words.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Allowed {
+    /// finite and > 0
+    Positive,
+    /// finite and ≥ 0
+    NonNegative,
+    /// in [0, 1]
+    Fraction,
+    /// in [0, 1)
+    FractionBelowOne,
+}
+
+impl Allowed {
+    pub fn holds(self, v: f64) -> bool {
+        v.is_finite()
+            && match self {
+                Allowed::Positive => v > 0.0,
+                Allowed::NonNegative => v >= 0.0,
+                Allowed::Fraction => (0.0..=1.0).contains(&v),
+                Allowed::FractionBelowOne => (0.0..1.0).contains(&v),
+            }
+    }
+
+    fn says(self) -> &'static str {
+        match self {
+            Allowed::Positive => "a finite number above 0",
+            Allowed::NonNegative => "a finite number, 0 or more",
+            Allowed::Fraction => "a number in [0, 1]",
+            Allowed::FractionBelowOne => "a number in [0, 1)",
+        }
+    }
+}
+
+/// `Err` naming `option` and the rule when `value` breaks it.
+pub fn check_number(option: &str, value: f64, allowed: Allowed) -> Result<(), String> {
+    if allowed.holds(value) {
+        Ok(())
+    } else {
+        Err(format!("{option} {value}: must be {}", allowed.says()))
+    }
+}

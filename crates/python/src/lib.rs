@@ -617,10 +617,6 @@ fn audit_findings(
             splits.len()
         )));
     }
-    if k == 0 {
-        return Err(value_error("k must be at least 1"));
-    }
-    let unit = unit_rows("embeddings", data, dim, normalise)?;
     let thresholds = Thresholds {
         k,
         near_duplicate_fraction,
@@ -629,6 +625,8 @@ fn audit_findings(
         outlier_z,
         ..Thresholds::default()
     };
+    thresholds.validate(str::to_string).map_err(value_error)?;
+    let unit = unit_rows("embeddings", data, dim, normalise)?;
     let out = py.allow_threads(|| {
         let points = Points {
             data: &unit,

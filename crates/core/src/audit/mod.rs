@@ -42,6 +42,34 @@ pub struct Thresholds {
     pub tiny_class: usize,
 }
 
+impl Thresholds {
+    /// Every threshold in its range; `name` spells a field as the caller's users know it
+    /// (`--outlier-z` on the command line, `outlier_z` in Python).
+    pub fn validate(&self, name: impl Fn(&str) -> String) -> Result<(), String> {
+        use crate::definitions::{check_number, Allowed};
+        if self.k == 0 {
+            return Err(format!("{} 0: must be at least 1", name("k")));
+        }
+        for (field, value, allowed) in [
+            (
+                "near_duplicate_fraction",
+                self.near_duplicate_fraction,
+                Allowed::NonNegative,
+            ),
+            (
+                "mislabel_probability",
+                self.mislabel_probability,
+                Allowed::Fraction,
+            ),
+            ("min_model_p_at_1", self.min_model_p_at_1, Allowed::Fraction),
+            ("outlier_z", self.outlier_z, Allowed::Positive),
+        ] {
+            check_number(&name(field), value, allowed)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {

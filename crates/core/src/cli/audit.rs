@@ -9,6 +9,7 @@ use crate::audit::{AuditConfig, Thresholds};
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Examples:\n  tripmine audit --corpus photos/ --model run/best --out audit/\n  tripmine audit --corpus photos/ --embeddings emb/ --out audit/ && tripmine mine --embeddings emb/ --exclude audit/exclude.csv --out t.csv"
 )]
 pub struct AuditArgs {
@@ -60,9 +61,17 @@ pub struct AuditArgs {
 impl AuditArgs {
     pub fn to_config(&self) -> Result<AuditConfig, anyhow::Error> {
         self.runtime.apply()?;
-        if self.k == 0 {
-            return Err(UsageError("--k (neighbours per sample) must be at least 1".into()).into());
-        }
+        let thresholds = Thresholds {
+            k: self.k,
+            near_duplicate_fraction: self.near_duplicate_fraction,
+            mislabel_probability: self.mislabel_probability,
+            min_model_p_at_1: self.min_model_p_at_1,
+            outlier_z: self.outlier_z,
+            tiny_class: self.tiny_class,
+        };
+        thresholds
+            .validate(|field| format!("--{}", field.replace('_', "-")))
+            .map_err(UsageError)?;
         let source = embeddings_from(
             &self.embeddings,
             Some(&self.corpus),
@@ -75,14 +84,7 @@ impl AuditArgs {
             source,
             out: self.out.clone(),
             knn: self.neighbours.config()?,
-            thresholds: Thresholds {
-                k: self.k,
-                near_duplicate_fraction: self.near_duplicate_fraction,
-                mislabel_probability: self.mislabel_probability,
-                min_model_p_at_1: self.min_model_p_at_1,
-                outlier_z: self.outlier_z,
-                tiny_class: self.tiny_class,
-            },
+            thresholds,
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::eval::EvalConfig;
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Example:\n  tripmine eval --corpus list.csv --model run/best --split test --json\n  tripmine eval --embeddings vectors.npy --labels labels.csv --normalise"
 )]
 pub struct EvalArgs {

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{embeddings_from, EmbeddingsArgs, GuardArgs, KnnArgs, RuntimeArgs, UsageError};
-use crate::definitions::{Distance, DEFAULT_MARGIN};
+use crate::definitions::{check_number, Allowed, Distance, DEFAULT_MARGIN};
 use crate::mine::{MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy};
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head\n  tripmine mine --embeddings emb/ --out t.csv --knn classes --candidate-classes 1000\n  tripmine mine --embeddings emb/ --out t.csv --skip-nearest 2 --negative-floor 0.9   # guard against false negatives"
 )]
 pub struct MineArgs {
@@ -65,9 +66,8 @@ impl MineArgs {
         self.runtime.apply()?;
         self.guard.validate()?;
         let usage = |m: &str| -> anyhow::Error { UsageError(m.into()).into() };
-        if !(self.margin.is_finite() && self.margin >= 0.0) {
-            return Err(usage("--margin must be a non-negative number"));
-        }
+        check_number("--margin", f64::from(self.margin), Allowed::NonNegative)
+            .map_err(UsageError)?;
         if self.negatives_per_anchor == 0 || self.anchors_per_class == Some(0) {
             return Err(usage(
                 "--negatives-per-anchor and --anchors-per-class must be at least 1",

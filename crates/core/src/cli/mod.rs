@@ -245,13 +245,12 @@ pub struct GuardArgs {
 
 impl GuardArgs {
     pub fn validate(&self) -> Result<(), UsageError> {
-        if !(self.negative_floor.is_finite() && self.negative_floor >= 0.0) {
-            return Err(UsageError(format!(
-                "--negative-floor {} must be a non-negative number",
-                self.negative_floor
-            )));
-        }
-        Ok(())
+        crate::definitions::check_number(
+            "--negative-floor",
+            f64::from(self.negative_floor),
+            crate::definitions::Allowed::NonNegative,
+        )
+        .map_err(UsageError)
     }
 }
 

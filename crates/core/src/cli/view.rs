@@ -9,6 +9,7 @@ use crate::view::{SortOrder, ViewConfig};
 
 #[derive(Debug, Clone, Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Examples:\n  tripmine view triplets.csv --corpus photos/ --out sheets/ && xdg-open sheets/index.html\n  tripmine view run/rounds/003/triplets.csv --corpus list.csv --out r3/ --sort random --limit 100"
 )]
 pub struct ViewArgs {
