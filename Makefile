@@ -27,7 +27,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test docs libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
+.PHONY: bench-torch bench-torch-quick demo test docs libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -216,6 +216,23 @@ bench-regime-quick: $(LIBTORCH) $(BENCH_READY)
 	cargo build --release
 	test -f out/bench-finetune/effnet_lite0_64.pt || $(BENCH_FINETUNE) --quick
 	$(BENCH_REGIME) --quick
+
+# tripmine's PyTorch parts (tripmine.torch.NeighbourBatchSampler, tripmine.pml.CorpusMemory and
+# AccuracyCalculator) against pml's in one shared PyTorch loop (scripts/bench_torch.py: its
+# docstring lists settings and contenders), then AccuracyCalculator at EVAL_ROWS rows against
+# pml's on faiss. The wheel is installed into the bench venv first.
+EVAL_ROWS ?= 200000
+BENCH_TORCH := $(BENCH_PY) scripts/bench_torch.py --bin $(BIN) $(BENCH_TORCH_ARGS)
+
+bench-torch: build wheel $(BENCH_READY)
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
+	$(BENCH_TORCH)
+	$(BENCH_TORCH) --eval-rows $(EVAL_ROWS)
+
+bench-torch-quick: build wheel $(BENCH_READY)
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
+	$(BENCH_TORCH) --quick
+	$(BENCH_TORCH) --eval-rows 50000
 
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses
