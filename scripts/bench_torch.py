@@ -26,8 +26,10 @@ Contenders (16 classes x 4 images a batch):
   tripmine-sampler   tripmine.torch.NeighbourBatchSampler (the graph of the bank, refreshed
                      every epoch; the bank is updated from each step) + the same pml miner
   tripmine-memory    pml-semihard's batches, then from the second epoch
-                     tripmine.pml.CorpusMemory over every training row with the same rule
-                     (every semi-hard triplet, every positive: pml's miner over the corpus)
+                     tripmine.pml.CorpusMemory with the same rule (every semi-hard triplet,
+                     every positive: pml's miner) over a bank of every training row refreshed
+                     from each step, mining the rows of the last 90% of an epoch's batches
+                     (max_age: XBM's memory, without its FIFO copy)
 
 Printed per setting: test MAP@R and P@1 (mean +- sd over seeds, and per seed), images/s,
 images per step, tripmine's own milliseconds per step (its sampler's refreshes, composition
@@ -140,8 +142,10 @@ def train_one(args, setting, contender, seed, manifest, init):
         xbm = losses.CrossBatchMemory(losses.TripletMarginLoss(margin=MARGIN), DIM,
                                       memory_size=int(XBM_SHARE * len(x)), miner=miner).to(device)
     if contender == "tripmine-memory":
+        # XBM's rule over a bank of every row: the rows of the last 90% of an epoch's batches.
         memory = CorpusMemory(losses.TripletMarginLoss(margin=MARGIN), corpus, y, type_of_triplets="semihard",
-                              positives="all", negatives_per_anchor=None, seed=seed)
+                              positives="all", negatives_per_anchor=None, seed=seed,
+                              max_age=max(1, int(XBM_SHARE * steps_per_epoch)))
 
     def batches():
         nonlocal own
@@ -170,9 +174,7 @@ def train_one(args, setting, contender, seed, manifest, init):
         if contender == "pml-xbm" and warm:
             loss = xbm(emb, labels)
         elif contender == "tripmine-memory" and warm:
-            t = time.time()
             loss = memory(emb, labels, rows)
-            own += time.time() - t
         else:
             mined = miner(emb, labels)
             triplets += len(mined[0])
@@ -185,13 +187,13 @@ def train_one(args, setting, contender, seed, manifest, init):
             sampler.update(rows, emb.detach().cpu())
             own += time.time() - t
         elif contender == "tripmine-memory" and not warm:
-            t = time.time()
             memory.miner.update(emb.detach(), rows)  # the bank follows training from the start
-            own += time.time() - t
         images += len(rows)
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.time() - train_started
+    if memory is not None:
+        own += memory.miner.mining_seconds  # its bank updates and mining; the loss is pml's
     test = embed(model, xt.to(device))
     m = AccuracyCalculator(include=("mean_average_precision_at_r", "precision_at_1")).get_accuracy(test, yt)
     return {"setting": setting, "contender": contender, "seed": seed, "epochs": epochs, "steps": total,

@@ -211,3 +211,18 @@ def test_accuracy_calculator_keeps_pml_s_checks():
         AccuracyCalculator(k=0)
     got = AccuracyCalculator(include=("precision_at_1",)).get_accuracy(x, labels)
     assert list(got) == ["precision_at_1"]
+
+
+def test_max_age_mines_only_rows_refreshed_by_recent_batches():
+    x, labels = clustered(classes=10, per_class=8, spread=0.9, seed=61)
+    miner = GlobalMiner(x, labels, type_of_triplets="any", positives="all", negatives_per_anchor=None, max_age=2)
+    emb, lab = torch.from_numpy(x), torch.from_numpy(labels)
+    first, second, third = torch.arange(0, 20), torch.arange(20, 40), torch.arange(40, 60)
+    miner(emb[first], lab[first], indices=first)
+    a, p, n = miner(emb[second], lab[second], indices=second)
+    # Rows 0-39 were refreshed by the last two batches; rows 40-79 never were.
+    assert len(a) > 0 and set(p.tolist()) | set(n.tolist()) <= set(range(40))
+    a, p, n = miner(emb[third], lab[third], indices=third)
+    used = set(p.tolist()) | set(n.tolist())
+    assert used <= set(range(20, 60)) and used & set(range(40, 60)), "the first batch has aged out"
+    assert miner.mining_seconds > 0

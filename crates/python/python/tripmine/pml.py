@@ -36,6 +36,7 @@ pytorch-metric-learning are installed.
 """
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -109,11 +110,18 @@ class GlobalMiner(BaseMiner):
     the batch, ``p`` and ``n`` rows of ``miner.ref_emb`` (the bank, detached; labels in
     ``miner.ref_labels``). Without ``indices`` the batch is its own corpus (indices into
     the batch, ``ref_emb`` the batch). Corpus labels must be integers (torch compares them).
+
+    ``max_age``: mine only against bank rows refreshed by one of the last ``max_age`` updates
+    (each call with ``indices`` is one; a row given at construction was never refreshed): like ``CrossBatchMemory``'s queue,
+    which holds only embeddings of recent batches, so that rows the network has not seen for a
+    long time (or ever, when the corpus was embedded by an untrained network) are neither
+    positives nor negatives. None: every row. ``mining_seconds`` adds up the time spent in
+    tripmine (bank updates and mining).
     """
 
     def __init__(self, corpus_embeddings, corpus_labels, *, margin=0.2, type_of_triplets="semihard",
                  negatives_per_anchor=1, positives="hardest", skip_nearest=0, negative_floor=0.0,
-                 exclude=None, seed=0, **kwargs):
+                 exclude=None, seed=0, max_age=None, **kwargs):
         super().__init__(**kwargs)
         self.distance_name = _distance_name(kwargs.get("distance"))
         # A copy of its own: the bank is updated in place and must never write into yours.
@@ -136,7 +144,11 @@ class GlobalMiner(BaseMiner):
         self.negative_floor = float(negative_floor)
         self.seed = tripmine._count("seed", seed)
         self.exclude = None if exclude is None else tripmine._indices("exclude", exclude, len(self.bank))
-        self._calls = 0
+        self.max_age = None if max_age is None else tripmine._count("max_age", max_age, 1)
+        # Batches stored so far, and after which one each row was last refreshed (-1: never).
+        self._clock = 0
+        self._refreshed = np.full(len(self.bank), -1, dtype=np.int64)
+        self.mining_seconds = 0.0
         self._device_bank = None
         self._labels_tensor = torch.from_numpy(self.labels)
         self.ref_emb = torch.from_numpy(self.bank)
@@ -154,22 +166,34 @@ class GlobalMiner(BaseMiner):
         return rows
 
     def update(self, embeddings, indices):
-        """Stores fresh embeddings of corpus rows ``indices`` (a batch's, for example)."""
+        """Stores fresh embeddings of corpus rows ``indices`` (a batch's, for example): from
+        the start of training, so that ``max_age`` counts their steps."""
         rows = self._rows_of(indices)
         if len(rows) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings for {len(rows)} indices")
         fresh = _unit(embeddings.detach().to("cpu", torch.float32).numpy())
         self.bank[rows] = fresh
+        self._clock += 1
+        self._refreshed[rows] = self._clock
         if self._device_bank is not None:
             at = torch.as_tensor(rows, device=self._device_bank.device)
             self._device_bank.index_copy_(0, at, torch.from_numpy(fresh).to(self._device_bank.device))
+
+    def _excluded(self):
+        """The user's exclusions and, with ``max_age``, the rows too long unrefreshed."""
+        if self.max_age is None:
+            return self.exclude
+        stale = np.flatnonzero((self._refreshed < 0) | (self._refreshed <= self._clock - self.max_age))
+        if self.exclude is None:
+            return stale
+        return np.union1d(self.exclude, stale)
 
     def _mine_rows(self, anchors):
         columns = _tripmine.mine(
             self.bank, self._codes, strategy=self.strategy, negatives_per_anchor=self.negatives_per_anchor,
             positives=self.positives, margin=self.margin, distance=self.distance_name,
             # A batch of anchors against the bank: one exact pass, no index to build or refresh.
-            knn="exact", exclude=self.exclude, anchors=anchors, seed=self.seed + self._calls,
+            knn="exact", exclude=self._excluded(), anchors=anchors, seed=self.seed + self._clock,
             skip_nearest=self.skip_nearest, negative_floor=self.negative_floor,
             candidate_classes=500, max_search_depth=max(4096, self.negatives_per_anchor or 0), normalise=False)
         return columns["anchor"], columns["positive"], columns["negative"]
@@ -212,14 +236,16 @@ class GlobalMiner(BaseMiner):
             i = int(wrong[0])
             raise ValueError(f"batch position {i} has label {batch_labels[i]} but corpus row {rows[i]} "
                              f"has label {self.labels[rows[i]]}: indices must name the batch's corpus rows")
+        started = time.perf_counter()
         self.update(embeddings, rows)
-        self._calls += 1
         a, p, n = self._mine_rows(rows)
         # Corpus rows of anchors back to their places in the batch (the first, if a row repeats).
         order = np.argsort(rows, kind="stable")
         place = order[np.searchsorted(rows[order], a)]
         self.ref_emb, self.ref_labels = self._reference_on(device)
-        return tuple(torch.as_tensor(c, dtype=torch.long, device=device) for c in (place, p, n))
+        mined = tuple(torch.as_tensor(c, dtype=torch.long, device=device) for c in (place, p, n))
+        self.mining_seconds += time.perf_counter() - started
+        return mined
 
 
 class CorpusMemory(torch.nn.Module):
@@ -230,7 +256,8 @@ class CorpusMemory(torch.nn.Module):
     The bank holds every corpus row (not the last ``memory_size`` embeddings), refreshed from
     each batch; the loss sees only the bank rows the triplets use (the same loss as the whole
     bank for losses over mined tuples, and no B x N distance matrix per step). Keyword
-    arguments go to the :class:`GlobalMiner`.
+    arguments go to the :class:`GlobalMiner` (``max_age`` for a memory of recent rows only,
+    like XBM's queue); ``memory.miner.mining_seconds`` is the time spent in tripmine.
     """
 
     def __init__(self, loss, corpus_embeddings, corpus_labels, **miner_kwargs):
