@@ -27,9 +27,9 @@ Contenders (16 classes x 4 images a batch):
                      every epoch; the bank is updated from each step) + the same pml miner
   tripmine-memory    pml-semihard's batches, then from the second epoch
                      tripmine.pml.CorpusMemory with the same rule (every semi-hard triplet,
-                     every positive: pml's miner) over a bank of every training row refreshed
-                     from each step, mining the rows of the last 90% of an epoch's batches
-                     (max_age: XBM's memory, without its FIFO copy)
+                     every positive: pml's miner) over a bank of every training row, mining
+                     the rows of the last 90% of an epoch's batches (max_age), filled from the
+                     second epoch on as XBM's queue is (so both memories start empty)
 
 Printed per setting: test MAP@R and P@1 (mean +- sd over seeds, and per seed), images/s,
 images per step, tripmine's own milliseconds per step (its sampler's refreshes, composition
@@ -186,8 +186,6 @@ def train_one(args, setting, contender, seed, manifest, init):
             t = time.time()
             sampler.update(rows, emb.detach().cpu())
             own += time.time() - t
-        elif contender == "tripmine-memory" and not warm:
-            memory.miner.update(emb.detach(), rows)  # the bank follows training from the start
         images += len(rows)
     if device.type == "cuda":
         torch.cuda.synchronize()
