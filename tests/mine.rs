@@ -646,9 +646,9 @@ fn numeric_options_out_of_range_are_refused_by_name() {
                 "--out",
                 "y",
                 "--outlier-z",
-                "0",
+                "-1",
             ],
-            "--outlier-z 0: must be",
+            "--outlier-z -1: must be",
         ),
         (
             &[

@@ -62,7 +62,7 @@ impl Thresholds {
                 Allowed::Fraction,
             ),
             ("min_model_p_at_1", self.min_model_p_at_1, Allowed::Fraction),
-            ("outlier_z", self.outlier_z, Allowed::Positive),
+            ("outlier_z", self.outlier_z, Allowed::NonNegative),
         ] {
             check_number(&name(field), value, allowed)?;
         }
