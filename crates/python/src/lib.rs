@@ -4,6 +4,8 @@
 //! non-C-contiguous array is refused, never read in the wrong order), rows are checked as
 //! `mine --embeddings` checks them, and long calls run with the GIL released.
 
+mod blocks;
+
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -17,7 +19,7 @@ use tripmine_core::audit::findings::{self, AuditInput};
 use tripmine_core::audit::Thresholds;
 use tripmine_core::batches::{self, Composition, Graph};
 use tripmine_core::cli::{dispatch, Dispatch};
-use tripmine_core::definitions::Distance;
+use tripmine_core::definitions::{Distance, Triplet};
 use tripmine_core::eval::evaluate as evaluate_points;
 use tripmine_core::knn::{
     self, ExactIndex, HnswParams, KnnChoice, KnnConfig, NeighbourIndex, Points, Restriction,
@@ -25,12 +27,15 @@ use tripmine_core::knn::{
 use tripmine_core::mine::{MiningRules, NegativeOrder, PositiveRule, Strategy};
 use tripmine_core::store::{row_fix, RowCheck, RowProblem};
 
-fn value_error(message: impl Into<String>) -> PyErr {
+pub(crate) fn value_error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
 }
 
 /// The rows of a C-contiguous float32 matrix, in place, and its shape.
-fn rows<'a>(name: &str, a: &'a PyReadonlyArray2<'_, f32>) -> PyResult<(&'a [f32], usize, usize)> {
+pub(crate) fn rows<'a>(
+    name: &str,
+    a: &'a PyReadonlyArray2<'_, f32>,
+) -> PyResult<(&'a [f32], usize, usize)> {
     if !a.is_c_contiguous() {
         return Err(value_error(format!(
             "{name} must be C-contiguous (np.ascontiguousarray); a Fortran-order array is never \
@@ -50,7 +55,7 @@ fn rows<'a>(name: &str, a: &'a PyReadonlyArray2<'_, f32>) -> PyResult<(&'a [f32]
 /// Unit rows as the neighbour layer needs them: borrowed when every row already is one,
 /// otherwise a copy with each row fixed as [`row_fix`] says (`normalise` divides any row by its
 /// norm; without it only nearly-unit rows are, and others are refused).
-fn unit_rows<'a>(
+pub(crate) fn unit_rows<'a>(
     name: &str,
     data: &'a [f32],
     dim: usize,
@@ -97,7 +102,7 @@ fn unit_rows<'a>(
 }
 
 /// Label codes (0..classes) as the neighbour layer's ids.
-fn label_codes(labels: &PyReadonlyArray1<'_, i64>, n: usize) -> PyResult<Vec<u32>> {
+pub(crate) fn label_codes(labels: &PyReadonlyArray1<'_, i64>, n: usize) -> PyResult<Vec<u32>> {
     let codes = labels.as_array();
     if codes.len() != n {
         return Err(value_error(format!(
@@ -111,7 +116,7 @@ fn label_codes(labels: &PyReadonlyArray1<'_, i64>, n: usize) -> PyResult<Vec<u32
         .collect()
 }
 
-fn parse_enum<T: ValueEnum>(what: &str, value: &str) -> PyResult<T> {
+pub(crate) fn parse_enum<T: ValueEnum>(what: &str, value: &str) -> PyResult<T> {
     T::from_str(value, true).map_err(|_| {
         let names: Vec<String> = T::value_variants()
             .iter()
@@ -124,7 +129,7 @@ fn parse_enum<T: ValueEnum>(what: &str, value: &str) -> PyResult<T> {
     })
 }
 
-fn i64_array<'py>(py: Python<'py>, values: Vec<i64>) -> Bound<'py, PyArray1<i64>> {
+pub(crate) fn i64_array<'py>(py: Python<'py>, values: Vec<i64>) -> Bound<'py, PyArray1<i64>> {
     PyArray1::from_vec(py, values)
 }
 
@@ -154,35 +159,23 @@ fn mine<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (data, n, dim) = rows("embeddings", &embeddings)?;
     let codes = label_codes(&labels, n)?;
-    let strategy = Strategy::from_str(strategy).map_err(value_error)?;
-    let positives: PositiveRule = parse_enum("positives", positives)?;
-    let distance: Distance = parse_enum("distance", distance)?;
     let choice: KnnChoice = parse_enum("knn", knn)?;
-    if !(margin.is_finite() && margin >= 0.0) {
-        return Err(value_error(format!(
-            "margin {margin} must be a non-negative number"
-        )));
+    if candidate_classes == 0 {
+        return Err(value_error("candidate_classes must be at least 1"));
     }
-    if !(negative_floor.is_finite() && negative_floor >= 0.0) {
-        return Err(value_error(format!(
-            "negative_floor {negative_floor} must be a non-negative number"
-        )));
+    let rules = RuleArgs {
+        strategy,
+        negatives_per_anchor,
+        positives,
+        margin,
+        distance,
+        seed,
+        skip_nearest,
+        negative_floor,
+        max_search_depth,
     }
-    if candidate_classes == 0 || max_search_depth == 0 || negatives_per_anchor == Some(0) {
-        return Err(value_error(
-            "negatives_per_anchor, candidate_classes and max_search_depth must be at least 1",
-        ));
-    }
-    // None: every negative of the requested kinds, so the search may go through the corpus.
-    let (per_anchor, max_depth) = match negatives_per_anchor {
-        Some(k) if k > max_search_depth => {
-            return Err(value_error(format!(
-                "negatives_per_anchor {k} exceeds max_search_depth {max_search_depth}"
-            )))
-        }
-        Some(k) => (k, max_search_depth),
-        None => (n, n),
-    };
+    .rules(n)?;
+    let distance = rules.distance;
     let mut keep = vec![true; n];
     if let Some(exclude) = &exclude {
         for &i in exclude.as_array().iter() {
@@ -208,21 +201,6 @@ fn mine<'py>(
         None => None,
     };
     let unit = unit_rows("embeddings", data, dim, normalise)?;
-    let defaults = MiningRules::default();
-    let rules = MiningRules {
-        margin,
-        distance,
-        strategy,
-        positives,
-        negatives_per_anchor: per_anchor,
-        negative_order: NegativeOrder::Nearest,
-        anchors_per_class: None,
-        seed,
-        start_depth: defaults.start_depth.min(max_depth),
-        max_depth,
-        skip_nearest,
-        negative_floor,
-    };
     let config = KnnConfig {
         choice,
         hnsw: HnswParams::default(),
@@ -271,50 +249,111 @@ fn mine<'py>(
         let mut stats = serde_json::to_value(&stats).expect("stats serialise");
         stats["backend"] = backend;
         stats["excluded"] = (n - origin.len()).into();
-        stats["margin"] = tripmine_core::definitions::json_f32(margin);
+        stats["margin"] = tripmine_core::definitions::json_f32(rules.margin);
         stats["distance"] = distance.name().into();
-        let triplets: Vec<_> = triplets
+        let triplets: Vec<Triplet> = triplets
             .into_iter()
-            .map(|t| {
-                (
-                    origin[t.anchor],
-                    origin[t.positive],
-                    origin[t.negative],
-                    t.d_ap,
-                    t.d_an,
-                    t.kind,
-                )
+            .map(|t| Triplet {
+                anchor: origin[t.anchor],
+                positive: origin[t.positive],
+                negative: origin[t.negative],
+                ..t
             })
             .collect();
         (triplets, stats)
     });
+    triplet_columns(py, &triplets, stats.to_string())
+}
+
+/// Mined triplets as `MiningResult`'s columns, with the statistics as JSON text.
+pub(crate) fn triplet_columns<'py>(
+    py: Python<'py>,
+    triplets: &[Triplet],
+    stats: String,
+) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
-    out.set_item(
-        "anchor",
-        i64_array(py, triplets.iter().map(|t| t.0 as i64).collect()),
-    )?;
-    out.set_item(
-        "positive",
-        i64_array(py, triplets.iter().map(|t| t.1 as i64).collect()),
-    )?;
-    out.set_item(
-        "negative",
-        i64_array(py, triplets.iter().map(|t| t.2 as i64).collect()),
-    )?;
+    let rows = |f: fn(&Triplet) -> usize| triplets.iter().map(|t| f(t) as i64).collect();
+    out.set_item("anchor", i64_array(py, rows(|t| t.anchor)))?;
+    out.set_item("positive", i64_array(py, rows(|t| t.positive)))?;
+    out.set_item("negative", i64_array(py, rows(|t| t.negative)))?;
     out.set_item(
         "d_ap",
-        PyArray1::from_vec(py, triplets.iter().map(|t| t.3).collect()),
+        PyArray1::from_vec(py, triplets.iter().map(|t| t.d_ap).collect()),
     )?;
     out.set_item(
         "d_an",
-        PyArray1::from_vec(py, triplets.iter().map(|t| t.4).collect()),
+        PyArray1::from_vec(py, triplets.iter().map(|t| t.d_an).collect()),
     )?;
     out.set_item(
         "kind",
-        triplets.iter().map(|t| t.5.name()).collect::<Vec<_>>(),
+        triplets.iter().map(|t| t.kind.name()).collect::<Vec<_>>(),
     )?;
-    out.set_item("stats", stats.to_string())?;
+    out.set_item("stats", stats)?;
     Ok(out)
+}
+
+/// `tripmine.mine`'s rule arguments, checked as the CLI checks them.
+pub(crate) struct RuleArgs<'a> {
+    pub strategy: &'a str,
+    pub negatives_per_anchor: Option<usize>,
+    pub positives: &'a str,
+    pub margin: f32,
+    pub distance: &'a str,
+    pub seed: u64,
+    pub skip_nearest: usize,
+    pub negative_floor: f32,
+    pub max_search_depth: usize,
+}
+
+impl RuleArgs<'_> {
+    /// The rules for a corpus of `n` rows (`negatives_per_anchor` None: every negative, so
+    /// the search may go through the whole corpus).
+    pub(crate) fn rules(&self, n: usize) -> PyResult<MiningRules> {
+        let strategy = Strategy::from_str(self.strategy).map_err(value_error)?;
+        let positives: PositiveRule = parse_enum("positives", self.positives)?;
+        let distance: Distance = parse_enum("distance", self.distance)?;
+        let (margin, negative_floor) = (self.margin, self.negative_floor);
+        if !(margin.is_finite() && margin >= 0.0) {
+            return Err(value_error(format!(
+                "margin {margin} must be a non-negative number"
+            )));
+        }
+        if !(negative_floor.is_finite() && negative_floor >= 0.0) {
+            return Err(value_error(format!(
+                "negative_floor {negative_floor} must be a non-negative number"
+            )));
+        }
+        if self.max_search_depth == 0 || self.negatives_per_anchor == Some(0) {
+            return Err(value_error(
+                "negatives_per_anchor and max_search_depth must be at least 1",
+            ));
+        }
+        let (per_anchor, max_depth) = match self.negatives_per_anchor {
+            Some(k) if k > self.max_search_depth => {
+                return Err(value_error(format!(
+                    "negatives_per_anchor {k} exceeds max_search_depth {}",
+                    self.max_search_depth
+                )))
+            }
+            Some(k) => (k, self.max_search_depth),
+            None => (n, n),
+        };
+        let defaults = MiningRules::default();
+        Ok(MiningRules {
+            margin,
+            distance,
+            strategy,
+            positives,
+            negatives_per_anchor: per_anchor,
+            negative_order: NegativeOrder::Nearest,
+            anchors_per_class: None,
+            seed: self.seed,
+            start_depth: defaults.start_depth.min(max_depth),
+            max_depth,
+            skip_nearest: self.skip_nearest,
+            negative_floor,
+        })
+    }
 }
 
 /// `(D, I)` flat, reshaped to n × k by the Python layer.
@@ -688,6 +727,7 @@ fn run(py: Python<'_>, argv: Vec<OsString>, own_process: bool) -> i32 {
 
 #[pymodule]
 fn _tripmine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    blocks::register(m)?;
     m.add_function(wrap_pyfunction!(mine, m)?)?;
     m.add_function(wrap_pyfunction!(knn_search, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;

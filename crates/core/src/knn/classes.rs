@@ -221,7 +221,8 @@ impl<'a> ClassIndex<'a> {
     /// Band members in each anchor's `candidates` nearest classes, a group of anchors at a
     /// time. A group is whole tiles, so tiles (and their rounding) are those of one pass.
     fn band_search_in(&self, bands: &[Band], candidates: usize) -> Vec<BandHits> {
-        let mut band_rows = BandRows::new(bands);
+        let labels = self.exact.points.labels;
+        let mut band_rows = BandRows::new(bands, |q| (q, labels[q]));
         let mut searched_all = Vec::with_capacity(band_rows.rows.len());
         let block = self.anchor_block().1;
         let pass = (ANCHORS_PER_PASS / block).max(1) * block;
@@ -267,7 +268,7 @@ impl<'a> ClassIndex<'a> {
                         continue;
                     }
                     let mut row = rows[r].lock().expect("unpoisoned");
-                    row.scan(&scores, |c| columns[c], labels);
+                    row.scan(&scores, |c| (columns[c], labels[columns[c]]));
                     threshold.store(row.threshold.to_bits(), Ordering::Relaxed);
                 }
             });

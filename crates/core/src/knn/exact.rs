@@ -95,6 +95,8 @@ impl Collector {
 /// One score row's query, its restriction and the collectors it fills.
 pub(super) struct Row {
     pub(super) query: usize,
+    /// The query's label, which the restriction compares with.
+    own: u32,
     restriction: Restriction,
     pub(super) collectors: Vec<Collector>,
     /// Cached bounds over the collectors: a score above `ceiling` or below `threshold` can
@@ -104,13 +106,19 @@ pub(super) struct Row {
 }
 
 impl Row {
-    pub(super) fn new(query: usize, restriction: Restriction, collectors: Vec<Collector>) -> Self {
+    pub(super) fn new(
+        query: usize,
+        own: u32,
+        restriction: Restriction,
+        collectors: Vec<Collector>,
+    ) -> Self {
         let ceiling = collectors
             .iter()
             .map(|c| c.ceiling)
             .fold(f32::NEG_INFINITY, f32::max);
         let mut row = Row {
             query,
+            own,
             restriction,
             collectors,
             ceiling,
@@ -128,13 +136,14 @@ impl Row {
             .fold(f32::INFINITY, f32::min);
     }
 
-    /// One pass over this row's scores; `column(c)` is the sample that score `c` is with.
+    /// One pass over this row's scores; `column(c)` is the sample that score `c` is with and
+    /// its label.
     /// Almost every score is rejected by the cached bounds, so 16 at a time are tested first
     /// without branches (the compiler vectorises the test) and only chunks with a candidate
     /// are walked one by one.
-    pub(super) fn scan(&mut self, scores: &[f32], column: impl Fn(usize) -> usize, labels: &[u32]) {
+    pub(super) fn scan(&mut self, scores: &[f32], column: impl Fn(usize) -> (usize, u32)) {
         const CHUNK: usize = 16;
-        let own = labels[self.query];
+        let own = self.own;
         for (first, chunk) in (0..).step_by(CHUNK).zip(scores.chunks(CHUNK)) {
             let (ceiling, threshold) = (self.ceiling, self.threshold);
             let candidate = chunk.iter().fold(false, |any, &dot| {
@@ -147,12 +156,12 @@ impl Row {
                 if dot > self.ceiling || dot < self.threshold {
                     continue;
                 }
-                let j = column(c);
+                let (j, label) = column(c);
                 let allowed = j != self.query
                     && match self.restriction {
                         Restriction::Any => true,
-                        Restriction::OtherLabels => labels[j] != own,
-                        Restriction::SameLabel => labels[j] == own,
+                        Restriction::OtherLabels => label != own,
+                        Restriction::SameLabel => label == own,
                     };
                 if !allowed {
                     continue;
@@ -169,12 +178,15 @@ impl Row {
 /// The rows of a band search: one per distinct query, with a collector per band of it.
 pub(super) struct BandRows {
     pub(super) rows: Vec<Row>,
+    /// Each row's `Band::query`, which `query_of` named.
+    pub(super) sources: Vec<usize>,
     /// The bands of each row, in the order of its collectors.
     members: Vec<Vec<usize>>,
 }
 
 impl BandRows {
-    pub(super) fn new(bands: &[Band]) -> Self {
+    /// `query_of(q)` is the sample a band's query `q` is (the row's query) and its label.
+    pub(super) fn new(bands: &[Band], query_of: impl Fn(usize) -> (usize, u32)) -> Self {
         let mut by_query: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, b) in bands.iter().enumerate() {
             by_query.entry(b.query).or_default().push(i);
@@ -186,11 +198,13 @@ impl BandRows {
                     .iter()
                     .map(|&i| Collector::new(bands[i].min_dot, bands[i].max_dot, bands[i].k))
                     .collect();
-                Row::new(q, Restriction::OtherLabels, collectors)
+                let (query, own) = query_of(q);
+                Row::new(query, own, Restriction::OtherLabels, collectors)
             })
             .collect();
         BandRows {
             rows,
+            sources: by_query.keys().copied().collect(),
             members: by_query.into_values().collect(),
         }
     }
@@ -260,12 +274,62 @@ impl<'a> ExactIndex<'a> {
                     tile.resize(block.len() * len, 0.0);
                     gemm::dot_tile(queries, &data[start * dim..(start + len) * dim], dim, tile);
                     for (row, scores) in block.iter_mut().zip(tile.chunks_exact(len)) {
-                        row.scan(scores, |c| start + c, labels);
+                        row.scan(scores, |c| (start + c, labels[start + c]));
                     }
                 }
             },
         );
     }
+}
+
+/// Band answers among one block of a corpus that is never whole in one process (sharded
+/// mining, `mine::blocks`): `bands[i].query` is a row of `anchors`, the sample `anchor_ids`
+/// names; hits are rows of `corpus`, named by `corpus_ids` (the anchor itself is never one).
+/// Each band gets its `k` nearest members in this block, scored by the tiles a whole-corpus
+/// scan uses, so the union of the blocks' answers holds the whole corpus's.
+pub fn band_search_block(
+    anchors: Points,
+    anchor_ids: &[usize],
+    bands: &[Band],
+    corpus: Points,
+    corpus_ids: &[usize],
+) -> Vec<BandHits> {
+    let mut band_rows = BandRows::new(bands, |q| (anchor_ids[q], anchors.labels[q]));
+    let (n, dim) = (corpus.len(), corpus.dim);
+    let workers = rayon::current_num_threads().max(1);
+    let block = QUERY_BLOCK
+        .min(band_rows.rows.len().div_ceil(workers).max(32))
+        .max(1);
+    let sources = &band_rows.sources;
+    band_rows
+        .rows
+        .par_chunks_mut(block)
+        .zip(sources.par_chunks(block))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(queries, tile): &mut (Vec<f32>, Vec<f32>), (rows, sources)| {
+                queries.clear();
+                for &q in sources {
+                    queries.extend_from_slice(anchors.row(q));
+                }
+                for start in (0..n).step_by(CORPUS_BLOCK) {
+                    let len = CORPUS_BLOCK.min(n - start);
+                    tile.resize(rows.len() * len, 0.0);
+                    gemm::dot_tile(
+                        queries,
+                        &corpus.data[start * dim..(start + len) * dim],
+                        dim,
+                        tile,
+                    );
+                    for (row, scores) in rows.iter_mut().zip(tile.chunks_exact(len)) {
+                        row.scan(scores, |c| {
+                            (corpus_ids[start + c], corpus.labels[start + c])
+                        });
+                    }
+                }
+            },
+        );
+    band_rows.answers(bands, |_| true)
 }
 
 impl NeighbourIndex for ExactIndex<'_> {
@@ -277,7 +341,7 @@ impl NeighbourIndex for ExactIndex<'_> {
             .iter()
             .map(|&q| {
                 let everything = Collector::new(f32::NEG_INFINITY, f32::INFINITY, k);
-                Row::new(q, restriction, vec![everything])
+                Row::new(q, self.points.labels[q], restriction, vec![everything])
             })
             .collect();
         self.scan(&mut rows);
@@ -291,7 +355,8 @@ impl NeighbourIndex for ExactIndex<'_> {
 
     /// One score row per distinct query answers all of its bands, whatever their depth.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
-        let mut rows = BandRows::new(bands);
+        let labels = self.points.labels;
+        let mut rows = BandRows::new(bands, |q| (q, labels[q]));
         self.scan(&mut rows.rows);
         rows.answers(bands, |_| true)
     }

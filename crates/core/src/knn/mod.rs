@@ -9,7 +9,7 @@ mod gemm;
 mod hnsw;
 
 pub use classes::ClassIndex;
-pub use exact::{ExactIndex, CORPUS_BLOCK, QUERY_BLOCK};
+pub use exact::{band_search_block, ExactIndex, CORPUS_BLOCK, QUERY_BLOCK};
 pub use gemm::{dot_tile, Kernel};
 pub use hnsw::{HnswIndex, HnswLoader, HnswParams};
 

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use super::rules::{MiningRules, NegativeOrder, PositiveRule, Selection};
 use crate::definitions::{Triplet, TripletKind};
-use crate::knn::{Band, BandHits, NeighbourIndex, Points, Restriction};
+use crate::knn::{Band, NeighbourIndex, Points, Restriction};
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct MineStats {
     pub anchors: usize,
     pub anchors_with_triplets: usize,
@@ -128,7 +128,9 @@ fn mine_with(
             })
             .collect::<Vec<(usize, Vec<usize>)>>()
             .into_par_iter()
-            .map(|(a, skipped)| AnchorPlan::new(points, a, skipped, members, rules))
+            .map(|(a, skipped)| {
+                AnchorPlan::new(points, a, a as u64, points.len(), skipped, members, rules)
+            })
             .collect();
         let requests: Vec<Request> = plans
             .iter()
@@ -140,10 +142,21 @@ fn mine_with(
             .flat_map(|group| index.band_search(group, rules.start_depth, rules.max_depth))
             .collect::<Vec<_>>()
             .into_iter();
-        let mut by_plan: Vec<Vec<(&Request, Option<BandHits>)>> =
+        let mut by_plan: Vec<Vec<(&Request, Option<Answer>)>> =
             plans.iter().map(|_| Vec::new()).collect();
         for r in &requests {
-            let answer = r.band.map(|_| answers.next().expect("one answer per band"));
+            let answer = r.band.map(|_| {
+                let a = answers.next().expect("one answer per band");
+                let anchor = points.row(plans[r.plan].anchor);
+                Answer {
+                    hits: a
+                        .hits
+                        .iter()
+                        .map(|h| (h.index, rules.distance.between(anchor, points.row(h.index))))
+                        .collect(),
+                    complete: a.complete,
+                }
+            });
             by_plan[r.plan].push((r, answer));
         }
         let outcomes: Vec<Outcome> = plans
@@ -167,7 +180,7 @@ fn mine_with(
 }
 
 impl MineStats {
-    fn record(&mut self, o: &Outcome) {
+    pub(super) fn record(&mut self, o: &Outcome) {
         if let Some(reason) = &o.skip_reason {
             *self.skipped.entry(reason.clone()).or_default() += 1;
             return;
@@ -181,7 +194,7 @@ impl MineStats {
     }
 }
 
-fn members_by_label(labels: &[u32]) -> HashMap<u32, Vec<usize>> {
+pub(super) fn members_by_label(labels: &[u32]) -> HashMap<u32, Vec<usize>> {
     let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, &l) in labels.iter().enumerate() {
         members.entry(l).or_default().push(i);
@@ -212,8 +225,12 @@ fn choose_anchors(
 }
 
 /// One anchor's positives, each with the selections its K negatives should come from.
-struct AnchorPlan {
-    anchor: usize,
+pub(super) struct AnchorPlan {
+    /// The anchor's row in the points the plan was made from.
+    pub(super) anchor: usize,
+    /// The anchor's row in the whole corpus: what its random choices are drawn with, so a
+    /// block of the corpus draws what the whole corpus would.
+    id: u64,
     pairs: Vec<PairPlan>,
     seed: u64,
     /// Other-label samples the false-negative guard keeps out (`skip_nearest`).
@@ -229,31 +246,41 @@ struct PairPlan {
 
 /// n negatives of one selection for one anchor–positive pair; `band` is what the index is asked
 /// (none for random easy negatives, which are sampled directly).
-struct Request {
-    plan: usize,
+pub(super) struct Request {
+    pub(super) plan: usize,
     pair: usize,
     selection: Selection,
     n: usize,
-    band: Option<Band>,
+    pub(super) band: Option<Band>,
+}
+
+/// A band's members with their exact distance to the anchor, nearest first.
+pub(super) struct Answer {
+    pub(super) hits: Vec<(usize, f32)>,
+    pub(super) complete: bool,
 }
 
 #[derive(Debug, Clone)]
-struct Outcome {
-    triplets: Vec<Triplet>,
+pub(super) struct Outcome {
+    pub(super) triplets: Vec<Triplet>,
     skip_reason: Option<String>,
     short: bool,
 }
 
 impl AnchorPlan {
-    fn new(
+    /// `points` holds every member of the anchor's class; `corpus_len` is the whole corpus's
+    /// size (what "every negative" means).
+    pub(super) fn new(
         points: Points,
         anchor: usize,
+        id: u64,
+        corpus_len: usize,
         skipped: Vec<usize>,
         members: &HashMap<u32, Vec<usize>>,
         rules: &MiningRules,
     ) -> Self {
         let seed = rules.seed;
-        let mut rng = Rng::for_item(seed, anchor as u64);
+        let mut rng = Rng::for_item(seed, id);
         let d = |j: usize| rules.distance.between(points.row(anchor), points.row(j));
         let same: Vec<(usize, f32)> = members[&points.labels[anchor]]
             .iter()
@@ -282,9 +309,9 @@ impl AnchorPlan {
             .map(|(positive, d_ap)| {
                 let mut wanted: Vec<(Selection, usize)> =
                     rules.strategy.parts.iter().map(|&(s, _)| (s, 0)).collect();
-                if rules.negatives_per_anchor >= points.len() {
+                if rules.negatives_per_anchor >= corpus_len {
                     // Every negative of each kind: weights share a count, not "everything".
-                    wanted.iter_mut().for_each(|w| w.1 = points.len());
+                    wanted.iter_mut().for_each(|w| w.1 = corpus_len);
                 } else {
                     for _ in 0..rules.negatives_per_anchor {
                         let slot = draw_weighted(&mut rng, &rules.strategy.parts);
@@ -301,13 +328,23 @@ impl AnchorPlan {
             .collect();
         AnchorPlan {
             anchor,
+            id,
             pairs,
             seed,
             skipped,
         }
     }
 
-    fn requests(&self, plan: usize, rules: &MiningRules) -> Vec<Request> {
+    /// The guard's rows, once a block's answers name them.
+    pub(super) fn skip(&mut self, rows: Vec<usize>) {
+        self.skipped = rows;
+    }
+
+    /// The band of each request: what the index is asked. The guard's rows are not known yet
+    /// when a block of the corpus asks (they come in the same answers), so every band makes
+    /// room for `skip_nearest` of them; extra members are farther ones, never taken before a
+    /// nearer one.
+    pub(super) fn requests(&self, plan: usize, rules: &MiningRules) -> Vec<Request> {
         let mut out = Vec::new();
         for (pair, p) in self.pairs.iter().enumerate() {
             for &(selection, n) in &p.wanted {
@@ -320,7 +357,7 @@ impl AnchorPlan {
                         max_dot: rules.distance.to_dot(near) + EDGE_SLACK,
                         // Random order draws from the band's first max_depth members.
                         k: if rules.negative_order == NegativeOrder::Nearest {
-                            n + EDGE_EXTRA + self.skipped.len()
+                            n + EDGE_EXTRA + rules.skip_nearest
                         } else {
                             rules.max_depth
                         },
@@ -338,11 +375,12 @@ impl AnchorPlan {
         out
     }
 
-    /// This anchor's triplets from the answers to its requests.
-    fn assemble(
+    /// This anchor's triplets from the answers to its requests; `points` is needed only for
+    /// random easy negatives (requests without a band).
+    pub(super) fn assemble(
         &self,
         points: Points,
-        answered: &[(&Request, Option<BandHits>)],
+        answered: &[(&Request, Option<Answer>)],
         rules: &MiningRules,
         reach: &str,
     ) -> Outcome {
@@ -354,7 +392,7 @@ impl AnchorPlan {
                 short: false,
             };
         }
-        let mut rng = Rng::for_item(self.seed ^ 0x4E47, self.anchor as u64);
+        let mut rng = Rng::for_item(self.seed ^ 0x4E47, self.id);
         let mut triplets: Vec<Triplet> = Vec::new();
         let mut short = false;
         let mut first_missing: Option<String> = None;
@@ -385,8 +423,15 @@ impl AnchorPlan {
                 Some(a) => a
                     .hits
                     .iter()
-                    .filter(|h| !taken.contains(&h.index))
-                    .map(|h| exact_triplet(points, rules, self.anchor, pair.positive, h.index))
+                    .filter(|(negative, _)| !taken.contains(negative))
+                    .map(|&(negative, d_an)| Triplet {
+                        anchor: self.anchor,
+                        positive: pair.positive,
+                        negative,
+                        d_ap: pair.d_ap,
+                        d_an,
+                        kind: TripletKind::classify(pair.d_ap, d_an, rules.margin),
+                    })
                     .filter(|t| request.selection.accepts(t.kind) && t.d_an >= floor)
                     .collect(),
             };
@@ -421,7 +466,7 @@ impl AnchorPlan {
     }
 }
 
-fn random_easy(selection: Selection, rules: &MiningRules) -> bool {
+pub(super) fn random_easy(selection: Selection, rules: &MiningRules) -> bool {
     selection == Selection::Kind(TripletKind::Easy) && rules.negative_order == NegativeOrder::Random
 }
 

@@ -1,6 +1,7 @@
 //! Global triplet mining: load (or compute) embeddings, drop excluded samples, build the
 //! neighbour index, run the miner, write the triplet CSV and its JSON sidecar.
 
+pub mod blocks;
 mod miner;
 mod rules;
 

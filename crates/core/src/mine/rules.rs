@@ -132,7 +132,7 @@ impl fmt::Display for Strategy {
 }
 
 /// Every rule of one mining run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MiningRules {
     pub margin: f32,
     pub distance: Distance,

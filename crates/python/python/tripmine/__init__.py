@@ -17,6 +17,9 @@ read as rows). Bad input raises ``ValueError`` naming the problem.
 PyTorch: ``tripmine.pml`` (a miner, a memory wrapper and an AccuracyCalculator with
 pytorch-metric-learning's conventions) and ``tripmine.torch`` (a neighbour-batch sampler for
 ``DataLoader``); both import torch, this module never does.
+
+Past one process: ``tripmine.write_shards`` writes a corpus as a shard directory and
+``tripmine.ray.mine`` mines it on a Ray cluster with ``mine``'s rules and output.
 """
 
 import json
@@ -24,8 +27,9 @@ import json
 import numpy as np
 
 from . import _tripmine
+from .shards import read_shards, write_shards
 
-__all__ = ["mine", "knn", "evaluate", "audit", "MiningResult", "__version__"]
+__all__ = ["mine", "knn", "evaluate", "audit", "MiningResult", "write_shards", "read_shards", "__version__"]
 __version__ = _tripmine.__version__
 
 
