@@ -18,6 +18,7 @@ MATURIN_VERSION := 1.16.0
 MKDOCS_VERSION := 1.6.1
 DOCS_VENV := .venv-docs
 PYTEST_VERSION := 8.4.2
+RAY_VERSION := 2.60.0
 WHEEL_VENV := .venv-wheel
 PYTEST_VENV := .venv-pytest
 PYTEST_TORCH_VENV := .venv-pytest-torch
@@ -94,7 +95,7 @@ $(WHEEL_VENV)/.ready:
 # has torch (.venv's, through a .pth file, as the bench venv does), pytorch-metric-learning and
 # pandas, where every test runs, tripmine.pml and tripmine.torch inside real pml and DataLoader
 # loops. tests/conftest.py fails the run if any test is skipped.
-pytest: wheel $(PYTEST_TORCH_VENV)/.ready
+pytest: wheel $(PYTEST_TORCH_VENV)/.ready $(PYTEST_TORCH_VENV)/.ray-$(RAY_VERSION)
 	rm -rf $(PYTEST_VENV)
 	python3 -m venv $(PYTEST_VENV)
 	$(PYTEST_VENV)/bin/python -m pip install --disable-pip-version-check --quiet numpy pytest==$(PYTEST_VERSION) dist/tripmine-*.whl
@@ -109,6 +110,12 @@ $(PYTEST_TORCH_VENV)/.ready: $(LIBTORCH)
 	$(PYTEST_TORCH_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
 		pytest==$(PYTEST_VERSION) pytorch-metric-learning==$(PML_VERSION) pandas==$(PANDAS_VERSION)
 	$(PYTEST_TORCH_VENV)/bin/python -c 'import torch, pytorch_metric_learning, pandas'
+	touch $@
+
+# Ray for tests/test_ray.py's real local clusters, added to the torch venv (pinned, from PyPI).
+$(PYTEST_TORCH_VENV)/.ray-$(RAY_VERSION): $(PYTEST_TORCH_VENV)/.ready
+	$(PYTEST_TORCH_VENV)/bin/python -m pip install --disable-pip-version-check --quiet ray==$(RAY_VERSION)
+	$(PYTEST_TORCH_VENV)/bin/python -c 'import ray'
 	touch $@
 
 # A venv that uses .venv's torch and numpy: a .pth file puts .venv's site-packages on its path,

@@ -261,3 +261,48 @@ except KeyboardInterrupt:
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 3), (done.returncode, done.stderr)
+
+
+def test_shards_hold_each_class_whole_and_give_back_every_row(tmp_path):
+    x, labels = clustered(classes=30, per_class=7, dim=8)
+    names = np.array([f"class-{l}" for l in labels])
+    paths = [f"img/{i}.png" for i in range(len(x))]
+    directory = tmp_path / "shards"
+    manifest = tripmine.write_shards(directory, x, names, paths=paths, shard_rows=40)
+    shards = tripmine.read_shards(directory)
+    assert [s["rows"] for s in manifest["shards"]] == [42] * 5
+    rows, codes, ids = shards.load(shards.names)
+    assert sorted(ids.tolist()) == list(range(len(x)))
+    assert np.array_equal(rows, x[ids])
+    assert [manifest["labels"][c] for c in codes] == names[ids].tolist()
+    for shard in manifest["shards"]:
+        _, c, _ = shards.load([shard["name"]])
+        lo, hi = shard["labels"]
+        assert c.min() >= lo and c.max() < hi  # a class never spans two shards
+    assert shards.paths() == (paths, names.tolist())
+    # Written again, the directory is replaced whole.
+    tripmine.write_shards(directory, x[:70], names[:70], shard_rows=1000)
+    assert tripmine.read_shards(directory).names == ["shard-00000"]
+
+
+def test_a_changed_or_missing_shard_is_named(tmp_path):
+    x, labels = clustered(classes=6, per_class=5, dim=4)
+    directory = tmp_path / "shards"
+    tripmine.write_shards(directory, x, labels, shard_rows=10)
+    with open(directory / "shard-00001.npy", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match=r"shard-00001.npy: SHA-256 differs"):
+        tripmine.read_shards(directory)
+    (directory / "shard-00002.labels.npy").unlink()
+    with pytest.raises(ValueError, match=r"shard-00002.labels.npy: missing"):
+        tripmine.read_shards(directory, verify=False)
+    with pytest.raises(ValueError, match="no manifest.json"):
+        tripmine.read_shards(tmp_path)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="not a shard directory"):
+        tripmine.write_shards(tmp_path / "taken", x, labels)
+    with pytest.raises(ValueError, match="row 3 holds NaN"):
+        y = x.copy()
+        y[3, 1] = np.nan
+        tripmine.write_shards(tmp_path / "nan", y, labels)

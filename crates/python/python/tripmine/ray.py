@@ -52,6 +52,8 @@ def _questions(directory, anchors, rules, corpus_rows, normalise):
 
 
 def _answer(directory, anchors, questions, corpus, rules, normalise, exit_once):
+    import ray
+
     retried = False
     if exit_once:
         if not os.path.exists(exit_once):
@@ -62,6 +64,7 @@ def _answer(directory, anchors, questions, corpus, rules, normalise, exit_once):
     c = _load(directory, corpus)
     out = _tripmine.block_answer(*a, questions, *c, rules=rules, normalise=normalise)
     out["retried"] = retried
+    out["node"] = ray.get_runtime_context().get_node_id()
     return out
 
 
@@ -72,6 +75,7 @@ def _finalise(directory, anchors, questions, rules, corpus_rows, normalise, *ans
         x, codes, ids, questions, merged, rules=rules, corpus_rows=corpus_rows, normalise=normalise
     )
     columns["retried"] = [j for j, a in enumerate(answers) if a["retried"]]
+    columns["nodes"] = sorted({a["node"] for a in answers})
     return columns
 
 
@@ -199,10 +203,11 @@ def mine(
         runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(num_cpus)}},
     )
     questions_task = ray.remote(_questions).options(**options)
-    answer_task = ray.remote(_answer).options(**options)
+    # Blocks are compute-bound: spread over the nodes rather than packed on the driver's.
+    answer_task = ray.remote(_answer).options(scheduling_strategy="SPREAD", **options)
     finalise_task = ray.remote(_finalise).options(**options)
     exit_once = os.environ.get(EXIT_ONCE)
-    blocks, pending = {}, {}
+    blocks, pending, nodes = {}, {}, set()
     for i, anchors in enumerate(anchor_groups):
         blocks[i] = saved.load(i)
         if blocks[i] is not None:
@@ -230,6 +235,7 @@ def mine(
         for ref in ready:
             i = pending.pop(ref)
             columns = ray.get(ref)
+            nodes.update(columns.pop("nodes"))
             for j in columns.pop("retried"):
                 print(f"tripmine.ray: block ({i}, {j}) ran again after its worker died", file=sys.stderr)
             saved.save(i, columns)
@@ -242,7 +248,15 @@ def mine(
     columns = {c: merged[c][order] for c in _COLUMNS}
     columns["kind"] = kinds[order].tolist()
     stats = json.loads(_tripmine.merge_stats([p["stats"] for p in parts]))
-    backend = {"name": "exact", "engine": "ray", "anchor_blocks": grid[0], "corpus_blocks": grid[1], "shards": len(names)}
+    backend = {
+        "name": "exact",
+        "engine": "ray",
+        "anchor_blocks": grid[0],
+        "corpus_blocks": grid[1],
+        "shards": len(names),
+        # Nodes that answered blocks in this call (blocks resumed from a checkpoint not counted).
+        "nodes": len(nodes),
+    }
     stats.update(backend=backend, excluded=0, margin=float(margin), distance=str(distance))
     columns["stats"] = json.dumps(stats)
     if out is not None:
