@@ -119,7 +119,7 @@ impl EmbeddingsFrom {
                             .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
                             .unwrap_or_default()
                     }
-                    EmbeddingsInput::Files { .. } => Vec::new(),
+                    EmbeddingsInput::Files { .. } | EmbeddingsInput::Shards(_) => Vec::new(),
                 };
                 let set = match split {
                     Some(split) => set.retain(|s| split_matches(&s.split, split)),

@@ -18,6 +18,7 @@ pub mod output;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod shards;
 pub mod store;
 pub mod triplets;
 pub mod view;

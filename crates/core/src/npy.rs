@@ -52,8 +52,8 @@ enum Float {
     F64,
 }
 
-/// Parses a 2-D float array; the error says what is wrong with it and what tripmine reads.
-pub fn read_matrix(bytes: &[u8]) -> Result<Matrix, String> {
+/// The header text of a `.npy` file and the bytes after it.
+fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -74,10 +74,56 @@ pub fn read_matrix(bytes: &[u8]) -> Result<Matrix, String> {
         .get(start..start + header_len)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or unreadable .npy header")?;
-    let field = |key: &str| -> Option<&str> {
-        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-        Some(header[at..].trim_start_matches([':', ' ']))
+    Ok((header, &bytes[start + header_len..]))
+}
+
+/// The text after `'key':` in a header.
+fn header_field<'h>(header: &'h str, key: &str) -> Option<&'h str> {
+    let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+    Some(header[at..].trim_start_matches([':', ' ']))
+}
+
+/// Parses a 1-D little-endian int64 array (what numpy writes for `np.int64` on x86-64).
+pub fn read_i64_vector(bytes: &[u8]) -> Result<Vec<i64>, String> {
+    let (header, body) = split_header(bytes)?;
+    let descr = header_field(header, "descr")
+        .and_then(|d| d.split('\'').nth(1))
+        .ok_or("no dtype in .npy header")?;
+    if descr != "<i8" {
+        return Err(format!(
+            "dtype is {descr}; expected <i8 (int64, as tripmine.write_shards writes)"
+        ));
+    }
+    let shape = header_field(header, "shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or("no shape in .npy header")?;
+    let dims: Vec<&str> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let n: usize = match dims[..] {
+        [n] => n.parse().map_err(|_| format!("bad shape ({shape})"))?,
+        _ => return Err(format!("array has shape ({shape}); expected 1 dimension")),
     };
+    if Some(body.len()) != n.checked_mul(8) {
+        return Err(format!(
+            "holds {} bytes of data; shape ({n},) of int64 needs {}",
+            body.len(),
+            n.saturating_mul(8)
+        ));
+    }
+    Ok(body
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// Parses a 2-D float array; the error says what is wrong with it and what tripmine reads.
+pub fn read_matrix(bytes: &[u8]) -> Result<Matrix, String> {
+    let (header, body) = split_header(bytes)?;
+    let field = |key: &str| header_field(header, key);
     let descr = field("descr")
         .and_then(|d| d.split('\'').nth(1))
         .ok_or("no dtype in .npy header")?;
@@ -126,7 +172,6 @@ pub fn read_matrix(bytes: &[u8]) -> Result<Matrix, String> {
         .checked_mul(cols)
         .and_then(|n| n.checked_mul(width))
         .ok_or_else(|| format!("shape ({rows}, {cols}) is too large to address"))?;
-    let body = &bytes[start + header_len..];
     if body.len() != needed {
         return Err(format!(
             "holds {} bytes of data; shape ({rows}, {cols}) of {descr} needs {needed}",

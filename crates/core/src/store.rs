@@ -149,12 +149,17 @@ pub enum EmbeddingsInput {
     Dir(PathBuf),
     /// An `.npy` file and a CSV naming its rows in order (`path,label[,split]`, or `label`).
     Files { npy: PathBuf, labels: PathBuf },
+    /// A shard directory (`manifest.json`, `tripmine.write_shards`), read whole.
+    Shards(PathBuf),
 }
 
 impl EmbeddingsInput {
     /// From `--embeddings PATH [--labels CSV]`: a directory, or an `.npy` file with its labels.
     pub fn from_args(embeddings: &Path, labels: Option<&Path>) -> Result<Self, String> {
         match (embeddings.is_dir(), labels) {
+            (true, None) if crate::shards::is_shard_dir(embeddings) => {
+                Ok(EmbeddingsInput::Shards(embeddings.to_path_buf()))
+            }
             (true, None) => Ok(EmbeddingsInput::Dir(embeddings.to_path_buf())),
             (true, Some(labels)) => Ok(EmbeddingsInput::Files {
                 npy: embeddings.join(EMBEDDINGS_NPY),
@@ -180,7 +185,7 @@ impl EmbeddingsInput {
     /// The directory or the `.npy` file, for messages and caches.
     pub fn path(&self) -> &Path {
         match self {
-            EmbeddingsInput::Dir(dir) => dir,
+            EmbeddingsInput::Dir(dir) | EmbeddingsInput::Shards(dir) => dir,
             EmbeddingsInput::Files { npy, .. } => npy,
         }
     }
@@ -351,6 +356,9 @@ pub fn row_fix(row: &[f32], check: RowCheck) -> Result<Option<f64>, RowProblem> 
 
 /// [`open`] with the row check spelled out.
 pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSet, StoreError> {
+    if let EmbeddingsInput::Shards(dir) = input {
+        return open_shards(dir, check);
+    }
     let (dir, npy_path, labels_path, json_path) = match input {
         EmbeddingsInput::Dir(dir) => (
             dir.clone(),
@@ -358,6 +366,7 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
             dir.join(SAMPLES_CSV),
             Some(dir.join(EMBEDDINGS_JSON)).filter(|p| p.exists()),
         ),
+        EmbeddingsInput::Shards(_) => unreachable!("read above"),
         EmbeddingsInput::Files { npy, labels } => {
             let json = npy.with_file_name(EMBEDDINGS_JSON);
             let own = npy.file_name().is_some_and(|n| n == EMBEDDINGS_NPY) && json.exists();
@@ -379,7 +388,7 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            EmbeddingsInput::Files { .. } => p.display().to_string(),
+            EmbeddingsInput::Files { .. } | EmbeddingsInput::Shards(_) => p.display().to_string(),
         }
     };
     let bytes = fs::read(&npy_path).map_err(|e| bad(format!("{}: {e}", name(&npy_path))))?;
@@ -422,7 +431,7 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
         },
     };
     let matrix = npy::read_matrix(&bytes).map_err(|e| bad(format!("{}: {e}", name(&npy_path))))?;
-    let (rows, dim, mut data) = (matrix.rows, matrix.cols, matrix.data);
+    let (rows, dim, data) = (matrix.rows, matrix.cols, matrix.data);
     let labels_bytes = fs::read(&labels_path).map_err(|e| {
         let hint = match input {
             EmbeddingsInput::Dir(_) if e.kind() == std::io::ErrorKind::NotFound => format!(
@@ -475,6 +484,85 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
             name(&npy_path)
         )));
     }
+    let loaded = LoadInfo {
+        npy: npy_path,
+        labels: labels_path,
+        metadata: json_path,
+        dtype: matrix.dtype,
+        fortran_order: matrix.fortran_order,
+        normalised_on_load: check == RowCheck::Normalise,
+    };
+    checked_rows(data, dim, samples, meta, loaded, check, bad)
+}
+
+/// A shard directory read whole, in corpus order (every file checked against its manifest).
+fn open_shards(dir: &Path, check: RowCheck) -> Result<EmbeddingSet, StoreError> {
+    let bad = |message: String| StoreError::Invalid {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let corpus = crate::shards::read(dir).map_err(bad)?;
+    if corpus.manifest.rows == 0 || corpus.manifest.dim == 0 {
+        return Err(bad("the shards hold no rows".into()));
+    }
+    let samples = corpus
+        .paths
+        .into_iter()
+        .zip(corpus.labels)
+        .enumerate()
+        .map(|(index, (path, label))| SampleRow {
+            index,
+            path,
+            label,
+            split: String::new(),
+        })
+        .collect();
+    let manifest = dir.join(crate::shards::MANIFEST);
+    let meta = EmbeddingsMeta {
+        tripmine_version: String::new(),
+        corpus: String::new(),
+        count: corpus.manifest.rows,
+        dim: corpus.manifest.dim,
+        distance: Distance::Euclidean,
+        normalised: false,
+        skipped: 0,
+        model: serde_json::json!({
+            "origin": format!("sharded embeddings ({})", dir.display()),
+        }),
+        sha256: corpus.manifest_sha256,
+        samples_sha256: None,
+        corpus_root: None,
+    };
+    let loaded = LoadInfo {
+        npy: manifest.clone(),
+        labels: manifest,
+        metadata: None,
+        dtype: "<f4".into(),
+        fortran_order: false,
+        normalised_on_load: check == RowCheck::Normalise,
+    };
+    checked_rows(
+        corpus.data,
+        corpus.manifest.dim,
+        samples,
+        meta,
+        loaded,
+        check,
+        bad,
+    )
+}
+
+/// The set, once each row passed `check` (fixed where it allows).
+fn checked_rows(
+    mut data: Vec<f32>,
+    dim: usize,
+    samples: Vec<SampleRow>,
+    meta: EmbeddingsMeta,
+    loaded: LoadInfo,
+    check: RowCheck,
+    bad: impl Fn(String) -> StoreError,
+) -> Result<EmbeddingSet, StoreError> {
+    let rows = samples.len();
     for (i, row) in data.chunks_exact_mut(dim).enumerate() {
         let sample = &samples[i].path;
         match row_fix(row, check) {
@@ -483,7 +571,7 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
             Err(RowProblem::NotFinite) => {
                 return Err(bad(format!(
                     "row {i} ({sample}) holds NaN or infinite values{}",
-                    if matrix.dtype.ends_with("f4") {
+                    if loaded.dtype.ends_with("f4") {
                         ""
                     } else {
                         " (after conversion to float32)"
@@ -514,14 +602,7 @@ pub fn open_rows(input: &EmbeddingsInput, check: RowCheck) -> Result<EmbeddingSe
         dim,
         data,
         samples,
-        loaded: Some(LoadInfo {
-            npy: npy_path,
-            labels: labels_path,
-            metadata: json_path,
-            dtype: matrix.dtype,
-            fortran_order: matrix.fortran_order,
-            normalised_on_load: check == RowCheck::Normalise,
-        }),
+        loaded: Some(loaded),
         meta,
     })
 }

@@ -306,3 +306,31 @@ def test_a_changed_or_missing_shard_is_named(tmp_path):
         y = x.copy()
         y[3, 1] = np.nan
         tripmine.write_shards(tmp_path / "nan", y, labels)
+
+
+def test_every_command_reads_a_shard_directory(tmp_path):
+    x, labels = clustered(classes=20, per_class=6, dim=8, seed=6)
+    names = [f"c{v}" for v in labels]
+    paths = [f"img/{i:03d}.png" for i in range(len(x))]
+    directory = tmp_path / "shards"
+    tripmine.write_shards(directory, x, names, paths=paths, shard_rows=25)
+    script = os.path.join(sysconfig.get_path("scripts"), "tripmine")
+    out = tmp_path / "t.csv"
+    done = subprocess.run([script, "mine", "--embeddings", str(directory), "--out", str(out),
+                           "--strategy", "hard", "--negatives-per-anchor", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    r = tripmine.mine(x, names, strategy="hard", negatives_per_anchor=2)
+    want = [(paths[a], paths[p], paths[n], names[a]) for a, p, n in zip(r.anchor, r.positive, r.negative)]
+    assert sorted((row["anchor"], row["positive"], row["negative"], row["anchor_label"]) for row in rows) == sorted(want)
+    done = subprocess.run([script, "eval", "--embeddings", str(directory), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import json
+    assert json.loads(done.stdout) == tripmine.evaluate(x, labels)
+    # A changed shard is refused by name, with exit code 2 (bad input).
+    with open(directory / "shard-00000.npy", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\0\0\0\0")
+    done = subprocess.run([script, "eval", "--embeddings", str(directory)], capture_output=True, text=True)
+    assert done.returncode == 2 and "shard-00000.npy: SHA-256 differs" in done.stderr, done.stderr
