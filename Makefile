@@ -28,7 +28,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: bench-torch bench-torch-quick demo test docs libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
+.PHONY: bench-scale bench-torch bench-torch-quick demo test docs libtorch build wheel pytest fixtures bench-gemm bench-embed bench-mine bench-train bench-train-quick bench-finetune bench-finetune-quick bench-regime bench-regime-quick bench-venv bench-audit clean-venv
 
 # Idempotent: the symlink exists only once torch (libtorch) and the test helpers are installed.
 $(LIBTORCH):
@@ -240,6 +240,17 @@ bench-torch-quick: build wheel $(BENCH_READY)
 	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
 	$(BENCH_TORCH) --quick
 	$(BENCH_TORCH) --eval-rows 50000
+
+# Mining past one process (scripts/bench_scale.py: in memory, the shard directory, local Ray
+# with 1 and 2 workers, faiss), SCALE_ROWS synthetic rows of 128 dimensions.
+SCALE_ROWS ?= 100000
+bench-scale: build wheel $(BENCH_READY) $(BENCH_VENV)/.ray-$(RAY_VERSION)
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet --force-reinstall --no-deps dist/tripmine-*.whl
+	$(BENCH_PY) scripts/bench_scale.py --rows $(SCALE_ROWS) --bin target/release/tripmine --out out/bench-scale
+
+$(BENCH_VENV)/.ray-$(RAY_VERSION): $(BENCH_READY)
+	$(BENCH_PY) -m pip install --disable-pip-version-check --quiet ray==$(RAY_VERSION)
+	touch $@
 
 # The benchmark's reference contender (scripts/bench_pml.py) runs in a venv of its own that
 # `make test` never needs: a .pth file puts .venv's site-packages on its path, so it uses

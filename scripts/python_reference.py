@@ -11,9 +11,10 @@ import sys
 
 import tripmine
 import tripmine.pml
+import tripmine.ray
 import tripmine.torch
 
-MODULES = [tripmine, tripmine.pml, tripmine.torch]
+MODULES = [tripmine, tripmine.pml, tripmine.torch, tripmine.ray]
 
 
 def signature(obj):

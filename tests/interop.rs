@@ -1,4 +1,4 @@
-//! Embeddings from outside tripmine: the README's PyTorch snippet, run with the venv's torch and
+//! Embeddings from outside tripmine: the embedding guide's PyTorch snippet, run with the venv's torch and
 //! numpy, writes a folder that `mine`, `audit`, `eval` and `view` read; other dtypes, layouts
 //! and unnormalised rows are converted or refused clearly; provenance and crafted headers.
 
@@ -10,25 +10,21 @@ use std::process::Command;
 
 use common::*;
 
-/// The Python lines under the README's `pytorch-snippet` marker.
-fn readme_snippet() -> String {
-    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+/// The Python lines under the embedding guide's `pytorch-snippet` marker.
+fn guide_snippet() -> String {
+    let readme = fs::read_to_string(repo().join("docs/guides/embed.md")).unwrap();
     let at = readme
         .find("<!-- pytorch-snippet")
-        .expect("README marks the snippet");
+        .expect("docs/guides/embed.md marks the snippet");
     let block = &readme[at..];
     let start = block.find("```python\n").unwrap() + "```python\n".len();
     let end = start + block[start..].find("\n```").unwrap();
     let snippet = block[start..end].to_string();
-    assert_eq!(
-        snippet.lines().count(),
-        3,
-        "the README promises three lines"
-    );
+    assert_eq!(snippet.lines().count(), 3, "the guide promises three lines");
     snippet
 }
 
-/// Runs the README snippet on a small "model" (a linear map of noisy one-hot class codes) over
+/// Runs the guide's snippet on a small "model" (a linear map of noisy one-hot class codes) over
 /// the fixture manifest's rows, in `dir`; also writes variants of the same vectors. Returns
 /// numpy's P@1 of the vectors (the oracle for `tripmine eval`).
 fn write_external(dir: &Path) -> f64 {
@@ -55,7 +51,7 @@ fn write_external(dir: &Path) -> f64 {
          numpy.fill_diagonal(sims, -numpy.inf)\n\
          nearest = sims.argmax(axis=1)\n\
          print(numpy.mean([labels[i] == labels[j] for i, j in enumerate(nearest)]))\n",
-        readme_snippet()
+        guide_snippet()
     );
     let made = Command::new(python())
         .args(["-c", &script])

@@ -309,16 +309,20 @@ def test_a_changed_or_missing_shard_is_named(tmp_path):
 
 
 def test_every_command_reads_a_shard_directory(tmp_path):
+    """`mine` streams the shards (out of core) and gives tripmine.mine's triplets by path;
+    `eval` reads them whole."""
     x, labels = clustered(classes=20, per_class=6, dim=8, seed=6)
     names = [f"c{v}" for v in labels]
     paths = [f"img/{i:03d}.png" for i in range(len(x))]
     directory = tmp_path / "shards"
-    tripmine.write_shards(directory, x, names, paths=paths, shard_rows=25)
+    tripmine.write_shards(directory, x, names, paths=paths, shard_rows=24)
     script = os.path.join(sysconfig.get_path("scripts"), "tripmine")
     out = tmp_path / "t.csv"
     done = subprocess.run([script, "mine", "--embeddings", str(directory), "--out", str(out),
                            "--strategy", "hard", "--negatives-per-anchor", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    # Mined out of core: shard by shard, with the peak memory in the summary.
+    assert "exact out of core over 5 shards" in done.stdout and "peak memory" in done.stdout, done.stdout
     with open(out) as f:
         rows = list(csv.DictReader(f))
     r = tripmine.mine(x, names, strategy="hard", negatives_per_anchor=2)

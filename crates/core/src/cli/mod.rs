@@ -125,7 +125,8 @@ pub fn exit_status(result: Result<(), Failure>) -> u8 {
 #[derive(Debug, Clone, Args)]
 pub struct EmbeddingsArgs {
     /// Embeddings: a directory with embeddings.npy + samples.csv (from `tripmine embed` or
-    /// your own code), or an .npy file (N×D float16/32/64) with --labels
+    /// your own code), a shard directory (manifest.json, from tripmine.write_shards; `mine`
+    /// streams it shard by shard), or an .npy file (N×D float16/32/64) with --labels
     #[arg(long)]
     pub embeddings: Option<std::path::PathBuf>,
     /// CSV naming the rows of --embeddings in order: path,label[,split] (or just label)

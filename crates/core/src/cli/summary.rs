@@ -16,6 +16,14 @@ macro_rules! println {
     }};
 }
 
+/// This process's peak resident memory (Linux's `VmHWM`), for the summaries of long jobs.
+fn peak_memory() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Runs `tool`; `network` embeds a corpus given with `--model` (the libtorch build's).
 pub fn run_tool(tool: Tool, network: Option<&dyn Network>) -> Result<(), Failure> {
     match tool {
@@ -28,15 +36,26 @@ pub fn run_tool(tool: Tool, network: Option<&dyn Network>) -> Result<(), Failure
             let s = &done.stats;
             let kind = |k| s.per_kind.get(&k).copied().unwrap_or(0);
             let skipped: usize = s.skipped.values().sum();
+            let backend = match done.backend["out_of_core"].as_bool() {
+                Some(true) => format!(
+                    "{} out of core over {} shards",
+                    done.backend["backend"].as_str().unwrap_or("?"),
+                    done.backend["shards"]
+                ),
+                _ => done.backend["backend"].as_str().unwrap_or("?").to_string(),
+            };
             let msg = format!(
-                "mined {} triplets ({} hard, {} semihard, {} easy) from {} anchors with {} in {:.1}s; {} anchors skipped{}",
+                "mined {} triplets ({} hard, {} semihard, {} easy) from {} anchors with {} in {:.1}s{}; {} anchors skipped{}",
                 s.triplets,
                 kind(TripletKind::Hard),
                 kind(TripletKind::Semihard),
                 kind(TripletKind::Easy),
                 s.anchors_with_triplets,
-                done.backend["backend"].as_str().unwrap_or("?"),
+                backend,
                 done.seconds,
+                peak_memory()
+                    .map(|mb| format!(" (peak memory {mb:.0} MB)"))
+                    .unwrap_or_default(),
                 skipped,
                 cfg.out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default(),
             );

@@ -4,6 +4,7 @@
 pub mod blocks;
 mod miner;
 mod rules;
+mod sharded;
 
 pub use crate::definitions::Triplet;
 pub use miner::{mine, mine_anchors, MineStats};
@@ -237,6 +238,17 @@ pub fn parse_exclude(bytes: &[u8]) -> Result<Vec<String>, String> {
 
 /// `network` embeds `--corpus` with `--model`; without it only files can be mined.
 pub fn run(cfg: &MineConfig, network: Option<&dyn Network>) -> Result<MineSummary, MineError> {
+    if let (
+        EmbeddingsFrom::Files {
+            input: EmbeddingsInput::Shards(dir),
+            normalise,
+        },
+        None,
+        KnnChoice::Auto | KnnChoice::Exact,
+    ) = (&cfg.source, &cfg.exclude, cfg.knn.choice)
+    {
+        return sharded::run(dir, *normalise, cfg);
+    }
     let start = Instant::now();
     let set = cfg.source.load(network, None)?.set;
     let mut warnings = Vec::new();

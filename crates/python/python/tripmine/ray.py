@@ -25,6 +25,8 @@ import numpy as np
 from . import MiningResult, _count, _tripmine
 from .shards import read_shards
 
+__all__ = ["mine", "main"]
+
 # A test hook: the answer task of the grid's last block exits its worker once (the marker
 # file records that it did), so the tests see Ray retry it.
 EXIT_ONCE = "TRIPMINE_RAY_EXIT_ONCE"

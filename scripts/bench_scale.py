@@ -1,0 +1,190 @@
+"""make bench-scale: whole-corpus mining past one process, side by side on one machine.
+
+A synthetic corpus (a generator, no download: --rows x --dim unit rows, --per-class rows per
+class around random centres) is mined with semihard, 1 negative per anchor, by:
+
+  tripmine-exact      tripmine.mine(knn="exact") in memory, one process (all cores)
+  tripmine-classes    tripmine.mine(knn="classes") in memory (approximate: recall below)
+  tripmine-cli-shards `tripmine mine --embeddings SHARDS/` (the shard directory, one process)
+  ray-1, ray-2        tripmine.ray.mine on a local Ray cluster of 1 and 2 worker CPUs, start-up
+                      included (grid: one anchor block per worker x 4 corpus blocks)
+  faiss-flat          faiss IndexFlatIP.search(x, 64) of every row, what a faiss user runs
+                      before filtering negatives (no mining: a lower bound on exact search)
+
+Each runs in a child process of its own: seconds, and the peak resident memory of the largest
+process of its tree (the driver, or a Ray worker). tripmine's exact contenders must give the
+same triplets (checked). The classes path's recall is measured against a float64 numpy miner
+on --sample anchors. From ray-1's block times the 100M / 1B plan is printed.
+
+    .venv-bench/bin/python scripts/bench_scale.py --rows 100000 --out out/bench-scale
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def corpus(rows, dim, per_class, seed=0):
+    rng = np.random.default_rng(seed)
+    classes = rows // per_class
+    centres = rng.standard_normal((classes, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(classes), per_class)[:rows]
+    x = centres[labels] + 0.9 * rng.standard_normal((rows, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = rng.permutation(rows)
+    return np.ascontiguousarray(x[order]), labels[order]
+
+
+def run_child(args):
+    """One contender, in this process; prints its JSON result on the last line."""
+    import tripmine
+
+    data = np.load(os.path.join(args.work, "x.npy"), mmap_mode="r")
+    labels = np.load(os.path.join(args.work, "labels.npy"))
+    shards = os.path.join(args.work, "shards")
+    out = {}
+    t = time.perf_counter()
+    if args.child in ("tripmine-exact", "tripmine-classes"):
+        r = tripmine.mine(np.ascontiguousarray(data), labels, knn=args.child.split("-")[1])
+        out["triplets"] = len(r)
+        np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([r.anchor, r.negative]))
+    elif args.child == "tripmine-cli-shards":
+        csv = os.path.join(args.work, "cli.csv")
+        done = subprocess.run([args.bin, "mine", "--embeddings", shards, "--out", csv, "--knn", "exact"], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        out["triplets"] = sum(1 for _ in open(csv)) - 1
+    elif args.child.startswith("ray-"):
+        import ray
+        import tripmine.ray
+
+        workers = int(args.child.split("-")[1])
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        r = tripmine.ray.mine(shards, anchor_blocks=workers, corpus_blocks=4, verify=False)
+        out["triplets"] = len(r)
+        np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([r.anchor, r.negative]))
+        ray.shutdown()
+    elif args.child == "faiss-flat":
+        import faiss
+
+        index = faiss.IndexFlatIP(data.shape[1])
+        index.add(np.ascontiguousarray(data))
+        index.search(np.ascontiguousarray(data), 64)
+        out["triplets"] = 0
+    out["seconds"] = time.perf_counter() - t
+    print(json.dumps(out))
+
+
+def peak_mb(usage):
+    return usage.ru_maxrss / 1024
+
+
+def float64_recall(x, labels, got, sample, margin=0.2, seed=1):
+    """Share of sampled anchors whose mined semihard negative is the float64 miner's."""
+    rng = np.random.default_rng(seed)
+    anchors = rng.choice(len(x), size=min(sample, len(x)), replace=False)
+    mined = dict(zip(got[0].tolist(), got[1].tolist()))
+    x64 = x.astype(np.float64)
+    hits = total = 0
+    for a in anchors:
+        d = np.sqrt(np.clip(2 - 2 * x64 @ x64[a], 0, None))
+        same = labels == labels[a]
+        same[a] = False
+        if not same.any():
+            continue
+        d_ap = d[same].max()
+        band = (~same) & (d > d_ap) & (d <= d_ap + margin)
+        band[a] = False
+        if not band.any():
+            continue
+        want = int(np.flatnonzero(band)[np.argmin(d[band])])
+        total += 1
+        hits += mined.get(int(a)) == want
+    return hits / max(total, 1), total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--per-class", type=int, default=10)
+    p.add_argument("--shard-rows", type=int, default=25_000)
+    p.add_argument("--sample", type=int, default=1000)
+    p.add_argument("--bin", default="target/release/tripmine")
+    p.add_argument("--out", default="out/bench-scale")
+    p.add_argument("--contenders", default="tripmine-exact,tripmine-classes,tripmine-cli-shards,ray-1,ray-2,faiss-flat")
+    p.add_argument("--child")
+    p.add_argument("--work")
+    args = p.parse_args()
+    if args.child:
+        return run_child(args)
+    import tripmine
+
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="bench-scale-", dir=args.out)
+    x, labels = corpus(args.rows, args.dim, args.per_class)
+    np.save(os.path.join(work, "x.npy"), x)
+    np.save(os.path.join(work, "labels.npy"), labels)
+    tripmine.write_shards(os.path.join(work, "shards"), x, labels, shard_rows=args.shard_rows)
+    results = []
+    for name in args.contenders.split(","):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin)], capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if done.returncode:
+            print(f"{name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        r.update(contender=name, wall_seconds=wall, peak_mb=peak_mb(usage) if usage.ru_maxrss > before.ru_maxrss else None)
+        results.append(r)
+        print(f"{name:22s} {r['seconds']:8.1f} s (process {wall:6.1f} s)  peak {r['peak_mb'] or 0:7.0f} MB  {r['triplets']} triplets", file=sys.stderr)
+    by = {r["contender"]: r for r in results}
+    exact = os.path.join(work, "tripmine-exact.npy")
+    for name in ("ray-1", "ray-2"):
+        path = os.path.join(work, f"{name}.npy")
+        if os.path.exists(exact) and os.path.exists(path):
+            by[name]["equal_to_exact"] = bool(np.array_equal(np.load(exact), np.load(path)))
+    classes = os.path.join(work, "tripmine-classes.npy")
+    if os.path.exists(classes):
+        by["tripmine-classes"]["recall_float64"], scored = float64_recall(x, labels, np.load(classes), args.sample)
+        by["tripmine-classes"]["recall_anchors"] = scored
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"\n{args.rows:,} x {args.dim} rows, {args.rows // args.per_class:,} classes; {machine}")
+    print("| contender | seconds (process) | peak memory, largest process | triplets | note |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        note = []
+        if "equal_to_exact" in r:
+            note.append("same triplets as tripmine-exact" if r["equal_to_exact"] else "DIFFERS from tripmine-exact")
+        if "recall_float64" in r:
+            note.append(f"recall {r['recall_float64']:.4f} vs float64 on {r['recall_anchors']} anchors")
+        print(f"| {r['contender']} | {r['seconds']:.1f} ({r['wall_seconds']:.1f}) | {r['peak_mb'] or 0:.0f} MB | {r['triplets']:,} | {'; '.join(note)} |")
+    if "ray-1" in by and "ray-2" in by:
+        print(f"\nray-2 is {by['ray-1']['wall_seconds'] / by['ray-2']['wall_seconds']:.2f}x faster than ray-1 (process times)")
+    if "tripmine-exact" in by and "ray-2" in by:
+        print(f"ray-2 takes {by['ray-2']['wall_seconds'] / by['tripmine-exact']['wall_seconds']:.2f}x tripmine-exact's process time")
+    if "ray-1" in by:
+        # Exact mining is 2 N^2 d multiply-adds; one worker CPU's measured rate plans the rest.
+        rate = 2 * args.rows**2 * args.dim / by["ray-1"]["seconds"]
+        print(f"\none worker CPU mined at {rate / 1e9:.0f} GFLOP/s (exact, whole run). Exact mining of")
+        for n in (100_000_000, 1_000_000_000):
+            cpu_hours = 2 * n**2 * args.dim / rate / 3600
+            plans = ", ".join(f"{cpu_hours / c:,.0f} h on {c:,} CPUs" for c in (256, 4096))
+            print(f"  {n:,} rows: {cpu_hours:,.0f} CPU-hours ({plans}); rows alone {n * args.dim * 4 / 1e9:,.0f} GB")
+    with open(os.path.join(args.out, "results.jsonl"), "w") as f:
+        for r in results:
+            f.write(json.dumps(dict(r, rows=args.rows, dim=args.dim, machine=machine)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
