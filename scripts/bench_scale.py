@@ -11,8 +11,8 @@ class around random centres) is mined with semihard, 1 negative per anchor, by:
   faiss-flat          faiss IndexFlatIP.search(x, 64) of every row, what a faiss user runs
                       before filtering negatives (no mining: a lower bound on exact search)
 
-Each runs in a child process of its own: seconds, and the peak resident memory of the largest
-process of its tree (the driver, or a Ray worker). tripmine's exact contenders must give the
+Each runs in a child process of its own: seconds, and the peak resident memory (VmHWM) of
+its largest process (the Python driver, the tripmine CLI, or the largest Ray worker). tripmine's exact contenders must give the
 same triplets (checked). The classes path's recall is measured against a float64 numpy miner
 on --sample anchors. From ray-1's block times the 100M / 1B plan is printed.
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,30 @@ def corpus(rows, dim, per_class, seed=0):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     order = rng.permutation(rows)
     return np.ascontiguousarray(x[order]), labels[order]
+
+
+def vm_hwm_mb(pid="self"):
+    """A process's peak resident memory (Linux VmHWM), MB; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next(l for l in f if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def ray_workers_peak_mb():
+    """The largest VmHWM among this machine's Ray worker processes (named ray::...)."""
+    peaks = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::"):
+            peaks.append(vm_hwm_mb(pid) or 0)
+    return max(peaks, default=None)
 
 
 def run_child(args):
@@ -62,6 +85,8 @@ def run_child(args):
         if done.returncode:
             raise SystemExit(done.stderr)
         out["triplets"] = sum(1 for _ in open(csv)) - 1
+        # The CLI's summary says its own peak ("... (peak memory N MB) ...").
+        out["peak_mb"] = float(done.stdout.split("peak memory ")[1].split(" MB")[0])
     elif args.child.startswith("ray-"):
         import ray
         import tripmine.ray
@@ -71,6 +96,7 @@ def run_child(args):
         r = tripmine.ray.mine(shards, anchor_blocks=workers, corpus_blocks=4, verify=False)
         out["triplets"] = len(r)
         np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([r.anchor, r.negative]))
+        out["peak_mb"] = max(ray_workers_peak_mb() or 0, vm_hwm_mb() or 0)
         ray.shutdown()
     elif args.child == "faiss-flat":
         import faiss
@@ -79,12 +105,10 @@ def run_child(args):
         index.add(np.ascontiguousarray(data))
         index.search(np.ascontiguousarray(data), 64)
         out["triplets"] = 0
+        out["threads"] = faiss.omp_get_max_threads()
     out["seconds"] = time.perf_counter() - t
+    out.setdefault("peak_mb", vm_hwm_mb())
     print(json.dumps(out))
-
-
-def peak_mb(usage):
-    return usage.ru_maxrss / 1024
 
 
 def float64_recall(x, labels, got, sample, margin=0.2, seed=1):
@@ -136,18 +160,20 @@ def main():
     tripmine.write_shards(os.path.join(work, "shards"), x, labels, shard_rows=args.shard_rows)
     results = []
     for name in args.contenders.split(","):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin)], capture_output=True, text=True)
+        log = open(os.path.join(work, f"{name}.log"), "w+")
+        child = subprocess.Popen([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin)], stdout=log, stderr=subprocess.STDOUT)
+        _, status, _ = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t
-        if done.returncode:
-            print(f"{name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        log.seek(0)
+        output = log.read()
+        if os.waitstatus_to_exitcode(status):
+            print(f"{name} failed:\n{output[-2000:]}", file=sys.stderr)
             continue
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        r.update(contender=name, wall_seconds=wall, peak_mb=peak_mb(usage) if usage.ru_maxrss > before.ru_maxrss else None)
+        r = json.loads(output.strip().splitlines()[-1])
+        r.update(contender=name, wall_seconds=wall)
         results.append(r)
-        print(f"{name:22s} {r['seconds']:8.1f} s (process {wall:6.1f} s)  peak {r['peak_mb'] or 0:7.0f} MB  {r['triplets']} triplets", file=sys.stderr)
+        print(f"{name:22s} {r['seconds']:8.1f} s (process {wall:6.1f} s)  peak {r['peak_mb']:7.0f} MB  {r['triplets']} triplets", file=sys.stderr)
     by = {r["contender"]: r for r in results}
     exact = os.path.join(work, "tripmine-exact.npy")
     for name in ("ray-1", "ray-2"):
@@ -166,9 +192,11 @@ def main():
         note = []
         if "equal_to_exact" in r:
             note.append("same triplets as tripmine-exact" if r["equal_to_exact"] else "DIFFERS from tripmine-exact")
+        if "threads" in r:
+            note.append(f"k=64 search only, {r['threads']} OpenMP threads")
         if "recall_float64" in r:
             note.append(f"recall {r['recall_float64']:.4f} vs float64 on {r['recall_anchors']} anchors")
-        print(f"| {r['contender']} | {r['seconds']:.1f} ({r['wall_seconds']:.1f}) | {r['peak_mb'] or 0:.0f} MB | {r['triplets']:,} | {'; '.join(note)} |")
+        print(f"| {r['contender']} | {r['seconds']:.1f} ({r['wall_seconds']:.1f}) | {r['peak_mb']:.0f} MB | {r['triplets']:,} | {'; '.join(note)} |")
     if "ray-1" in by and "ray-2" in by:
         print(f"\nray-2 is {by['ray-1']['wall_seconds'] / by['ray-2']['wall_seconds']:.2f}x faster than ray-1 (process times)")
     if "tripmine-exact" in by and "ray-2" in by:
