@@ -8,6 +8,7 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tripmine_core::definitions::{Triplet, TripletKind};
+use tripmine_core::eval::blocks as eval_blocks;
 use tripmine_core::knn::{Band, Points};
 use tripmine_core::mine::blocks::{self, Answers, Block};
 use tripmine_core::mine::{MineStats, MiningRules};
@@ -368,7 +369,124 @@ fn write_triplets(
     })
 }
 
+fn relevant_dict<'py>(py: Python<'py>, r: eval_blocks::Relevant) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item(
+        "offsets",
+        i64_array(py, r.offsets.into_iter().map(|x| x as i64).collect()),
+    )?;
+    out.set_item("scores", PyArray1::from_vec(py, r.scores))?;
+    Ok(out)
+}
+
+fn read_relevant(relevant: &Bound<'_, PyDict>, queries: usize) -> PyResult<eval_blocks::Relevant> {
+    let what = "relevant";
+    let r = eval_blocks::Relevant {
+        offsets: indices(&array::<i64>(relevant, what, "offsets")?, what)?,
+        scores: array::<f32>(relevant, what, "scores")?.as_array().to_vec(),
+    };
+    let consistent = r.offsets.len() == queries + 1
+        && r.offsets.first() == Some(&0)
+        && r.offsets.windows(2).all(|w| w[0] <= w[1])
+        && r.offsets.last() == Some(&r.scores.len());
+    if !consistent {
+        return Err(value_error(format!(
+            "relevant scores do not fit this block's {queries} queries (another anchor block's?)"
+        )));
+    }
+    Ok(r)
+}
+
+fn counts_array(values: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<u64>> {
+    values
+        .as_array()
+        .iter()
+        .map(|&v| u64::try_from(v).map_err(|_| value_error(format!("counts: {v} is negative"))))
+        .collect()
+}
+
+/// Evaluation step 1: each query's relevant scores (the block holds whole classes).
+#[pyfunction]
+#[pyo3(signature = (embeddings, labels, ids, *, normalise))]
+fn eval_relevant<'py>(
+    py: Python<'py>,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    labels: PyReadonlyArray1<'py, i64>,
+    ids: PyReadonlyArray1<'py, i64>,
+    normalise: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let anchors = Rows::read("anchors", &embeddings, &labels, &ids, normalise)?;
+    let r = py.allow_threads(|| eval_blocks::relevant(anchors.block()));
+    relevant_dict(py, r)
+}
+
+/// Evaluation step 2: per relevant score, the other-label rows of one corpus block above it.
+#[pyfunction]
+#[pyo3(signature = (anchors, anchor_labels, anchor_ids, relevant, corpus, corpus_labels, corpus_ids, *, normalise))]
+#[allow(clippy::too_many_arguments)]
+fn eval_count<'py>(
+    py: Python<'py>,
+    anchors: PyReadonlyArray2<'py, f32>,
+    anchor_labels: PyReadonlyArray1<'py, i64>,
+    anchor_ids: PyReadonlyArray1<'py, i64>,
+    relevant: Bound<'py, PyDict>,
+    corpus: PyReadonlyArray2<'py, f32>,
+    corpus_labels: PyReadonlyArray1<'py, i64>,
+    corpus_ids: PyReadonlyArray1<'py, i64>,
+    normalise: bool,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let anchors = Rows::read("anchors", &anchors, &anchor_labels, &anchor_ids, normalise)?;
+    let corpus = Rows::read("corpus", &corpus, &corpus_labels, &corpus_ids, normalise)?;
+    if anchors.dim != corpus.dim {
+        return Err(value_error(format!(
+            "anchors have {} dimensions, the corpus block {}",
+            anchors.dim, corpus.dim
+        )));
+    }
+    let r = read_relevant(&relevant, anchors.ids.len())?;
+    let counts =
+        py.allow_threads(|| eval_blocks::count_closer(anchors.block(), &r, corpus.block()));
+    Ok(i64_array(
+        py,
+        counts.into_iter().map(|c| c as i64).collect(),
+    ))
+}
+
+/// Evaluation steps 3 and 4: the corpus blocks' counts merged, and the anchor block's sums
+/// of the metrics (JSON text; `eval_metrics` adds them up).
+#[pyfunction]
+fn eval_tally(
+    relevant: Bound<'_, PyDict>,
+    counts: Vec<PyReadonlyArray1<'_, i64>>,
+) -> PyResult<String> {
+    let offsets = array::<i64>(&relevant, "relevant", "offsets")?
+        .as_array()
+        .len();
+    let r = read_relevant(&relevant, offsets.saturating_sub(1))?;
+    let parts: Vec<Vec<u64>> = counts.iter().map(counts_array).collect::<PyResult<_>>()?;
+    let merged = eval_blocks::merge(parts.iter().map(Vec::as_slice))
+        .map_err(|e| value_error(e.to_string()))?;
+    let t = eval_blocks::tally(&r, &merged).map_err(|e| value_error(e.to_string()))?;
+    Ok(serde_json::to_string(&t).expect("tally serialises"))
+}
+
+/// The metrics object (`tripmine.evaluate`'s) from the anchor blocks' tallies.
+#[pyfunction]
+fn eval_metrics(tallies: Vec<String>) -> PyResult<String> {
+    let mut total = eval_blocks::Tally::default();
+    for t in &tallies {
+        let t: eval_blocks::Tally = serde_json::from_str(t)
+            .map_err(|e| value_error(format!("not an anchor block's tally: {e}")))?;
+        total.add(&t);
+    }
+    Ok(total.metrics().to_json().to_string())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(eval_relevant, m)?)?;
+    m.add_function(wrap_pyfunction!(eval_count, m)?)?;
+    m.add_function(wrap_pyfunction!(eval_tally, m)?)?;
+    m.add_function(wrap_pyfunction!(eval_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(write_triplets, m)?)?;
     m.add_function(wrap_pyfunction!(mining_rules, m)?)?;
     m.add_function(wrap_pyfunction!(block_questions, m)?)?;

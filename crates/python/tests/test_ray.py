@@ -1,7 +1,7 @@
 """tripmine.ray on a real Ray cluster of two simulated nodes (ray.cluster_utils.Cluster: two
 raylets with one CPU each, so blocks and their objects move between nodes): the distributed
 output equals single-process ``tripmine.mine(knn="exact")`` on every grid, strategy and
-positives rule, survives a worker killed mid-run, and resumes from a checkpoint."""
+positives rule (and ``evaluate`` equals ``tripmine.evaluate``), survives a worker killed mid-run, and resumes from a checkpoint."""
 
 import json
 import os
@@ -137,3 +137,18 @@ def test_random_easy_negatives_are_refused_with_the_reason(cluster, corpus):
     codes = np.unique(labels, return_inverse=True)[1].astype(np.int64)
     with pytest.raises(ValueError, match="nearest first"):
         tripmine._tripmine.block_questions(x, codes, ids, rules=json.dumps(rules), corpus_rows=len(x), normalise=False)
+
+
+def test_evaluate_on_every_grid_equals_tripmine_evaluate(cluster, corpus):
+    directory, x, labels = corpus
+    want = tripmine.evaluate(x, labels)
+    for grid in [(1, 1), (4, 4), (8, 2)]:
+        got = tripmine.ray.evaluate(directory, anchor_blocks=grid[0], corpus_blocks=grid[1], verify=False)
+        assert (got["queries"], got["skipped_queries"]) == (want["queries"], want["skipped_queries"])
+        for key in ["p_at_1", "r_precision", "map_at_r"]:
+            assert abs(got[key] - want[key]) < 1e-12, (grid, key, got[key], want[key])
+        assert got["recall_at_k"] == want["recall_at_k"]
+    cmd = [sys.executable, "-m", "tripmine.ray", "evaluate", "--embeddings", str(directory), "--address", cluster.address]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queries"] == want["queries"]

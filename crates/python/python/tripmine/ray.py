@@ -1,4 +1,5 @@
-"""tripmine on a Ray cluster: whole-corpus mining over a shard directory, block by block.
+"""tripmine on a Ray cluster: whole-corpus mining and retrieval metrics over a shard
+directory, block by block.
 
 The corpus is cut into a grid: *anchor blocks* (consecutive shards, so whole classes) by
 *corpus blocks* (consecutive shards). Ray runs the steps of ``tripmine_core``'s blocked miner
@@ -25,7 +26,7 @@ import numpy as np
 from . import MiningResult, _count, _tripmine
 from .shards import read_shards
 
-__all__ = ["mine", "main"]
+__all__ = ["mine", "evaluate", "main"]
 
 # A test hook: the answer task of the grid's last block exits its worker once (the marker
 # file records that it did), so the tests see Ray retry it.
@@ -131,6 +132,16 @@ class _Checkpoint:
         self._write(self._path(block), lambda f: np.savez(f, **arrays))
 
 
+def _task_options(num_cpus, max_retries):
+    """Every task's Ray options: its CPUs, and as many Rust threads."""
+    num_cpus = _count("num_cpus", num_cpus, 1)
+    return dict(
+        num_cpus=num_cpus,
+        max_retries=_count("max_retries", max_retries),
+        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(num_cpus)}},
+    )
+
+
 def _progress(done, total):
     if sys.stderr.isatty():
         end = "\n" if done == total else ""
@@ -188,7 +199,6 @@ def mine(
         negative_floor=float(negative_floor),
         max_search_depth=_count("max_search_depth", max_search_depth, 1),
     )
-    num_cpus = _count("num_cpus", num_cpus, 1)
     names = shards.names
     anchor_groups = _split(names, anchor_blocks or len(names))
     corpus_groups = _split(names, corpus_blocks or len(names))
@@ -199,11 +209,7 @@ def mine(
     )
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
-    options = dict(
-        num_cpus=num_cpus,
-        max_retries=_count("max_retries", max_retries),
-        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(num_cpus)}},
-    )
+    options = _task_options(num_cpus, max_retries)
     questions_task = ray.remote(_questions).options(**options)
     # Blocks are compute-bound: spread over the nodes rather than packed on the driver's.
     answer_task = ray.remote(_answer).options(scheduling_strategy="SPREAD", **options)
@@ -276,21 +282,67 @@ def mine(
     return MiningResult(columns)
 
 
+def _eval_relevant(directory, anchors, normalise):
+    x, codes, ids = _load(directory, anchors)
+    return _tripmine.eval_relevant(x, codes, ids, normalise=normalise)
+
+
+def _eval_count(directory, anchors, relevant, corpus, normalise):
+    return _tripmine.eval_count(*_load(directory, anchors), relevant, *_load(directory, corpus), normalise=normalise)
+
+
+def _eval_tally(relevant, *counts):
+    return _tripmine.eval_tally(relevant, list(counts))
+
+
+def evaluate(directory, *, normalise=False, anchor_blocks=None, corpus_blocks=None, num_cpus=1, max_retries=3, verify=True):
+    """Retrieval metrics of a shard directory on Ray: ``tripmine.evaluate``'s object (P@1,
+    R-precision, MAP@R, Recall@K of every row against all others), exact. Each query's
+    relevant rows are in its anchor block; each corpus block counts the other-label rows that
+    rank above them, counts that add. Same cluster, grid and task options as ``mine``."""
+    import ray
+
+    shards = read_shards(directory, verify=verify)
+    directory = os.path.abspath(os.fspath(directory))
+    names = shards.names
+    anchor_groups = _split(names, anchor_blocks or len(names))
+    corpus_groups = _split(names, corpus_blocks or len(names))
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    options = _task_options(num_cpus, max_retries)
+    relevant_task = ray.remote(_eval_relevant).options(**options)
+    count_task = ray.remote(_eval_count).options(scheduling_strategy="SPREAD", **options)
+    tally_task = ray.remote(_eval_tally).options(**options)
+    tallies = []
+    for anchors in anchor_groups:
+        relevant = relevant_task.remote(directory, anchors, normalise)
+        counts = [count_task.remote(directory, anchors, relevant, corpus, normalise) for corpus in corpus_groups]
+        tallies.append(tally_task.remote(relevant, *counts))
+    return json.loads(_tripmine.eval_metrics(ray.get(tallies)))
+
+
 def main(argv=None):
-    """``tripmine-ray mine --embeddings SHARDS/ --out triplets.csv [options]``."""
+    """``tripmine-ray mine|evaluate --embeddings SHARDS/ [options]``; exit 2 on bad input."""
     p = argparse.ArgumentParser(
         prog="tripmine-ray",
-        description="tripmine's mining on a Ray cluster, over a shard directory (tripmine.write_shards).",
+        description="tripmine's mining and retrieval metrics on a Ray cluster, over a shard directory (tripmine.write_shards).",
         epilog="example: tripmine-ray mine --embeddings shards/ --out triplets.csv --strategy semihard=0.7,hard=0.3",
     )
+    grid = argparse.ArgumentParser(add_help=False)
+    grid.add_argument("--embeddings", required=True, help="shard directory (manifest.json)")
+    grid.add_argument("--normalise", action="store_true", help="L2-normalise rows that are not unit length")
+    grid.add_argument("--anchor-blocks", type=int, help="anchor blocks (default: one per shard)")
+    grid.add_argument("--corpus-blocks", type=int, help="corpus blocks (default: one per shard)")
+    grid.add_argument("--cpus-per-task", type=int, default=1)
+    grid.add_argument("--address", help="Ray cluster to join (`auto`: the one on this machine); default: a local one")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser(
         "mine",
+        parents=[grid],
         help="mine triplets over every shard",
         description="Mines a shard directory on Ray with the same rules and output as `tripmine mine`.",
         epilog="example: tripmine-ray mine --embeddings shards/ --out t.csv --anchor-blocks 8 --corpus-blocks 2 --address auto",
     )
-    m.add_argument("--embeddings", required=True, help="shard directory (manifest.json)")
     m.add_argument("--out", required=True, help="triplet CSV to write (its sidecar .json beside it)")
     m.add_argument("--strategy", default="semihard")
     m.add_argument("--negatives-per-anchor", type=int, default=1)
@@ -301,17 +353,29 @@ def main(argv=None):
     m.add_argument("--skip-nearest", type=int, default=0)
     m.add_argument("--negative-floor", type=float, default=0.0)
     m.add_argument("--max-search-depth", type=int, default=4096)
-    m.add_argument("--normalise", action="store_true")
-    m.add_argument("--anchor-blocks", type=int, help="anchor blocks (default: one per shard)")
-    m.add_argument("--corpus-blocks", type=int, help="corpus blocks (default: one per shard)")
-    m.add_argument("--cpus-per-task", type=int, default=1)
     m.add_argument("--checkpoint", help="directory of finished blocks; a restarted run resumes")
-    m.add_argument("--address", help="Ray cluster to join (`auto`: the one on this machine); default: a local one")
+    sub.add_parser(
+        "evaluate",
+        parents=[grid],
+        help="P@1, R-precision, MAP@R and Recall@K of every row (JSON, as `tripmine eval --json`)",
+        description="Exact retrieval metrics of a shard directory on Ray, every row against all others.",
+        epilog="example: tripmine-ray evaluate --embeddings shards/ --address auto",
+    )
     args = p.parse_args(argv)
     import ray
 
+    grid_options = dict(
+        normalise=args.normalise,
+        anchor_blocks=args.anchor_blocks,
+        corpus_blocks=args.corpus_blocks,
+        num_cpus=args.cpus_per_task,
+    )
     try:
+        read_shards(args.embeddings, verify=False)  # a bad directory is refused before Ray starts
         ray.init(address=args.address, include_dashboard=False)
+        if args.command == "evaluate":
+            print(json.dumps(evaluate(args.embeddings, **grid_options)))
+            return 0
         result = mine(
             args.embeddings,
             out=args.out,
@@ -324,11 +388,8 @@ def main(argv=None):
             skip_nearest=args.skip_nearest,
             negative_floor=args.negative_floor,
             max_search_depth=args.max_search_depth,
-            normalise=args.normalise,
-            anchor_blocks=args.anchor_blocks,
-            corpus_blocks=args.corpus_blocks,
-            num_cpus=args.cpus_per_task,
             checkpoint=args.checkpoint,
+            **grid_options,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

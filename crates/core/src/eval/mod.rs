@@ -2,6 +2,8 @@
 //! the query itself excluded; queries whose label has no other sample are skipped. The trainer's
 //! validation and `tripmine eval` both use this module.
 
+pub mod blocks;
+
 use std::collections::HashMap;
 
 use serde::Serialize;
