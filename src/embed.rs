@@ -58,6 +58,8 @@ pub struct EmbedConfig {
     pub device: Device,
     pub batch_size: usize,
     pub strict: bool,
+    /// `--shard-rows`: write a shard directory of about this many rows per shard instead.
+    pub shard_rows: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +399,11 @@ pub fn embed_features(
 /// Runs `tripmine embed`: nothing is written under `--strict` if any file was unusable.
 pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
     // Refuse a foreign --out before the work, not after it.
-    if crate::output::is_foreign(&cfg.out, store::EMBEDDINGS_JSON) {
+    let marker = match cfg.shard_rows {
+        Some(_) => crate::shards::MANIFEST,
+        None => store::EMBEDDINGS_JSON,
+    };
+    if crate::output::is_foreign(&cfg.out, marker) {
         return Err(StoreError::NotOurs(cfg.out.clone()).into());
     }
     let embedded = match &cfg.source {
@@ -411,13 +417,33 @@ pub fn run(cfg: &EmbedConfig) -> Result<CorpusEmbedding, EmbedError> {
         )?,
         EmbedSource::Features(input) => embed_features(input, &cfg.model, cfg.device)?,
     };
-    store::write(
-        &cfg.out,
-        &embedded.npy,
-        &embedded.set.samples,
-        &embedded.problems,
-        &embedded.set.meta,
-    )?;
+    match cfg.shard_rows {
+        Some(shard_rows) => {
+            let set = &embedded.set;
+            let labels: Vec<String> = set.samples.iter().map(|s| s.label.clone()).collect();
+            let paths: Vec<String> = set.samples.iter().map(|s| s.path.clone()).collect();
+            let rows = crate::shards::Rows {
+                data: &set.data,
+                dim: set.dim,
+                labels: &labels,
+                paths: Some(&paths),
+                model: Some(set.meta.model.clone()),
+            };
+            crate::shards::write(&cfg.out, &rows, shard_rows).map_err(|message| {
+                StoreError::Invalid {
+                    dir: cfg.out.clone(),
+                    message,
+                }
+            })?;
+        }
+        None => store::write(
+            &cfg.out,
+            &embedded.npy,
+            &embedded.set.samples,
+            &embedded.problems,
+            &embedded.set.meta,
+        )?,
+    }
     Ok(embedded)
 }
 

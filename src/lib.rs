@@ -12,5 +12,5 @@ pub mod train;
 
 pub use tripmine_core::{
     audit, batches, corpus, definitions, embeddings, eval, exit, knn, mine, npy, output, progress,
-    report, rng, store, triplets, view,
+    report, rng, shards, store, triplets, view,
 };

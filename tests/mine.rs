@@ -715,3 +715,65 @@ fn numeric_options_out_of_range_are_refused_by_name() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// `embed --shard-rows` writes a shard directory that `mine` streams out of core: the same
+/// triplets, row for row, as mining the embeddings directory of the same network in memory.
+#[test]
+fn a_sharded_corpus_mined_out_of_core_gives_the_in_memory_triplets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emb, shards) = (dir.path().join("emb"), dir.path().join("shards"));
+    embed_fixtures(&emb, 3);
+    let corpus = fixtures().join("corpus");
+    ok(&[
+        "embed",
+        "--corpus",
+        s(&corpus),
+        "--out",
+        s(&shards),
+        "--dim",
+        "32",
+        "--input-size",
+        "32",
+        "--seed",
+        "3",
+        "--shard-rows",
+        "20",
+    ]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(shards.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["shards"].as_array().unwrap().len() > 1,
+        "{manifest}"
+    );
+    let (in_memory, out_of_core) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    let args = [
+        "--strategy",
+        "semihard=0.5,hard=0.5",
+        "--negatives-per-anchor",
+        "3",
+    ];
+    ok(&[
+        &["mine", "--embeddings", s(&emb), "--out", s(&in_memory)][..],
+        &args,
+    ]
+    .concat());
+    let summary = ok(&[
+        &["mine", "--embeddings", s(&shards), "--out", s(&out_of_core)][..],
+        &args,
+    ]
+    .concat());
+    assert!(
+        summary.contains("out of core over") && summary.contains("peak memory"),
+        "{summary}"
+    );
+    assert_eq!(read_csv(&in_memory), read_csv(&out_of_core));
+    assert!(!read_csv(&in_memory).is_empty());
+    // A shard changed after it was written is refused by name (exit 2).
+    let shard = shards.join("shard-00001.npy");
+    let mut bytes = fs::read(&shard).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&shard, bytes).unwrap();
+    let (code, _, err) = tripmine(&["mine", "--embeddings", s(&shards), "--out", s(&out_of_core)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("shard-00001.npy: SHA-256 differs"), "{err}");
+}

@@ -31,10 +31,18 @@ fn run(command: FullCommand) -> Result<(), Failure> {
             for label in &done.singleton_labels {
                 eprintln!("warning: label {label:?} has a single image: it can never be an anchor");
             }
-            let skipped = match done.problems.len() {
-                0 => String::new(),
-                n => format!(
-                    "; skipped {n} file(s), see {}",
+            let skipped = match (done.problems.first(), cfg.shard_rows) {
+                (None, _) => String::new(),
+                // A shard directory has no skipped.csv: the first reason is given here.
+                (Some(first), Some(_)) => format!(
+                    "; skipped {} file(s) ({}: {})",
+                    done.problems.len(),
+                    first.path,
+                    first.reason
+                ),
+                (Some(_), None) => format!(
+                    "; skipped {} file(s), see {}",
+                    done.problems.len(),
                     cfg.out.join(tripmine::store::SKIPPED_CSV).display()
                 ),
             };

@@ -12,7 +12,7 @@ use crate::model::{ModelSpec, TrunkMode};
 #[derive(Debug, Clone, Args)]
 #[command(
     allow_negative_numbers = true,
-    after_help = "Example:\n  tripmine embed --corpus photos/ --out emb/            # fresh network, seed 0\n  tripmine embed --corpus list.csv --model run/best --out emb/ --device cuda\n  tripmine embed --corpus photos/ --backbone resnet50.pt --preprocess imagenet --input-size 224 --out emb/\n  tripmine embed --model head-run/best --embeddings feats.npy --labels labels.csv --out emb/"
+    after_help = "Example:\n  tripmine embed --corpus photos/ --out emb/            # fresh network, seed 0\n  tripmine embed --corpus list.csv --model run/best --out emb/ --device cuda\n  tripmine embed --corpus photos/ --backbone resnet50.pt --preprocess imagenet --input-size 224 --out emb/\n  tripmine embed --model head-run/best --embeddings feats.npy --labels labels.csv --out emb/\n  tripmine embed --corpus photos/ --model run/best --out shards/ --shard-rows 1000000"
 )]
 pub struct EmbedArgs {
     /// ImageFolder root (root/<label>/<image>) or CSV manifest (path,label[,split])
@@ -44,6 +44,11 @@ pub struct EmbedArgs {
     /// Fail (exit 2, writing nothing) if any file cannot be used
     #[arg(long)]
     pub strict: bool,
+    /// Write a shard directory (manifest.json and .npy shards of about N rows, each class in
+    /// one shard) instead of an embeddings directory: what `tripmine mine` streams out of core
+    /// and tripmine.ray reads
+    #[arg(long)]
+    pub shard_rows: Option<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -173,6 +178,7 @@ impl EmbedArgs {
             device,
             batch_size: self.batch_size,
             strict: self.strict,
+            shard_rows: self.shard_rows,
         })
     }
 }

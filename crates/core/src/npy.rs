@@ -34,6 +34,21 @@ pub fn write_f32_matrix<W: Write>(
     w.write_all(&bytes)
 }
 
+/// Writes a 1-D little-endian int64 array (what `numpy.load` reads as `np.int64`).
+pub fn write_i64_vector<W: Write>(w: &mut W, data: &[i64]) -> io::Result<()> {
+    let n = data.len();
+    let mut header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({n},), }}");
+    let unpadded = MAGIC.len() + 4 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    w.write_all(MAGIC)?;
+    w.write_all(&[1, 0])?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    w.write_all(&bytes)
+}
+
 /// A 2-D array read from `.npy`, converted to float32 rows in C order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {

@@ -1,12 +1,13 @@
-//! Shard directories (written by `tripmine.write_shards`; format in docs/formats.md): a
-//! `manifest.json` and, per shard, `.npy` rows, `.labels.npy` label codes, `.rows.npy` corpus
-//! rows and optionally `.paths.csv`. Read here into corpus order, every file checked against
-//! the SHA-256 the manifest records.
+//! Shard directories (format in docs/formats.md): a `manifest.json` and, per shard, `.npy`
+//! rows, `.labels.npy` label codes, `.rows.npy` corpus rows and optionally `.paths.csv`.
+//! Written here ([`write`]: `tripmine embed --shard-rows`, `tripmine.write_shards`), placed by
+//! label, and read here into corpus order, every file checked against the SHA-256 the
+//! manifest records.
 
 use std::fs;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::npy;
 use crate::store::{row_fix, sha256_hex, RowCheck, RowProblem};
@@ -15,7 +16,7 @@ pub const MANIFEST: &str = "manifest.json";
 const FORMAT: &str = "tripmine-shards";
 const VERSION: u32 = 1;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
@@ -24,15 +25,143 @@ pub struct Manifest {
     pub labels: Vec<String>,
     pub paths: bool,
     pub shards: Vec<ShardEntry>,
+    /// Where the rows came from (`tripmine embed`'s model record), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ShardEntry {
     pub name: String,
     pub rows: usize,
     /// Codes `[first, end)` of the classes this shard holds whole.
     pub labels: [usize; 2],
     pub sha256: std::collections::BTreeMap<String, String>,
+}
+
+/// Rows to write as a shard directory: row `i` of `data` has `labels[i]` (and `paths[i]`).
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+    pub labels: &'a [String],
+    pub paths: Option<&'a [String]>,
+    pub model: Option<serde_json::Value>,
+}
+
+/// Writes `rows` as a shard directory at `dir` (staged beside it, then swapped in whole),
+/// classes in label order, a shard closed once it holds `shard_rows` rows. A directory that
+/// holds something else is refused.
+pub fn write(dir: &Path, rows: &Rows, shard_rows: usize) -> Result<Manifest, String> {
+    let n = rows.labels.len();
+    if n == 0 || rows.dim == 0 || rows.data.len() != n * rows.dim {
+        return Err(format!(
+            "{} rows of {} values and {n} labels do not make shards",
+            rows.data.len() / rows.dim.max(1),
+            rows.dim
+        ));
+    }
+    if rows.paths.is_some_and(|p| p.len() != n) {
+        return Err(format!(
+            "{} paths for {n} rows",
+            rows.paths.map_or(0, |p| p.len())
+        ));
+    }
+    if shard_rows == 0 {
+        return Err("shard rows must be at least 1".into());
+    }
+    if crate::output::is_foreign(dir, MANIFEST) {
+        return Err(format!(
+            "{}: exists and is not a shard directory (no {MANIFEST}); not replaced",
+            dir.display()
+        ));
+    }
+    let mut names: Vec<&str> = rows.labels.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let code = |l: &str| names.binary_search(&l).expect("every label is named") as i64;
+    let codes: Vec<i64> = rows.labels.iter().map(|l| code(l)).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| codes[i]);
+    let staging = dir.with_file_name(format!(
+        ".{}.writing-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let mut shards = Vec::new();
+    let mut start = 0;
+    while start < n {
+        // Whole classes until the shard holds `shard_rows` rows.
+        let mut end = start;
+        while end < n && (end - start < shard_rows || codes[order[end]] == codes[order[end - 1]]) {
+            end += 1;
+        }
+        let members = &order[start..end];
+        let name = format!("shard-{:05}", shards.len());
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut npy = Vec::new();
+        let data: Vec<f32> = members
+            .iter()
+            .flat_map(|&i| rows.data[i * rows.dim..(i + 1) * rows.dim].iter().copied())
+            .collect();
+        npy::write_f32_matrix(&mut npy, members.len(), rows.dim, &data).expect("in memory");
+        files.push((format!("{name}.npy"), npy));
+        let mut labels = Vec::new();
+        let member_codes: Vec<i64> = members.iter().map(|&i| codes[i]).collect();
+        npy::write_i64_vector(&mut labels, &member_codes).expect("in memory");
+        files.push((format!("{name}.labels.npy"), labels));
+        let mut ids = Vec::new();
+        let member_rows: Vec<i64> = members.iter().map(|&i| i as i64).collect();
+        npy::write_i64_vector(&mut ids, &member_rows).expect("in memory");
+        files.push((format!("{name}.rows.npy"), ids));
+        if let Some(paths) = rows.paths {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let written = w.write_record(["path"]).and_then(|()| {
+                members
+                    .iter()
+                    .try_for_each(|&i| w.write_record([&paths[i]]))
+            });
+            written.map_err(|e| e.to_string())?;
+            files.push((
+                format!("{name}.paths.csv"),
+                w.into_inner().map_err(|e| e.to_string())?,
+            ));
+        }
+        let mut sha256 = std::collections::BTreeMap::new();
+        for (file, bytes) in &files {
+            let path = staging.join(file);
+            fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            sha256.insert(file.clone(), sha256_hex(bytes));
+        }
+        shards.push(ShardEntry {
+            name,
+            rows: members.len(),
+            labels: [
+                member_codes[0] as usize,
+                *member_codes.last().expect("a shard has rows") as usize + 1,
+            ],
+            sha256,
+        });
+        start = end;
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        rows: n,
+        dim: rows.dim,
+        labels: names.iter().map(|s| s.to_string()).collect(),
+        paths: rows.paths.is_some(),
+        shards,
+        model: rows.model.clone(),
+    };
+    let mut json = serde_json::to_value(&manifest).expect("manifest serialises");
+    json["placement"] = "label".into();
+    let text = serde_json::to_string_pretty(&json).expect("manifest serialises");
+    let path = staging.join(MANIFEST);
+    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::output::publish_dir(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(manifest)
 }
 
 /// Whether `dir` is a shard directory (holds a manifest).

@@ -482,7 +482,39 @@ fn eval_metrics(tallies: Vec<String>) -> PyResult<String> {
     Ok(total.metrics().to_json().to_string())
 }
 
+/// Writes a shard directory (`tripmine.write_shards`); returns its manifest as JSON text.
+#[pyfunction]
+#[pyo3(signature = (directory, embeddings, labels, *, paths, shard_rows))]
+fn write_shards(
+    py: Python<'_>,
+    directory: std::path::PathBuf,
+    embeddings: PyReadonlyArray2<'_, f32>,
+    labels: Vec<String>,
+    paths: Option<Vec<String>>,
+    shard_rows: usize,
+) -> PyResult<String> {
+    let (data, n, dim) = rows("embeddings", &embeddings)?;
+    if labels.len() != n {
+        return Err(value_error(format!(
+            "labels has {} entries for {n} rows",
+            labels.len()
+        )));
+    }
+    let rows = tripmine_core::shards::Rows {
+        data,
+        dim,
+        labels: &labels,
+        paths: paths.as_deref(),
+        model: None,
+    };
+    let manifest = py
+        .allow_threads(|| tripmine_core::shards::write(&directory, &rows, shard_rows))
+        .map_err(value_error)?;
+    Ok(serde_json::to_string(&manifest).expect("manifest serialises"))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(write_shards, m)?)?;
     m.add_function(wrap_pyfunction!(eval_relevant, m)?)?;
     m.add_function(wrap_pyfunction!(eval_count, m)?)?;
     m.add_function(wrap_pyfunction!(eval_tally, m)?)?;

@@ -300,6 +300,7 @@ def test_a_changed_or_missing_shard_is_named(tmp_path):
     with pytest.raises(ValueError, match="no manifest.json"):
         tripmine.read_shards(tmp_path)
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a shard directory"):
         tripmine.write_shards(tmp_path / "taken", x, labels)
     with pytest.raises(ValueError, match="row 3 holds NaN"):

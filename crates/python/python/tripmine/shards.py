@@ -18,10 +18,11 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import _tripmine
 
 FORMAT = "tripmine-shards"
 VERSION = 1
@@ -61,63 +62,11 @@ def write_shards(directory, embeddings, labels, *, paths=None, shard_rows=1_000_
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"embeddings row {bad} holds NaN or infinite values")
-    names, codes = np.unique(labels.astype(str), return_inverse=True)
-    codes = codes.astype(np.int64)
-    order = np.argsort(codes, kind="stable")
-    sizes = np.bincount(codes, minlength=len(names))
-    directory = os.fspath(directory)
-    if os.path.exists(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
-        raise ShardError(f"{directory}: exists and is not a shard directory (no {MANIFEST}); not replaced")
-    staging = f"{directory.rstrip(os.sep)}.writing-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    ends = np.cumsum(sizes)
-    shards, start, first_class = [], 0, 0
-    for c in range(len(names)):
-        end = int(ends[c])
-        if end - start < shard_rows and c + 1 < len(names):
-            continue
-        rows = order[start:end]
-        name = f"shard-{len(shards):05d}"
-        files = {
-            f"{name}.npy": x[rows],
-            f"{name}.labels.npy": codes[rows],
-            f"{name}.rows.npy": rows.astype(np.int64),
-        }
-        for file, array in files.items():
-            np.save(os.path.join(staging, file), array)
-        if paths is not None:
-            with open(os.path.join(staging, f"{name}.paths.csv"), "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["path"])
-                w.writerows([paths[r]] for r in rows)
-        shards.append(
-            {
-                "name": name,
-                "rows": int(len(rows)),
-                "labels": [first_class, c + 1],
-                "sha256": {file: _sha256(os.path.join(staging, file)) for file in sorted(os.listdir(staging)) if file.startswith(name + ".")},
-            }
-        )
-        start, first_class = end, c + 1
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "rows": int(n),
-        "dim": int(dim),
-        "placement": "label",
-        "labels": [str(s) for s in names],
-        "paths": paths is not None,
-        "shards": shards,
-    }
-    with open(os.path.join(staging, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-    old = f"{directory.rstrip(os.sep)}.old-{os.getpid()}"
-    if os.path.exists(directory):
-        os.rename(directory, old)
-    os.rename(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return manifest
+    # The one writer is tripmine-core's, which `tripmine embed --shard-rows` uses too.
+    manifest = _tripmine.write_shards(
+        os.fspath(directory), x, labels.astype(str).tolist(), paths=paths, shard_rows=shard_rows
+    )
+    return json.loads(manifest)
 
 
 @dataclass
