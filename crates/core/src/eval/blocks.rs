@@ -29,13 +29,59 @@ pub struct Relevant {
     pub scores: Vec<f32>,
 }
 
+impl Relevant {
+    pub(super) fn from_lists(lists: Vec<Vec<f32>>) -> Self {
+        let mut out = Relevant {
+            offsets: vec![0],
+            scores: Vec::new(),
+        };
+        for s in lists {
+            out.scores.extend(s);
+            out.offsets.push(out.scores.len());
+        }
+        out
+    }
+}
+
 /// Ranking by Euclidean distance is ranking by q·r − |r|²/2, highest first.
 fn half_norm(row: &[f32]) -> f32 {
     0.5 * row.iter().map(|v| v * v).sum::<f32>()
 }
 
-fn score(q: &[f32], r: &[f32]) -> f32 {
+/// Reference row `r`'s ranking score for query `q`: higher is nearer.
+pub(super) fn score(q: &[f32], r: &[f32]) -> f32 {
     q.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() - half_norm(r)
+}
+
+/// Rows and their labels, of queries or of a reference.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub labels: &'a [u32],
+}
+
+impl<'a> Rows<'a> {
+    fn of(block: Block<'a>) -> Self {
+        Rows {
+            data: block.points.data,
+            labels: block.points.labels,
+        }
+    }
+}
+
+/// The 1-based ranks of a query's relevant rows from their counts (per relevant row, the
+/// other-label rows between it and the one before): the relevant rows before it, itself, and
+/// every other-label row above it.
+pub(super) fn ranks(between: &[u64]) -> Vec<usize> {
+    let mut closer = 0usize;
+    between
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| {
+            closer += c as usize;
+            j + 1 + closer
+        })
+        .collect()
 }
 
 /// Step 1: the relevant scores of every row of `anchors` (which holds whole classes).
@@ -57,43 +103,47 @@ pub fn relevant(anchors: Block) -> Relevant {
             s
         })
         .collect();
-    let mut out = Relevant {
-        offsets: vec![0],
-        scores: Vec::new(),
-    };
-    for s in lists {
-        out.scores.extend(s);
-        out.offsets.push(out.scores.len());
-    }
-    out
+    Relevant::from_lists(lists)
 }
 
 /// Step 2: for each relevant score of each query, how many other-label rows of `corpus`
 /// score between it and the previous relevant score (flat, aligned with `relevant.scores`).
 pub fn count_closer(anchors: Block, relevant: &Relevant, corpus: Block) -> Vec<u64> {
-    let (a, c) = (anchors.points, corpus.points);
-    let dim = a.dim;
-    let half: Vec<f32> = c.data.chunks_exact(dim).map(half_norm).collect();
-    let queries: Vec<usize> = (0..a.len()).collect();
-    let per_tile: Vec<Vec<u64>> = queries
+    count_between(
+        Rows::of(anchors),
+        relevant,
+        Rows::of(corpus),
+        anchors.points.dim,
+    )
+}
+
+/// [`count_closer`] on plain rows: what [`super::Against`] (a separate reference) uses too.
+pub(super) fn count_between(
+    queries: Rows,
+    relevant: &Relevant,
+    reference: Rows,
+    dim: usize,
+) -> Vec<u64> {
+    let half: Vec<f32> = reference.data.chunks_exact(dim).map(half_norm).collect();
+    let (nq, nr) = (queries.labels.len(), reference.labels.len());
+    let all: Vec<usize> = (0..nq).collect();
+    let per_tile: Vec<Vec<u64>> = all
         .par_chunks(QUERY_TILE)
         .map(|tile_queries| {
-            let rows: Vec<f32> = tile_queries
-                .iter()
-                .flat_map(|&q| a.row(q).iter().copied())
-                .collect();
+            let first = tile_queries[0];
+            let rows = &queries.data[first * dim..(first + tile_queries.len()) * dim];
             let own = |q: usize| &relevant.scores[relevant.offsets[q]..relevant.offsets[q + 1]];
             let mut counts: Vec<Vec<u64>> = tile_queries
                 .iter()
                 .map(|&q| vec![0; own(q).len()])
                 .collect();
             let mut tile = Vec::new();
-            for start in (0..c.len()).step_by(CORPUS_BLOCK) {
-                let len = CORPUS_BLOCK.min(c.len() - start);
+            for start in (0..nr).step_by(CORPUS_BLOCK) {
+                let len = CORPUS_BLOCK.min(nr - start);
                 tile.resize(tile_queries.len() * len, 0.0);
                 dot_tile(
-                    &rows,
-                    &c.data[start * dim..(start + len) * dim],
+                    rows,
+                    &reference.data[start * dim..(start + len) * dim],
                     dim,
                     &mut tile,
                 );
@@ -102,10 +152,10 @@ pub fn count_closer(anchors: Block, relevant: &Relevant, corpus: Block) -> Vec<u
                     let Some(&farthest) = scores.last() else {
                         continue;
                     };
-                    let label = a.labels[q];
+                    let label = queries.labels[q];
                     for (col, &dot) in dots.iter().enumerate() {
                         let s = dot - half[start + col];
-                        if s <= farthest || c.labels[start + col] == label {
+                        if s <= farthest || reference.labels[start + col] == label {
                             continue;
                         }
                         counts[x][scores.partition_point(|&v| v >= s)] += 1;
@@ -165,17 +215,10 @@ pub fn tally(relevant: &Relevant, counts: &[u64]) -> Result<Tally, BlockError> {
             t.skipped_queries += 1;
             continue;
         }
-        // 1-based rank of the j-th relevant row: the relevant rows before it, itself, and the
-        // other-label rows that score above it.
-        let mut closer = 0u64;
+        let ranks = ranks(between);
+        let first = ranks[0];
         let (mut hits, mut ap) = (0usize, 0.0f64);
-        let mut first = 0;
-        for (j, &c) in between.iter().enumerate() {
-            closer += c;
-            let rank = j + 1 + closer as usize;
-            if j == 0 {
-                first = rank;
-            }
+        for (j, &rank) in ranks.iter().enumerate() {
             if rank <= r {
                 hits += 1;
                 ap += (j + 1) as f64 / rank as f64;

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::embeddings::{EmbeddingsFrom, Network, SourceError};
-use crate::knn::{
-    dot_tile, ExactIndex, Neighbour, NeighbourIndex, Points, Restriction, CORPUS_BLOCK,
-};
+use crate::knn::{ExactIndex, Neighbour, NeighbourIndex, Points, Restriction};
 
 pub const RECALL_AT: [usize; 4] = [1, 2, 4, 8];
 
@@ -312,9 +310,9 @@ pub struct QueryScores {
     pub reciprocal_rank: Vec<f64>,
 }
 
-/// Queries scored at once by one worker: their relevant scores are held together.
+/// Queries scored together at least.
 const AGAINST_QUERY_BLOCK: usize = 256;
-/// Relevant scores held by one worker's block at most (16 MB).
+/// Relevant scores held at once at most (16 MB, and as many counts).
 const RELEVANT_IN_FLIGHT: usize = 4_000_000;
 
 /// The metrics of one query from the ranks (1-based, ascending) of its R relevant rows.
@@ -348,108 +346,67 @@ impl Against<'_> {
         use rayon::prelude::*;
         let dim = self.dim;
         let nq = self.query_labels.len();
-        let nr = self.reference_labels.len();
         let k = k.unwrap_or(usize::MAX).max(1);
         let mut members: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, &l) in self.reference_labels.iter().enumerate() {
             members.entry(l).or_default().push(i);
         }
-        // Ranking by Euclidean distance is ranking by q·r − |r|²/2, highest first.
-        let half_norm: Vec<f32> = self
-            .reference
-            .chunks_exact(dim)
-            .map(|r| 0.5 * r.iter().map(|v| v * v).sum::<f32>())
-            .collect();
         let deepest = members.values().map(Vec::len).max().unwrap_or(1);
-        let block = AGAINST_QUERY_BLOCK.min((RELEVANT_IN_FLIGHT / deepest).max(1));
-        let queries: Vec<usize> = (0..nq).collect();
-        let per_block: Vec<Vec<(u32, [f64; 5])>> = queries
-            .par_chunks(block)
-            .map(|block| {
-                let rows: Vec<f32> = block
-                    .iter()
-                    .flat_map(|&q| self.queries[q * dim..(q + 1) * dim].iter().copied())
-                    .collect();
-                // Per query: its relevant scores, highest first, and per gap between them the
-                // other-label rows that fall there.
-                let mut relevant: Vec<Vec<f32>> = block
-                    .iter()
-                    .zip(rows.chunks_exact(dim))
-                    .map(|(&q, row)| {
-                        let own = members
-                            .get(&self.query_labels[q])
-                            .map_or(&[][..], Vec::as_slice);
-                        let mut s: Vec<f32> = own
-                            .iter()
-                            .filter(|&&j| !(self.ref_includes_query && j == q))
-                            .map(|&j| {
-                                let r = &self.reference[j * dim..(j + 1) * dim];
-                                row.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() - half_norm[j]
-                            })
-                            .collect();
-                        s.sort_unstable_by(|a, b| b.total_cmp(a));
-                        s
-                    })
-                    .collect();
-                let mut between: Vec<Vec<u32>> =
-                    relevant.iter().map(|s| vec![0; s.len()]).collect();
-                let mut tile = Vec::new();
-                for start in (0..nr).step_by(CORPUS_BLOCK) {
-                    let len = CORPUS_BLOCK.min(nr - start);
-                    tile.resize(block.len() * len, 0.0);
-                    dot_tile(
-                        &rows,
-                        &self.reference[start * dim..(start + len) * dim],
-                        dim,
-                        &mut tile,
-                    );
-                    for (x, (&q, scores)) in block.iter().zip(tile.chunks_exact(len)).enumerate() {
-                        let Some(&farthest) = relevant[x].last() else {
-                            continue;
-                        };
-                        let own = self.query_labels[q];
-                        for (c, &dot) in scores.iter().enumerate() {
-                            let j = start + c;
-                            let s = dot - half_norm[j];
-                            if s <= farthest || self.reference_labels[j] == own {
-                                continue;
-                            }
-                            let gap = relevant[x].partition_point(|&v| v >= s);
-                            between[x][gap] += 1;
-                        }
-                    }
-                }
-                relevant
-                    .iter_mut()
-                    .zip(&between)
-                    .map(|(s, counts)| {
-                        if s.is_empty() {
-                            return (0, [f64::NAN; 5]);
-                        }
-                        let mut closer = 0usize;
-                        let ranks: Vec<usize> = counts
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &c)| {
-                                closer += c as usize;
-                                j + 1 + closer
-                            })
-                            .collect();
-                        (s.len() as u32, scores_from_ranks(&ranks, k))
-                    })
-                    .collect()
-            })
-            .collect();
+        // Queries go through in chunks whose relevant scores stay within RELEVANT_IN_FLIGHT.
+        let chunk = AGAINST_QUERY_BLOCK.max(RELEVANT_IN_FLIGHT / deepest);
         let mut out = QueryScores::default();
-        for (r, s) in per_block.into_iter().flatten() {
-            out.relevant.push(r);
-            out.precision_at_1.push(s[0]);
-            out.r_precision.push(s[1]);
-            out.map_at_r.push(s[2]);
-            out.mean_average_precision.push(s[3]);
-            out.reciprocal_rank.push(s[4]);
+        for start in (0..nq).step_by(chunk) {
+            let queries: Vec<usize> = (start..nq.min(start + chunk)).collect();
+            let lists: Vec<Vec<f32>> = queries
+                .par_iter()
+                .map(|&q| {
+                    let row = &self.queries[q * dim..(q + 1) * dim];
+                    let own = members
+                        .get(&self.query_labels[q])
+                        .map_or(&[][..], Vec::as_slice);
+                    let mut s: Vec<f32> = own
+                        .iter()
+                        .filter(|&&j| !(self.ref_includes_query && j == q))
+                        .map(|&j| blocks::score(row, &self.reference[j * dim..(j + 1) * dim]))
+                        .collect();
+                    s.sort_unstable_by(|a, b| b.total_cmp(a));
+                    s
+                })
+                .collect();
+            let relevant = blocks::Relevant::from_lists(lists);
+            let counts = blocks::count_between(
+                blocks::Rows {
+                    data: &self.queries[start * dim..(start + queries.len()) * dim],
+                    labels: &self.query_labels[start..start + queries.len()],
+                },
+                &relevant,
+                blocks::Rows {
+                    data: self.reference,
+                    labels: self.reference_labels,
+                },
+                dim,
+            );
+            for w in relevant.offsets.windows(2) {
+                if w[0] == w[1] {
+                    out.push(0, [f64::NAN; 5]);
+                    continue;
+                }
+                let ranks = blocks::ranks(&counts[w[0]..w[1]]);
+                out.push(ranks.len() as u32, scores_from_ranks(&ranks, k));
+            }
         }
         out
+    }
+}
+
+impl QueryScores {
+    fn push(&mut self, relevant: u32, s: [f64; 5]) {
+        self.relevant.push(relevant);
+        self.precision_at_1.push(s[0]);
+        self.r_precision.push(s[1]);
+        self.map_at_r.push(s[2]);
+        self.mean_average_precision.push(s[3]);
+        self.reciprocal_rank.push(s[4]);
     }
 }
 
