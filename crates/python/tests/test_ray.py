@@ -22,8 +22,10 @@ COLUMNS = ["anchor", "positive", "negative", "d_ap", "d_an", "kind"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
+    # Small object stores: answers are kilobytes, and CI's /dev/shm may be small.
+    store = 128 * 1024 * 1024
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    c.add_node(num_cpus=1, object_store_memory=store)
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
     yield c
     ray.shutdown()
