@@ -10,6 +10,19 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Headers longer than this are refused before they are parsed (numpy writes under 200 bytes).
 const MAX_HEADER: usize = 1 << 16;
 
+/// The magic, version and header of a C-order array of `descr` and `shape`, padded so that
+/// magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+fn write_header<W: Write>(w: &mut W, descr: &str, shape: &str) -> io::Result<()> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = MAGIC.len() + 4 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    w.write_all(MAGIC)?;
+    w.write_all(&[1, 0])?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())
+}
+
 pub fn write_f32_matrix<W: Write>(
     w: &mut W,
     rows: usize,
@@ -17,34 +30,14 @@ pub fn write_f32_matrix<W: Write>(
     data: &[f32],
 ) -> io::Result<()> {
     assert_eq!(data.len(), rows * cols, "npy data does not match its shape");
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
-    let unpadded = MAGIC.len() + 4 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    w.write_all(MAGIC)?;
-    w.write_all(&[1, 0])?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    let mut bytes = Vec::with_capacity(data.len() * 4);
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
+    write_header(w, "<f4", &format!("({rows}, {cols})"))?;
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     w.write_all(&bytes)
 }
 
 /// Writes a 1-D little-endian int64 array (what `numpy.load` reads as `np.int64`).
 pub fn write_i64_vector<W: Write>(w: &mut W, data: &[i64]) -> io::Result<()> {
-    let n = data.len();
-    let mut header = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({n},), }}");
-    let unpadded = MAGIC.len() + 4 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    w.write_all(MAGIC)?;
-    w.write_all(&[1, 0])?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
+    write_header(w, "<i8", &format!("({},)", data.len()))?;
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     w.write_all(&bytes)
 }
