@@ -31,15 +31,21 @@ import time
 import numpy as np
 
 
-def corpus(rows, dim, per_class, seed=0):
+def corpus(rows, dim, per_class, seed=0, out=None, chunk=1_000_000):
+    """Rows around random class centres (noise 0.9 per coordinate), in random order, made a
+    chunk at a time into `out` (an array, or a float32 .npy memmap at 10^7 rows) so that the
+    generator's peak stays near one chunk's."""
     rng = np.random.default_rng(seed)
     classes = rows // per_class
-    centres = rng.standard_normal((classes, dim)).astype(np.float32)
-    labels = np.repeat(np.arange(classes), per_class)[:rows]
-    x = centres[labels] + 0.9 * rng.standard_normal((rows, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    order = rng.permutation(rows)
-    return np.ascontiguousarray(x[order]), labels[order]
+    centres = rng.standard_normal((classes, dim), dtype=np.float32)
+    labels = rng.permutation(np.repeat(np.arange(classes), per_class)[:rows])
+    x = np.empty((rows, dim), np.float32) if out is None else out
+    for start in range(0, rows, chunk):
+        part = centres[labels[start:start + chunk]]
+        part += 0.9 * rng.standard_normal(part.shape, dtype=np.float32)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        x[start:start + chunk] = part
+    return x, labels
 
 
 def vm_hwm_mb(pid="self"):
@@ -111,28 +117,39 @@ def run_child(args):
     print(json.dumps(out))
 
 
-def float64_recall(x, labels, got, sample, margin=0.2, seed=1):
-    """Share of sampled anchors whose mined semihard negative is the float64 miner's."""
+def float64_recall(x, labels, got, sample, margin=0.2, seed=1, chunk=100_000):
+    """Share of sampled anchors whose mined semihard negative (hardest positive, the nearest
+    row in the band) is a float64 numpy miner's; the corpus is scanned a chunk at a time."""
     rng = np.random.default_rng(seed)
-    anchors = rng.choice(len(x), size=min(sample, len(x)), replace=False)
+    anchors = np.sort(rng.choice(len(x), size=min(sample, len(x)), replace=False))
     mined = dict(zip(got[0].tolist(), got[1].tolist()))
-    x64 = x.astype(np.float64)
-    hits = total = 0
-    for a in anchors:
-        d = np.sqrt(np.clip(2 - 2 * x64 @ x64[a], 0, None))
-        same = labels == labels[a]
-        same[a] = False
-        if not same.any():
-            continue
-        d_ap = d[same].max()
-        band = (~same) & (d > d_ap) & (d <= d_ap + margin)
-        band[a] = False
-        if not band.any():
-            continue
-        want = int(np.flatnonzero(band)[np.argmin(d[band])])
-        total += 1
-        hits += mined.get(int(a)) == want
-    return hits / max(total, 1), total
+    a64 = np.asarray(x[anchors], np.float64)
+    la = labels[anchors]
+    # d(a, p) of the hardest positive, from each anchor's class members.
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], la, side="left")
+    ends = np.searchsorted(labels[order], la, side="right")
+    d_ap = np.full(len(anchors), np.nan)
+    for i, (a, s, e) in enumerate(zip(anchors, starts, ends)):
+        members = order[s:e]
+        members = members[members != a]
+        if len(members):
+            dots = np.asarray(x[members], np.float64) @ a64[i]
+            d_ap[i] = np.sqrt(np.clip(2 - 2 * dots, 0, None)).max()
+    best = np.full(len(anchors), np.inf)
+    want = np.full(len(anchors), -1)
+    for start in range(0, len(x), chunk):
+        rows = np.asarray(x[start:start + chunk], np.float64)
+        d = np.sqrt(np.clip(2 - 2 * rows @ a64.T, 0, None))
+        band = (labels[start:start + chunk, None] != la[None, :]) & (d > d_ap) & (d <= d_ap + margin)
+        d[~band] = np.inf
+        nearest = d.argmin(axis=0)
+        closer = d[nearest, np.arange(len(anchors))] < best
+        best[closer] = d[nearest, np.arange(len(anchors))][closer]
+        want[closer] = start + nearest[closer]
+    scored = want >= 0
+    hits = sum(mined.get(int(a)) == int(w) for a, w in zip(anchors[scored], want[scored]))
+    return hits / max(scored.sum(), 1), int(scored.sum())
 
 
 def main():

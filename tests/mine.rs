@@ -768,6 +768,35 @@ fn a_sharded_corpus_mined_out_of_core_gives_the_in_memory_triplets() {
     );
     assert_eq!(read_csv(&in_memory), read_csv(&out_of_core));
     assert!(!read_csv(&in_memory).is_empty());
+    // The classes path over shards (each anchor block picks its classes from every class's
+    // mean and radius, then meets only the shards that hold them) gives the in-memory
+    // classes path's triplets, the false-negative guard's rows included.
+    let classes = [
+        "--knn",
+        "classes",
+        "--candidate-classes",
+        "2",
+        "--skip-nearest",
+        "1",
+        "--strategy",
+        "semihard",
+    ];
+    ok(&[
+        &["mine", "--embeddings", s(&emb), "--out", s(&in_memory)][..],
+        &classes,
+    ]
+    .concat());
+    let summary = ok(&[
+        &["mine", "--embeddings", s(&shards), "--out", s(&out_of_core)][..],
+        &classes,
+    ]
+    .concat());
+    assert!(summary.contains("classes out of core over"), "{summary}");
+    assert_eq!(read_csv(&in_memory), read_csv(&out_of_core));
+    assert!(!read_csv(&in_memory).is_empty());
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("b.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["backend"]["candidate_classes"], 2, "{sidecar}");
     // A shard changed after it was written is refused by name (exit 2).
     let shard = shards.join("shard-00001.npy");
     let mut bytes = fs::read(&shard).unwrap();

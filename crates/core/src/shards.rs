@@ -191,6 +191,26 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Reorders the rows so that each class is one run, in corpus order within it (as the
+    /// writer places them; a shard written elsewhere may not be).
+    pub fn group_by_class(&mut self, dim: usize) {
+        if !self.codes.windows(2).any(|w| w[0] > w[1]) {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.codes.len()).collect();
+        order.sort_by_key(|&i| (self.codes[i], self.rows[i]));
+        self.data = order
+            .iter()
+            .flat_map(|&i| &self.data[i * dim..(i + 1) * dim])
+            .copied()
+            .collect();
+        self.codes = order.iter().map(|&i| self.codes[i]).collect();
+        self.rows = order.iter().map(|&i| self.rows[i]).collect();
+        if let Some(paths) = &self.paths {
+            self.paths = Some(order.iter().map(|&i| paths[i].clone()).collect());
+        }
+    }
+
     /// Row `i`'s path, or its corpus row number where no paths were recorded.
     pub fn path(&self, i: usize) -> String {
         match &self.paths {
@@ -228,20 +248,56 @@ pub fn read_manifest(dir: &Path) -> Result<(Manifest, String), String> {
     Ok((manifest, sha256_hex(&bytes)))
 }
 
-/// One shard of `dir`, each file checked against the manifest's SHA-256 and its rows against
+/// How much [`load_shard`] checks of what the manifest records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Every file's SHA-256 (a first reading).
+    Sha256,
+    /// Every file's size and modification time against those of the `Sha256` reading, for a
+    /// shard read again in the same run (hashing gigabytes once per pass would dominate).
+    Unchanged,
+}
+
+/// What a shard's files looked like when they were hashed: each one's size and mtime.
+pub type Stamp = Vec<(u64, Option<std::time::SystemTime>)>;
+
+/// The stamp of `shard`'s files now.
+pub fn stamp(dir: &Path, shard: &ShardEntry) -> Stamp {
+    shard
+        .sha256
+        .keys()
+        .map(|file| match fs::metadata(dir.join(file)) {
+            Ok(m) => (m.len(), m.modified().ok()),
+            Err(_) => (u64::MAX, None),
+        })
+        .collect()
+}
+
+/// One shard of `dir`, each file checked against the manifest's SHA-256 (or, with
+/// `Verify::Unchanged`, against `seen`, the stamp of its hashed reading) and its rows against
 /// `check` (fixed where it allows).
 pub fn load_shard(
     dir: &Path,
     manifest: &Manifest,
     shard: &ShardEntry,
     check: RowCheck,
+    verify: Verify,
+    seen: Option<&Stamp>,
 ) -> Result<Shard, String> {
     let at = |suffix: &str| dir.join(format!("{}{suffix}", shard.name));
     let bad = |suffix: &str, e: String| format!("{}: {e}", at(suffix).display());
+    if verify == Verify::Unchanged && seen != Some(&stamp(dir, shard)) {
+        return Err(bad(
+            "",
+            "changed on disk while it was being mined (size or modification time); run again"
+                .into(),
+        ));
+    }
     let read_file = |suffix: &str| -> Result<Vec<u8>, String> {
         let file = format!("{}{suffix}", shard.name);
         let bytes = fs::read(at(suffix)).map_err(|e| bad(suffix, e.to_string()))?;
         match shard.sha256.get(&file) {
+            Some(_) if verify == Verify::Unchanged => Ok(bytes),
             Some(recorded) if *recorded == sha256_hex(&bytes) => Ok(bytes),
             Some(_) => Err(bad(
                 suffix,
@@ -364,7 +420,14 @@ pub fn read(dir: &Path) -> Result<Corpus, String> {
     let mut paths: Vec<Option<String>> = vec![None; n];
     let mut labels = vec![String::new(); n];
     for entry in &manifest.shards {
-        let shard = load_shard(dir, &manifest, entry, RowCheck::AsTheyAre)?;
+        let shard = load_shard(
+            dir,
+            &manifest,
+            entry,
+            RowCheck::AsTheyAre,
+            Verify::Sha256,
+            None,
+        )?;
         for (i, &row) in shard.rows.iter().enumerate() {
             if paths[row].is_some() {
                 return Err(format!(

@@ -33,13 +33,13 @@ pub struct TripletRow {
 
 impl TripletRow {
     /// The row of a mined triplet; `sample(i)` gives sample i's (path, label).
-    pub fn new<'a>(t: &Triplet, sample: impl Fn(usize) -> (&'a str, &'a str)) -> Self {
+    pub fn new<'a, P: Into<String>>(t: &Triplet, sample: impl Fn(usize) -> (P, &'a str)) -> Self {
         let (anchor, anchor_label) = sample(t.anchor);
         let (negative, negative_label) = sample(t.negative);
         TripletRow {
-            anchor: anchor.to_string(),
-            positive: sample(t.positive).0.to_string(),
-            negative: negative.to_string(),
+            anchor: anchor.into(),
+            positive: sample(t.positive).0.into(),
+            negative: negative.into(),
             anchor_label: anchor_label.to_string(),
             negative_label: negative_label.to_string(),
             d_ap: t.d_ap,

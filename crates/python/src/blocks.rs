@@ -122,11 +122,21 @@ fn read_questions(questions: &Bound<'_, PyDict>, anchors: usize) -> PyResult<Vec
 
 fn read_answers(answers: &Bound<'_, PyDict>) -> PyResult<Answers> {
     let what = "answers";
+    let offsets = indices(&array::<i64>(answers, what, "offsets")?, what)?;
+    // The exact index's answers are always complete: checkpoints written before the classes
+    // path carried the flag have none.
+    let complete = match answers.get_item("complete")? {
+        Some(_) => array::<bool>(answers, what, "complete")?
+            .as_array()
+            .to_vec(),
+        None => vec![true; offsets.len().saturating_sub(1)],
+    };
     Ok(Answers {
-        offsets: indices(&array::<i64>(answers, what, "offsets")?, what)?,
+        offsets,
         ids: indices(&array::<i64>(answers, what, "ids")?, what)?,
         dots: array::<f32>(answers, what, "dots")?.as_array().to_vec(),
         d_an: array::<f32>(answers, what, "d_an")?.as_array().to_vec(),
+        complete,
     })
 }
 
@@ -137,6 +147,7 @@ fn answers_dict<'py>(py: Python<'py>, a: Answers) -> PyResult<Bound<'py, PyDict>
     out.set_item("ids", i64_array(py, to_i64(a.ids)))?;
     out.set_item("dots", PyArray1::from_vec(py, a.dots))?;
     out.set_item("d_an", PyArray1::from_vec(py, a.d_an))?;
+    out.set_item("complete", PyArray1::from_vec(py, a.complete))?;
     Ok(out)
 }
 
@@ -274,7 +285,9 @@ fn block_finalise<'py>(
     let bands = read_questions(&questions, anchors.ids.len())?;
     let answers = read_answers(&answers)?;
     let (triplets, stats) = py
-        .allow_threads(|| blocks::finalise(anchors.block(), &bands, &answers, &rules, corpus_rows))
+        .allow_threads(|| {
+            blocks::finalise(anchors.block(), &bands, &answers, &rules, corpus_rows, None)
+        })
         .map_err(|e| value_error(e.to_string()))?;
     let stats = serde_json::to_string(&stats).expect("stats serialise");
     triplet_columns(py, &triplets, stats)

@@ -48,6 +48,15 @@ pub struct ClassIndex<'a> {
     runs: Vec<Range<usize>>,
     /// Class of each sample, as an index into `runs`.
     class_of: Vec<usize>,
+    level: ClassLevel,
+}
+
+/// The class level of the classes path, apart from where the members are: each class's mean
+/// and radius, and cells over the means at many classes. In memory it sits beside a
+/// class-ordered copy of the points; out of core (`mine::blocks`) it is built from the
+/// shards' class summaries and is all an anchor block needs to pick its classes.
+pub struct ClassLevel {
+    dim: usize,
     /// Unnormalised class means, classes × dim, row-major.
     /// Empty when `cells` holds them.
     centroids: Vec<f32>,
@@ -58,6 +67,269 @@ pub struct ClassIndex<'a> {
     candidates: usize,
 }
 
+/// Which classes each row of a band search looks in, class by class (what a block of anchors
+/// carries to every block of the corpus): the rows (a band search's distinct queries,
+/// ascending) that search class `c` are `rows[offsets[c]..offsets[c + 1]]`, ascending, and
+/// `whole[r]` says that row `r` searched every class its bands could reach.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClassPicks {
+    pub offsets: Vec<usize>,
+    pub rows: Vec<u32>,
+    pub whole: Vec<bool>,
+}
+
+impl ClassPicks {
+    /// Each row's picked classes (and whether that was every reachable one) turned around.
+    fn from_rows(picks: Vec<(Vec<u32>, bool)>, classes: usize) -> Self {
+        let mut offsets = vec![0usize; classes + 1];
+        for (picked, _) in &picks {
+            for &c in picked {
+                offsets[c as usize + 1] += 1;
+            }
+        }
+        for c in 0..classes {
+            offsets[c + 1] += offsets[c];
+        }
+        let mut next = offsets.clone();
+        let mut rows = vec![0u32; offsets[classes]];
+        let mut whole = Vec::with_capacity(picks.len());
+        for (r, (picked, all)) in picks.into_iter().enumerate() {
+            whole.push(all);
+            for c in picked {
+                rows[next[c as usize]] = r as u32;
+                next[c as usize] += 1;
+            }
+        }
+        ClassPicks {
+            offsets,
+            rows,
+            whole,
+        }
+    }
+
+    /// The rows that search `class` (none for a class these picks do not know).
+    pub fn rows_of(&self, class: usize) -> &[u32] {
+        match (self.offsets.get(class), self.offsets.get(class + 1)) {
+            (Some(&start), Some(&end)) => &self.rows[start..end],
+            _ => &[],
+        }
+    }
+
+    /// Refuses picks that cannot belong to `rows` rows and `classes` classes.
+    pub fn check(&self, rows: usize, classes: usize) -> Result<(), String> {
+        let consistent = self.offsets.len() == classes + 1
+            && self.offsets.first() == Some(&0)
+            && self.offsets.windows(2).all(|w| w[0] <= w[1])
+            && self.offsets.last() == Some(&self.rows.len())
+            && self.whole.len() == rows
+            && self.rows.iter().all(|&r| (r as usize) < rows);
+        if consistent {
+            Ok(())
+        } else {
+            Err(format!(
+                "class picks for {} rows and {} classes do not fit {rows} rows and {classes} \
+                 classes (picks of another anchor block, or damaged)",
+                self.whole.len(),
+                self.offsets.len().saturating_sub(1)
+            ))
+        }
+    }
+}
+
+/// A class's mean (accumulated in float64) and radius: the largest distance of a member from
+/// the mean. `members` are its rows, each `dim` wide.
+pub fn class_summary<'r>(
+    members: impl Iterator<Item = &'r [f32]> + Clone,
+    dim: usize,
+) -> (Vec<f32>, f32) {
+    let mut sum = vec![0f64; dim];
+    let mut count = 0usize;
+    for row in members.clone() {
+        count += 1;
+        for (s, &x) in sum.iter_mut().zip(row) {
+            *s += f64::from(x);
+        }
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / count.max(1) as f64).collect();
+    let radius = members
+        .map(|row| {
+            let squared: f64 = mean
+                .iter()
+                .zip(row)
+                .map(|(m, &x)| (f64::from(x) - m).powi(2))
+                .sum();
+            squared.sqrt() as f32
+        })
+        .fold(0.0, f32::max);
+    (mean.iter().map(|&m| m as f32).collect(), radius)
+}
+
+impl ClassLevel {
+    /// The level over `means` (classes × dim) and `radius`, picking `candidates` classes per
+    /// query, through cells from [`CELLS_FROM_CLASSES`] classes on.
+    pub fn new(means: Vec<f32>, radius: Vec<f32>, dim: usize, candidates: usize) -> Self {
+        Self::with_cells_from(means, radius, dim, candidates, CELLS_FROM_CLASSES)
+    }
+
+    pub(crate) fn with_cells_from(
+        means: Vec<f32>,
+        radius: Vec<f32>,
+        dim: usize,
+        candidates: usize,
+        cells_from: usize,
+    ) -> Self {
+        let classes = radius.len();
+        let cells = (classes >= cells_from.max(1)).then(|| Cells::new(&means, &radius, dim));
+        let centroids = if cells.is_some() { Vec::new() } else { means };
+        // More candidates than classes means every class; the cap keeps the ranking's
+        // buffers (a few times the count) from overflowing on a huge --candidate-classes.
+        let candidates = candidates.clamp(1, classes.max(1));
+        ClassLevel {
+            dim,
+            centroids,
+            radius,
+            cells,
+            candidates,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.radius.len()
+    }
+
+    pub fn candidates(&self) -> usize {
+        self.candidates
+    }
+
+    /// How many centroids (or cell centres) each query is scored against, and how many
+    /// queries are scored in one tile.
+    fn query_block(&self) -> (usize, usize) {
+        let scored = self.cells.as_ref().map_or(self.classes(), Cells::count);
+        (
+            scored,
+            (CENTROID_SCORES_PER_TILE / scored.max(1)).clamp(1, 256),
+        )
+    }
+
+    /// For each of `count` queries (`query(q)`: its unit vector, `own(q)`: its class,
+    /// `threshold(q)`: the lowest dot product its bands accept), the `limit` nearest classes
+    /// that the triangle inequality (a·x ≤ a·μ + r for a member x of a class with mean μ and
+    /// radius r) leaves reachable, scored against every centroid or against those of the
+    /// cells it opens; and whether that was every reachable class.
+    fn pick<'q>(
+        &self,
+        count: usize,
+        query: impl Fn(usize) -> &'q [f32] + Sync,
+        own: impl Fn(usize) -> u32 + Sync,
+        threshold: impl Fn(usize) -> f32 + Sync,
+        limit: usize,
+    ) -> Vec<(Vec<u32>, bool)> {
+        let dim = self.dim;
+        let (scored, block) = self.query_block();
+        let radius = &self.radius[..];
+        let targets = self
+            .cells
+            .as_ref()
+            .map_or(&self.centroids[..], Cells::centres);
+        let all: Vec<usize> = (0..count).collect();
+        all.par_chunks(block)
+            .flat_map_iter(|block_queries| {
+                let queries: Vec<f32> = block_queries
+                    .iter()
+                    .flat_map(|&q| query(q).iter().copied())
+                    .collect();
+                let mut scores = vec![0f32; block_queries.len() * scored];
+                gemm::dot_tile(&queries, targets, dim, &mut scores);
+                let (mut opened, mut opened_scores) = (Vec::new(), Vec::new());
+                block_queries
+                    .iter()
+                    .zip(queries.chunks_exact(dim))
+                    .zip(scores.chunks_exact(scored))
+                    .map(|((&q, anchor), scores)| {
+                        let (own, threshold) = (own(q), threshold(q));
+                        let Some(cells) = &self.cells else {
+                            let (picked, capped) = pick_nearest(
+                                scores,
+                                |d| d as u32 != own,
+                                |d| radius[d],
+                                threshold,
+                                limit,
+                            );
+                            return (picked.into_iter().map(|d| d as u32).collect(), !capped);
+                        };
+                        let unopened_reachable = cells.open(
+                            anchor,
+                            scores,
+                            threshold,
+                            limit,
+                            &mut opened,
+                            &mut opened_scores,
+                        );
+                        let (picked, capped) = pick_nearest(
+                            &opened_scores,
+                            |d| opened[d] != own,
+                            |d| radius[opened[d] as usize],
+                            threshold,
+                            limit,
+                        );
+                        let picked = picked.into_iter().map(|d| opened[d]).collect();
+                        (picked, !(capped || unopened_reachable))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The `limit` classes that each distinct query of `bands` (rows of `anchors`, whose
+    /// labels are this level's classes) searches.
+    pub fn pick_bands(&self, anchors: Points, bands: &[Band], limit: usize) -> ClassPicks {
+        let band_rows = BandRows::new(bands, |q| (q, anchors.labels[q]));
+        let sources = &band_rows.sources;
+        self.pick_rows(
+            &band_rows.rows,
+            |r| anchors.row(sources[r]),
+            |r| anchors.labels[sources[r]],
+            limit,
+        )
+    }
+
+    /// Classes searched for a query's `k` nearest other-label samples rather than a band:
+    /// they lie in at most `k` classes, nearly always among the few nearest, so
+    /// `GRAPH_CLASSES_PER_NEIGHBOUR × k` (when `--candidate-classes` is larger) find them at a
+    /// fraction of the cost.
+    pub fn nearest_limit(&self, k: usize) -> usize {
+        self.candidates.min(GRAPH_CLASSES_PER_NEIGHBOUR * k).max(1)
+    }
+
+    /// The classes each of `rows` searches (`vector(r)`: row `r`'s query vector, `own(r)`:
+    /// its class).
+    fn pick_rows<'q>(
+        &self,
+        rows: &[Row],
+        vector: impl Fn(usize) -> &'q [f32] + Sync,
+        own: impl Fn(usize) -> u32 + Sync,
+        limit: usize,
+    ) -> ClassPicks {
+        let picks = self.pick(rows.len(), vector, own, |r| rows[r].threshold, limit);
+        ClassPicks::from_rows(picks, self.classes())
+    }
+
+    /// Where a band was looked for, for the reason an anchor was skipped.
+    pub fn reach(&self) -> String {
+        format!("the members of the {} nearest classes", self.candidates)
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "classes",
+            "kernel": gemm::Kernel::current().name(),
+            "classes": self.classes(),
+            "candidate_classes": self.candidates,
+            "cells": self.cells.as_ref().map(Cells::count),
+        })
+    }
+}
+
 impl<'a> ClassIndex<'a> {
     /// Indexes `points` for searching the `candidates` nearest classes of each anchor.
     pub fn new(points: Points<'a>, candidates: usize) -> Self {
@@ -65,7 +337,11 @@ impl<'a> ClassIndex<'a> {
     }
 
     /// The same, with centroids grouped into cells from `cells_from` classes on.
-    fn with_cells_from(points: Points<'a>, candidates: usize, cells_from: usize) -> Self {
+    pub(crate) fn with_cells_from(
+        points: Points<'a>,
+        candidates: usize,
+        cells_from: usize,
+    ) -> Self {
         let exact = ExactIndex::new(points);
         let mut labels: Vec<u32> = points.labels.to_vec();
         labels.sort_unstable();
@@ -86,41 +362,18 @@ impl<'a> ClassIndex<'a> {
             start = end;
         }
         let dim = points.dim;
-        let mut means = vec![0f32; labels.len() * dim];
-        let mut radius = vec![0f32; labels.len()];
-        for (class, run) in runs.iter().enumerate() {
-            let mut sum = vec![0f64; dim];
-            for &i in &order[run.clone()] {
-                for (s, &x) in sum.iter_mut().zip(points.row(i)) {
-                    *s += f64::from(x);
-                }
-            }
-            let mean: Vec<f64> = sum.iter().map(|s| s / run.len() as f64).collect();
-            radius[class] = order[run.clone()]
-                .iter()
-                .map(|&i| {
-                    let squared: f64 = mean
-                        .iter()
-                        .zip(points.row(i))
-                        .map(|(m, &x)| (f64::from(x) - m).powi(2))
-                        .sum();
-                    squared.sqrt() as f32
-                })
-                .fold(0.0, f32::max);
-            for (slot, m) in means[class * dim..(class + 1) * dim].iter_mut().zip(&mean) {
-                *slot = *m as f32;
-            }
+        let mut means = Vec::with_capacity(labels.len() * dim);
+        let mut radius = Vec::with_capacity(labels.len());
+        for run in &runs {
+            let (mean, r) = class_summary(order[run.clone()].iter().map(|&i| points.row(i)), dim);
+            means.extend(mean);
+            radius.push(r);
         }
         let grouped: Vec<f32> = order.iter().flat_map(|&i| points.row(i)).copied().collect();
         let mut position = vec![0; order.len()];
         for (row, &i) in order.iter().enumerate() {
             position[i] = row;
         }
-        let cells = (labels.len() >= cells_from.max(1)).then(|| Cells::new(&means, &radius, dim));
-        let centroids = if cells.is_some() { Vec::new() } else { means };
-        // More candidates than classes means every class; the cap keeps the ranking's
-        // buffers (a few times the count) from overflowing on a huge --candidate-classes.
-        let candidates = candidates.clamp(1, labels.len().max(1));
         ClassIndex {
             exact,
             grouped,
@@ -129,93 +382,8 @@ impl<'a> ClassIndex<'a> {
             order,
             runs,
             class_of,
-            centroids,
-            radius,
-            cells,
-            candidates,
+            level: ClassLevel::with_cells_from(means, radius, dim, candidates, cells_from),
         }
-    }
-
-    /// The rows that search each class (ascending), and whether each row searched every
-    /// class its bands could reach. Each row's query is scored against every centroid, or
-    /// against those of the cells it opens; the triangle inequality (a·x ≤ a·μ + r for a
-    /// member x of a class with mean μ and radius r) rules classes out, and the nearest
-    /// `limit` centroids of the rest are searched.
-    fn pick_classes(&self, rows: &[Row], limit: usize) -> (Vec<Vec<u32>>, Vec<bool>) {
-        let classes = self.runs.len();
-        let dim = self.dim;
-        let (scored, block) = self.anchor_block();
-        let (class_of, radius) = (&self.class_of[..], &self.radius[..]);
-        let targets = self
-            .cells
-            .as_ref()
-            .map_or(&self.centroids[..], Cells::centres);
-        let picks: Vec<(Vec<u32>, bool)> = rows
-            .par_chunks(block)
-            .flat_map_iter(|block_rows| {
-                let queries: Vec<f32> = block_rows
-                    .iter()
-                    .flat_map(|row| self.exact.points.row(row.query).iter().copied())
-                    .collect();
-                let mut scores = vec![0f32; block_rows.len() * scored];
-                gemm::dot_tile(&queries, targets, dim, &mut scores);
-                let (mut opened, mut opened_scores) = (Vec::new(), Vec::new());
-                block_rows
-                    .iter()
-                    .zip(queries.chunks_exact(dim))
-                    .zip(scores.chunks_exact(scored))
-                    .map(|((row, anchor), scores)| {
-                        let own = class_of[row.query] as u32;
-                        let Some(cells) = &self.cells else {
-                            let (picked, capped) = pick_nearest(
-                                scores,
-                                |d| d as u32 != own,
-                                |d| radius[d],
-                                row.threshold,
-                                limit,
-                            );
-                            return (picked.into_iter().map(|d| d as u32).collect(), !capped);
-                        };
-                        let unopened_reachable = cells.open(
-                            anchor,
-                            scores,
-                            row.threshold,
-                            limit,
-                            &mut opened,
-                            &mut opened_scores,
-                        );
-                        let (picked, capped) = pick_nearest(
-                            &opened_scores,
-                            |d| opened[d] != own,
-                            |d| radius[opened[d] as usize],
-                            row.threshold,
-                            limit,
-                        );
-                        let picked = picked.into_iter().map(|d| opened[d]).collect();
-                        (picked, !(capped || unopened_reachable))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let mut picked_by: Vec<Vec<u32>> = vec![Vec::new(); classes];
-        let mut searched_all = Vec::with_capacity(rows.len());
-        for (r, (picked, whole)) in picks.into_iter().enumerate() {
-            searched_all.push(whole);
-            for d in picked {
-                picked_by[d as usize].push(r as u32);
-            }
-        }
-        (picked_by, searched_all)
-    }
-
-    /// How many centroids (or cell centres) each anchor is scored against, and how many
-    /// anchors are scored in one tile.
-    fn anchor_block(&self) -> (usize, usize) {
-        let scored = self.cells.as_ref().map_or(self.runs.len(), Cells::count);
-        (
-            scored,
-            (CENTROID_SCORES_PER_TILE / scored.max(1)).clamp(1, 256),
-        )
     }
 
     /// Band members in each anchor's `candidates` nearest classes, a group of anchors at a
@@ -224,7 +392,7 @@ impl<'a> ClassIndex<'a> {
         let labels = self.exact.points.labels;
         let mut band_rows = BandRows::new(bands, |q| (q, labels[q]));
         let mut searched_all = Vec::with_capacity(band_rows.rows.len());
-        let block = self.anchor_block().1;
+        let block = self.level.query_block().1;
         let pass = (ANCHORS_PER_PASS / block).max(1) * block;
         for rows in band_rows.rows.chunks_mut(pass) {
             searched_all.extend(self.search_picked_classes(rows, candidates));
@@ -235,45 +403,128 @@ impl<'a> ClassIndex<'a> {
     /// Fills `rows` from the `candidates` classes each picks, and says which searched every
     /// class its bands could reach.
     fn search_picked_classes(&self, rows: &mut [Row], candidates: usize) -> Vec<bool> {
-        let labels = self.exact.points.labels;
-        let (picked_by, searched_all) = self.pick_classes(rows, candidates);
-        // Classes run in parallel, so a row can be offered scores by two threads: each row
-        // has a lock, taken only when a score clears the row's ceiling and threshold, which
-        // are read without it (a stale threshold is lower, so it only costs a wasted lock).
-        let bounds: Vec<(f32, AtomicU32)> = rows
-            .iter()
-            .map(|row| (row.ceiling, AtomicU32::new(row.threshold.to_bits())))
-            .collect();
+        let (labels, points) = (self.exact.points.labels, self.exact.points);
+        let picks = self.level.pick_rows(
+            rows,
+            |r| points.row(rows[r].query),
+            |r| self.class_of[rows[r].query] as u32,
+            candidates,
+        );
         let anchor_rows: Vec<usize> = rows.iter().map(|row| self.position[row.query]).collect();
-        let rows: Vec<Mutex<&mut Row>> = rows.iter_mut().map(Mutex::new).collect();
         let (grouped, dim) = (&self.grouped[..], self.dim);
-        let (runs, order) = (&self.runs[..], &self.order[..]);
-        picked_by
-            .par_iter()
+        let jobs: Vec<(Range<usize>, &[u32])> = self
+            .runs
+            .iter()
             .enumerate()
+            .map(|(class, run)| (run.clone(), picks.rows_of(class)))
             .filter(|(_, picked)| !picked.is_empty())
-            .for_each(|(class, picked)| {
-                let run = runs[class].clone();
-                let members = &grouped[run.start * dim..run.end * dim];
-                let columns = &order[run.clone()];
-                let mut scores = vec![0f32; run.len()];
-                for &r in picked {
-                    let r = r as usize;
-                    let at = anchor_rows[r] * dim;
-                    let anchor = &grouped[at..at + dim];
-                    score_members(anchor, members, &mut scores);
-                    let (ceiling, threshold) = &bounds[r];
-                    let floor = f32::from_bits(threshold.load(Ordering::Relaxed));
-                    if scores.iter().all(|&x| x < floor || x > *ceiling) {
-                        continue;
-                    }
-                    let mut row = rows[r].lock().expect("unpoisoned");
-                    row.scan(&scores, |c| (columns[c], labels[columns[c]]));
-                    threshold.store(row.threshold.to_bits(), Ordering::Relaxed);
-                }
-            });
-        searched_all
+            .collect();
+        scan_picked(
+            rows,
+            |r| &grouped[anchor_rows[r] * dim..(anchor_rows[r] + 1) * dim],
+            &jobs,
+            grouped,
+            dim,
+            |c| (self.order[c], labels[self.order[c]]),
+        );
+        picks.whole
     }
+}
+
+/// Band answers among one block of a corpus that is never whole in one process, on the
+/// classes path (`mine::blocks`): the members of the classes that `picks` (from
+/// [`ClassLevel::pick_bands`] on the same `bands`) chose, among the rows of `corpus`, named by
+/// `corpus_ids`; `bands[i].query` is a row of `anchors`, the sample `anchor_ids` names. Each
+/// class is one run of rows wherever it is whole in a block (shards are placed by label);
+/// other blocks are grouped by label first. A band is complete when its row searched every
+/// class it could reach, as [`ClassIndex`]'s are, so blocks agree on it.
+pub fn band_search_picked(
+    anchors: Points,
+    anchor_ids: &[usize],
+    bands: &[Band],
+    picks: &ClassPicks,
+    corpus: Points,
+    corpus_ids: &[usize],
+) -> Vec<BandHits> {
+    let mut band_rows = BandRows::new(bands, |q| (anchor_ids[q], anchors.labels[q]));
+    let labels = corpus.labels;
+    let grouped = !labels.windows(2).any(|w| w[0] > w[1]);
+    let order: Vec<usize> = if grouped {
+        Vec::new()
+    } else {
+        let mut order: Vec<usize> = (0..corpus.len()).collect();
+        order.sort_by_key(|&i| (labels[i], i));
+        order
+    };
+    let at = |c: usize| if grouped { c } else { order[c] };
+    let gathered: Vec<f32>;
+    let members = if grouped {
+        corpus.data
+    } else {
+        gathered = order.iter().flat_map(|&i| corpus.row(i)).copied().collect();
+        &gathered
+    };
+    let mut jobs: Vec<(Range<usize>, &[u32])> = Vec::new();
+    let mut start = 0;
+    while start < corpus.len() {
+        let class = labels[at(start)];
+        let end = start
+            + (start..corpus.len())
+                .take_while(|&c| labels[at(c)] == class)
+                .count();
+        let picked = picks.rows_of(class as usize);
+        if !picked.is_empty() {
+            jobs.push((start..end, picked));
+        }
+        start = end;
+    }
+    let sources = &band_rows.sources;
+    scan_picked(
+        &mut band_rows.rows,
+        |r| anchors.row(sources[r]),
+        &jobs,
+        members,
+        corpus.dim,
+        |c| (corpus_ids[at(c)], labels[at(c)]),
+    );
+    band_rows.answers(bands, |r| picks.whole[r])
+}
+
+/// Each job's members (a run of rows of `members`, `dim` wide) scored against the rows that
+/// picked them (`anchor(r)`: row `r`'s query vector), the scores through those rows' scans;
+/// `column(c)` is member row `c`'s sample and label. Jobs run in parallel, so a row can be
+/// offered scores by two threads: each row has a lock, taken only when a score clears the
+/// row's ceiling and threshold, which are read without it (a stale threshold is lower, so it
+/// only costs a wasted lock).
+fn scan_picked<'m>(
+    rows: &mut [Row],
+    anchor: impl Fn(usize) -> &'m [f32] + Sync,
+    jobs: &[(Range<usize>, &[u32])],
+    members: &[f32],
+    dim: usize,
+    column: impl Fn(usize) -> (usize, u32) + Sync,
+) {
+    let bounds: Vec<(f32, AtomicU32)> = rows
+        .iter()
+        .map(|row| (row.ceiling, AtomicU32::new(row.threshold.to_bits())))
+        .collect();
+    let rows: Vec<Mutex<&mut Row>> = rows.iter_mut().map(Mutex::new).collect();
+    jobs.par_iter().for_each(|(run, picked)| {
+        let class_members = &members[run.start * dim..run.end * dim];
+        let mut scores = vec![0f32; run.len()];
+        for &r in picked.iter() {
+            let r = r as usize;
+            score_members(anchor(r), class_members, &mut scores);
+            let (ceiling, threshold) = &bounds[r];
+            let floor = f32::from_bits(threshold.load(Ordering::Relaxed));
+            if scores.iter().all(|&x| x < floor || x > *ceiling) {
+                continue;
+            }
+            let mut row = rows[r].lock().expect("unpoisoned");
+            row.scan(&scores, |c| column(run.start + c));
+            threshold.store(row.threshold.to_bits(), Ordering::Relaxed);
+        }
+    });
 }
 
 /// The `limit` classes of highest centroid score among those that `allowed` admits and the
@@ -338,32 +589,23 @@ impl NeighbourIndex for ClassIndex<'_> {
     /// are one run of rows, so only the anchors are gathered) and the scores go through those
     /// anchors' rows.
     fn band_search(&self, bands: &[Band], _start_depth: usize, _max_depth: usize) -> Vec<BandHits> {
-        self.band_search_in(bands, self.candidates)
+        self.band_search_in(bands, self.level.candidates)
     }
 
-    /// The `k` nearest other-label samples lie in at most `k` classes, nearly always among
-    /// the few nearest: a band search in `GRAPH_CLASSES_PER_NEIGHBOUR × k` classes (when
-    /// `--candidate-classes` is larger) finds them at a fraction of the cost.
+    /// A band search in [`ClassLevel::nearest_limit`] classes.
     fn nearest_other_labels(&self, queries: &[usize], k: usize) -> Vec<Vec<Neighbour>> {
-        let candidates = self.candidates.min(GRAPH_CLASSES_PER_NEIGHBOUR * k).max(1);
-        self.band_search_in(&open_bands(queries, k), candidates)
+        self.band_search_in(&open_bands(queries, k), self.level.nearest_limit(k))
             .into_iter()
             .map(|answer| answer.hits)
             .collect()
     }
 
     fn band_reach(&self, _max_depth: usize) -> String {
-        format!("the members of the {} nearest classes", self.candidates)
+        self.level.reach()
     }
 
     fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": "classes",
-            "kernel": gemm::Kernel::current().name(),
-            "classes": self.runs.len(),
-            "candidate_classes": self.candidates,
-            "cells": self.cells.as_ref().map(Cells::count),
-        })
+        self.level.describe()
     }
 }
 
@@ -496,7 +738,7 @@ mod tests {
             labels: &labels,
         };
         let index = ClassIndex::with_cells_from(points, 200, 1);
-        assert_eq!(index.cells.as_ref().map(Cells::count), Some(14));
+        assert_eq!(index.level.cells.as_ref().map(Cells::count), Some(14));
         let bands = semi_hard_bands(points, 0.05, 4);
         for (band, got) in bands.iter().zip(index.band_search(&bands, 1, 1)) {
             let got_ids: Vec<usize> = got.hits.iter().map(|n| n.index).collect();
@@ -532,7 +774,7 @@ mod tests {
         // Every class a candidate, but the 8 nearest are looked for in the 32 nearest classes.
         let every_mean = ClassIndex::new(points, 900);
         let through_cells = ClassIndex::with_cells_from(points, 900, 1);
-        assert!(every_mean.cells.is_none() && through_cells.cells.is_some());
+        assert!(every_mean.level.cells.is_none() && through_cells.level.cells.is_some());
         let (r_all, r_cells) = (recall(&every_mean), recall(&through_cells));
         eprintln!("recall of the 8 nearest: every mean {r_all:.3}, cells {r_cells:.3}");
         // Random centres in 16 dimensions are nearly equidistant, the hardest case for cells:

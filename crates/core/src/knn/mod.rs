@@ -8,7 +8,7 @@ mod exact;
 mod gemm;
 mod hnsw;
 
-pub use classes::ClassIndex;
+pub use classes::{band_search_picked, class_summary, ClassIndex, ClassLevel, ClassPicks};
 pub use exact::{band_search_block, ExactIndex, CORPUS_BLOCK, QUERY_BLOCK};
 pub use gemm::{dot_tile, Kernel};
 pub use hnsw::{HnswIndex, HnswLoader, HnswParams};
@@ -181,7 +181,14 @@ pub const AUTO_APPROXIMATE_FROM: usize = 20_000;
 impl KnnConfig {
     /// The backend that runs on `points`, and why.
     pub fn resolve(&self, points: Points) -> (KnnChoice, String) {
-        let n = points.len();
+        let mut labels = points.labels.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        self.resolve_for(points.len(), labels.len())
+    }
+
+    /// The backend that runs on `n` samples in `classes` classes, and why.
+    pub fn resolve_for(&self, n: usize, classes: usize) -> (KnnChoice, String) {
         if self.choice != KnnChoice::Auto {
             return (self.choice, "asked for with --knn".to_string());
         }
@@ -191,17 +198,14 @@ impl KnnConfig {
                 format!("auto: {n} samples, under {AUTO_APPROXIMATE_FROM}, exact is fast"),
             );
         }
-        let mut labels = points.labels.to_vec();
-        labels.sort_unstable();
-        labels.dedup();
-        let share = self.candidate_classes as f64 / labels.len().max(1) as f64;
+        let share = self.candidate_classes as f64 / classes.max(1) as f64;
         if share < AUTO_CLASSES_BELOW {
             return (
                 KnnChoice::Classes,
                 format!(
                     "auto: {} candidate classes of {} ({:.1}%) cost less than exact search (below {:.0}%)",
                     self.candidate_classes,
-                    labels.len(),
+                    classes,
                     100.0 * share,
                     100.0 * AUTO_CLASSES_BELOW
                 ),
@@ -211,16 +215,14 @@ impl KnnConfig {
             return (
                 KnnChoice::Hnsw,
                 format!(
-                    "auto: {n} samples (from {AUTO_HNSW_FROM}) in {} classes, too few for the classes path",
-                    labels.len()
+                    "auto: {n} samples (from {AUTO_HNSW_FROM}) in {classes} classes, too few for the classes path"
                 ),
             );
         }
         (
             KnnChoice::Exact,
             format!(
-                "auto: {} classes are too few for the classes path, {n} samples too few for HNSW",
-                labels.len()
+                "auto: {classes} classes are too few for the classes path, {n} samples too few for HNSW"
             ),
         )
     }

@@ -11,6 +11,11 @@
 //!    `k` nearest. Associative, and de-duplicating by row id, so a retried block is harmless.
 //! 4. [`finalise`]: the anchor block's triplets and statistics from the merged answers.
 //!
+//! The classes path goes the same way with one step more: [`pick`] chooses, from a
+//! [`ClassLevel`] built once over every class's mean and radius (broadcast to every task),
+//! the classes each anchor's bands search, and [`answer_picked`] searches only their members
+//! in a corpus block. It gives exactly `mine`'s output with the classes index.
+//!
 //! Rows are named by their row in the whole corpus everywhere (`Block::ids`), which is also
 //! what each anchor's random choices are seeded with.
 
@@ -19,7 +24,9 @@ use std::collections::HashMap;
 use super::miner::{members_by_label, random_easy, AnchorPlan, Answer, MineStats};
 use super::rules::MiningRules;
 use crate::definitions::Triplet;
-use crate::knn::{band_search_block, Band, Points};
+use crate::knn::{
+    band_search_block, band_search_picked, Band, BandHits, ClassLevel, ClassPicks, Points,
+};
 
 /// Rows of the corpus held here: unit vectors, label ids (the same ids in every block) and
 /// each row's row in the whole corpus.
@@ -38,17 +45,19 @@ pub enum BlockError {
 }
 
 /// Each band's members found so far, flat: band `b` holds entries `offsets[b]..offsets[b+1]`
-/// of `ids`, `dots` and `d_an`, nearest first (by dot product, then lower row id).
+/// of `ids`, `dots` and `d_an`, nearest first (by dot product, then lower row id), and
+/// `complete[b]` says that no nearer band member was missed (always, with the exact index).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Answers {
     pub offsets: Vec<usize>,
     pub ids: Vec<usize>,
     pub dots: Vec<f32>,
     pub d_an: Vec<f32>,
+    pub complete: Vec<bool>,
 }
 
 impl Answers {
-    fn push_band(&mut self, hits: impl IntoIterator<Item = (usize, f32, f32)>) {
+    fn push_band(&mut self, hits: impl IntoIterator<Item = (usize, f32, f32)>, complete: bool) {
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }
@@ -58,6 +67,7 @@ impl Answers {
             self.d_an.push(d_an);
         }
         self.offsets.push(self.ids.len());
+        self.complete.push(complete);
     }
 
     pub fn bands(&self) -> usize {
@@ -74,7 +84,8 @@ impl Answers {
             && self.offsets.windows(2).all(|w| w[0] <= w[1])
             && self.offsets.last() == Some(&self.ids.len())
             && self.dots.len() == self.ids.len()
-            && self.d_an.len() == self.ids.len();
+            && self.d_an.len() == self.ids.len()
+            && self.complete.len() == self.bands();
         if !consistent || self.bands() != questions.len() {
             return Err(BlockError::Mismatch(format!(
                 "answers for {} bands do not fit {} questions (answers of another anchor \
@@ -170,6 +181,101 @@ pub fn answer(anchors: Block, questions: &[Band], corpus: Block, rules: &MiningR
         corpus.points,
         corpus.ids,
     );
+    answers_of(anchors, questions, found, corpus, rules)
+}
+
+/// What an anchor block carries to every corpus block on the classes path: the classes the
+/// guard's bands search (as `mine` finds the guard's rows: [`ClassLevel::nearest_limit`]
+/// classes) and those the other bands search (`--candidate-classes`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Picks {
+    pub guard: ClassPicks,
+    pub bands: ClassPicks,
+}
+
+/// Which questions are the guard's: each anchor's first, when there is a guard.
+fn guard_questions(questions: &[Band], rules: &MiningRules) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    questions
+        .iter()
+        .map(|b| rules.skip_nearest > 0 && seen.insert(b.query))
+        .collect()
+}
+
+/// `questions` cut in two: the guard's (when `guard`) or the others, each with its position.
+fn split(questions: &[Band], is_guard: &[bool], guard: bool) -> (Vec<Band>, Vec<usize>) {
+    questions
+        .iter()
+        .zip(is_guard)
+        .enumerate()
+        .filter(|(_, (_, &g))| g == guard)
+        .map(|(i, (b, _))| (*b, i))
+        .unzip()
+}
+
+/// Step 1½ on the classes path: the classes each anchor's bands search, from `level` (built
+/// over every class of the corpus, whose label ids are its classes).
+pub fn pick(anchors: Block, questions: &[Band], level: &ClassLevel, rules: &MiningRules) -> Picks {
+    let is_guard = guard_questions(questions, rules);
+    let (guard, _) = split(questions, &is_guard, true);
+    let (bands, _) = split(questions, &is_guard, false);
+    Picks {
+        guard: level.pick_bands(
+            anchors.points,
+            &guard,
+            level.nearest_limit(rules.skip_nearest),
+        ),
+        bands: level.pick_bands(anchors.points, &bands, level.candidates()),
+    }
+}
+
+/// Step 2 on the classes path: `questions` answered among the members of `corpus` in the
+/// classes `picks` chose for them (`classes`: the level's).
+pub fn answer_picked(
+    anchors: Block,
+    questions: &[Band],
+    picks: &Picks,
+    classes: usize,
+    corpus: Block,
+    rules: &MiningRules,
+) -> Result<Answers, BlockError> {
+    let is_guard = guard_questions(questions, rules);
+    let mut found: Vec<Option<BandHits>> = vec![None; questions.len()];
+    for (guard, picks) in [(true, &picks.guard), (false, &picks.bands)] {
+        let (bands, at) = split(questions, &is_guard, guard);
+        let mut queries: Vec<usize> = bands.iter().map(|b| b.query).collect();
+        queries.sort_unstable();
+        queries.dedup();
+        picks
+            .check(queries.len(), classes)
+            .map_err(BlockError::Mismatch)?;
+        let hits = band_search_picked(
+            anchors.points,
+            anchors.ids,
+            &bands,
+            picks,
+            corpus.points,
+            corpus.ids,
+        );
+        for (i, h) in at.into_iter().zip(hits) {
+            found[i] = Some(h);
+        }
+    }
+    let found = found
+        .into_iter()
+        .map(|h| h.expect("every question is the guard's or not"))
+        .collect();
+    Ok(answers_of(anchors, questions, found, corpus, rules))
+}
+
+/// A corpus block's hits with each one's d(a,n), as answers.
+fn answers_of(
+    anchors: Block,
+    questions: &[Band],
+    found: Vec<BandHits>,
+    corpus: Block,
+    rules: &MiningRules,
+) -> Answers {
     let position: HashMap<usize, usize> = corpus
         .ids
         .iter()
@@ -180,10 +286,13 @@ pub fn answer(anchors: Block, questions: &[Band], corpus: Block, rules: &MiningR
     out.offsets.push(0);
     for (band, hits) in questions.iter().zip(found) {
         let anchor = anchors.points.row(band.query);
-        out.push_band(hits.hits.iter().map(|h| {
-            let row = corpus.points.row(position[&h.index]);
-            (h.index, h.dot, rules.distance.between(anchor, row))
-        }));
+        out.push_band(
+            hits.hits.iter().map(|h| {
+                let row = corpus.points.row(position[&h.index]);
+                (h.index, h.dot, rules.distance.between(anchor, row))
+            }),
+            hits.complete,
+        );
     }
     out
 }
@@ -205,23 +314,26 @@ pub fn merge<'a>(
         hits.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
         hits.dedup_by_key(|h| h.0);
         hits.truncate(band.k);
-        out.push_band(hits);
+        out.push_band(hits, parts.iter().all(|p| p.complete[b]));
     }
     Ok(out)
 }
 
 /// Step 4: the anchor block's triplets (rows of the whole corpus, in anchor order) and
-/// statistics, from its questions' merged answers over every corpus block.
+/// statistics, from its questions' merged answers over every corpus block; `level` is the
+/// classes path's, where the answers came from [`answer_picked`].
 pub fn finalise(
     anchors: Block,
     questions: &[Band],
     answers: &Answers,
     rules: &MiningRules,
     corpus_len: usize,
+    level: Option<&ClassLevel>,
 ) -> Result<(Vec<Triplet>, MineStats), BlockError> {
     supported(rules)?;
     answers.check(questions)?;
     let plans = plans(anchors, rules, corpus_len);
+    let reach = level.map_or_else(|| "every block".to_string(), ClassLevel::reach);
     let mut next = 0..answers.bands();
     let mut stats = MineStats {
         anchors: plans.len(),
@@ -242,13 +354,13 @@ pub fn finalise(
                     let b = next.next().expect("one answer per band");
                     Answer {
                         hits: answers.band(b).map(|(id, _, d_an)| (id, d_an)).collect(),
-                        complete: true,
+                        complete: answers.complete[b],
                     }
                 });
                 (r, answer)
             })
             .collect();
-        let outcome = plan.assemble(anchors.points, &answered, rules, "every block");
+        let outcome = plan.assemble(anchors.points, &answered, rules, &reach);
         stats.record(&outcome);
         let local = |i: usize| anchors.ids[i];
         triplets.extend(outcome.triplets.into_iter().map(|t| Triplet {
@@ -332,6 +444,19 @@ mod tests {
         anchor_blocks: usize,
         corpus_blocks: usize,
     ) -> (Vec<Triplet>, MineStats) {
+        blocked_with(data, labels, dim, rules, anchor_blocks, corpus_blocks, None)
+    }
+
+    /// The same on the classes path when `level` is given.
+    fn blocked_with(
+        data: &[f32],
+        labels: &[u32],
+        dim: usize,
+        rules: &MiningRules,
+        anchor_blocks: usize,
+        corpus_blocks: usize,
+        level: Option<&ClassLevel>,
+    ) -> (Vec<Triplet>, MineStats) {
         let n = labels.len();
         // Anchor blocks hold whole classes (label modulo the grid); corpus blocks any rows.
         let anchors: Vec<Owned> = (0..anchor_blocks)
@@ -349,16 +474,22 @@ mod tests {
         let mut stats = MineStats::default();
         for a in &anchors {
             let q = questions(a.block(), rules, n).unwrap();
+            let picks = level.map(|l| pick(a.block(), &q, l, rules));
             let parts: Vec<Answers> = corpus
                 .iter()
-                .map(|c| answer(a.block(), &q, c.block(), rules))
+                .map(|c| match (level, &picks) {
+                    (Some(l), Some(p)) => {
+                        answer_picked(a.block(), &q, p, l.classes(), c.block(), rules).unwrap()
+                    }
+                    _ => answer(a.block(), &q, c.block(), rules),
+                })
                 .collect();
             // Merged in two halves and once more: associativity, and a retried block.
             let (left, right) = parts.split_at(parts.len() / 2);
             let left = merge(&q, left).unwrap();
             let right = merge(&q, right).unwrap();
             let merged = merge(&q, [&left, &right, &parts[0]]).unwrap();
-            let (t, s) = finalise(a.block(), &q, &merged, rules, n).unwrap();
+            let (t, s) = finalise(a.block(), &q, &merged, rules, n, level).unwrap();
             triplets.extend(t);
             stats.add(&s);
         }
@@ -406,6 +537,79 @@ mod tests {
         }
     }
 
+    /// The level the in-memory classes index builds: each label's mean and radius over its
+    /// rows in corpus order.
+    fn level_of(
+        data: &[f32],
+        labels: &[u32],
+        dim: usize,
+        candidates: usize,
+        cells_from: usize,
+    ) -> ClassLevel {
+        let classes = *labels.iter().max().unwrap() as usize + 1;
+        let (mut means, mut radius) = (Vec::new(), Vec::new());
+        for c in 0..classes {
+            let members = (0..labels.len())
+                .filter(move |&i| labels[i] as usize == c)
+                .map(|i| &data[i * dim..(i + 1) * dim]);
+            let (mean, r) = crate::knn::class_summary(members, dim);
+            means.extend(mean);
+            radius.push(r);
+        }
+        ClassLevel::with_cells_from(means, radius, dim, candidates, cells_from)
+    }
+
+    #[test]
+    fn the_classes_path_over_blocks_gives_mines_triplets() {
+        let dim = 8;
+        let (mut data, mut labels) = clustered(12, 6, dim, 0.8, 3);
+        let (one, _) = clustered(1, 1, dim, 0.0, 98);
+        data.extend(one);
+        labels.push(12);
+        let points = Points {
+            data: &data,
+            dim,
+            labels: &labels,
+        };
+        for (strategy, k, positives, skip, candidates, cells_from) in [
+            ("semihard", 1, PositiveRule::Hardest, 0, 3, usize::MAX),
+            ("hard", 2, PositiveRule::All, 0, 2, 1),
+            (
+                "semihard=0.6,hard=0.4",
+                3,
+                PositiveRule::Easiest,
+                1,
+                4,
+                usize::MAX,
+            ),
+            ("any", 2, PositiveRule::Random, 4, 100, 1),
+        ] {
+            let rules = MiningRules {
+                strategy: strategy.parse().unwrap(),
+                negatives_per_anchor: k,
+                positives,
+                skip_nearest: skip,
+                seed: 5,
+                ..MiningRules::default()
+            };
+            let level = level_of(&data, &labels, dim, candidates, cells_from);
+            let index = crate::knn::ClassIndex::with_cells_from(points, candidates, cells_from);
+            let want = mine(points, &index, &rules);
+            assert!(!want.0.is_empty(), "{strategy}");
+            for (a, c) in [(1, 1), (4, 4), (8, 2), (3, 5)] {
+                let got = blocked_with(&data, &labels, dim, &rules, a, c, Some(&level));
+                assert_eq!(got.0, want.0, "{strategy} on {a}×{c}");
+                assert_eq!(got.1, want.1, "{strategy} on {a}×{c}");
+            }
+            // Every class a candidate (the guard searches 4 × skip_nearest of them): the exact
+            // index's triplets.
+            if candidates >= 13 {
+                let exact = mine(points, &ExactIndex::new(points), &rules);
+                assert_eq!(want.0, exact.0, "{strategy}");
+            }
+        }
+    }
+
     #[test]
     fn answers_of_other_questions_are_refused() {
         let dim = 4;
@@ -415,7 +619,7 @@ mod tests {
         let rules = MiningRules::default();
         let q = questions(all.block(), &rules, labels.len()).unwrap();
         let a = answer(all.block(), &q, all.block(), &rules);
-        let e = finalise(all.block(), &q[1..], &a, &rules, labels.len()).unwrap_err();
+        let e = finalise(all.block(), &q[1..], &a, &rules, labels.len(), None).unwrap_err();
         assert!(matches!(e, BlockError::Mismatch(_)), "{e}");
         let random_easy = MiningRules {
             strategy: "easy".parse().unwrap(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::rules::{MiningRules, NegativeOrder, PositiveRule, Selection};
 use crate::definitions::{Triplet, TripletKind};
-use crate::knn::{Band, NeighbourIndex, Points, Restriction};
+use crate::knn::{Band, NeighbourIndex, Points};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -114,10 +114,12 @@ fn mine_with(
     let bar = (anchors.len() > ANCHOR_CHUNK)
         .then(|| crate::progress::bar(anchors.len() as u64, "mining"));
     for chunk in anchors.chunks(ANCHOR_CHUNK) {
-        // The guard's nearest other-label samples of each anchor, never its negatives.
+        // The guard's nearest other-label samples of each anchor, never its negatives, found
+        // as the neighbour graph's are (on the classes path, in a few nearest classes: an
+        // exact search is N² however few classes the bands search).
         let mut guarded = match rules.skip_nearest {
             0 => Vec::new(),
-            skip => index.search(chunk, skip, Restriction::OtherLabels),
+            skip => index.nearest_other_labels(chunk, skip),
         }
         .into_iter();
         let plans: Vec<AnchorPlan> = chunk

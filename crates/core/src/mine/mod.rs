@@ -244,7 +244,7 @@ pub fn run(cfg: &MineConfig, network: Option<&dyn Network>) -> Result<MineSummar
             normalise,
         },
         None,
-        KnnChoice::Auto | KnnChoice::Exact,
+        KnnChoice::Auto | KnnChoice::Exact | KnnChoice::Classes,
     ) = (&cfg.source, &cfg.exclude, cfg.knn.choice)
     {
         return sharded::run(dir, *normalise, cfg);

@@ -1,17 +1,26 @@
-//! `tripmine mine --embeddings SHARDS/` out of core: the blocked miner (`blocks.rs`) with
-//! each shard an anchor block, and every corpus shard streamed past it one at a time. What is
-//! held at once: two shards, the anchor block's questions and answers (fixed-size per anchor),
-//! the triplets found, and each row's path and label for the CSV; nothing N×N.
+//! `tripmine mine --embeddings SHARDS/` out of core: the blocked miner (`blocks.rs`) over a
+//! shard directory. A first pass reads and checks every shard once (SHA-256, rows, each class
+//! in one shard), keeping each row's label code (and path) for the CSV and, on the classes
+//! path, each class's mean and radius for the class level. Then each anchor block meets every
+//! corpus shard in turn (read again, its files checked against the first reading): with the
+//! exact index an anchor block is a shard; on the classes path it is a run of whole classes of
+//! a shard, sized so that its class picks stay bounded, and it meets only the shards that hold
+//! a class it picked. What is held at once: two shards, one anchor block's questions, picks and
+//! answers, the class level, the triplets found, and a label code per row; nothing N×N.
 
 use std::path::Path;
 use std::time::Instant;
 
 use super::blocks::{self, Answers, Block};
 use super::{write_triplet_set, MineConfig, MineError, MineStats, MineSummary};
-use crate::knn::Points;
-use crate::shards::{self, Shard};
+use crate::knn::{class_summary, ClassLevel, ClassPicks, KnnChoice, Points};
+use crate::shards::{self, Manifest, Shard, Stamp, Verify};
 use crate::store::{RowCheck, StoreError};
 use crate::triplets::{self, TripletRow};
+
+/// Class picks an anchor block may hold (4 bytes each, twice while they are turned around):
+/// with 500 candidate classes, anchor blocks of 268,435 rows.
+const PICKS_PER_BLOCK: usize = 1 << 27;
 
 fn invalid(dir: &Path, message: String) -> MineError {
     MineError::Store(StoreError::Invalid {
@@ -20,18 +29,100 @@ fn invalid(dir: &Path, message: String) -> MineError {
     })
 }
 
-fn block_of(s: &Shard, dim: usize) -> Block<'_> {
+/// Rows `range` of a class-grouped shard as a block.
+fn block_of(s: &Shard, dim: usize, range: std::ops::Range<usize>) -> Block<'_> {
     Block {
         points: Points {
-            data: &s.data,
+            data: &s.data[range.start * dim..range.end * dim],
             dim,
-            labels: &s.codes,
+            labels: &s.codes[range.clone()],
         },
-        ids: &s.rows,
+        ids: &s.rows[range],
     }
 }
 
-/// Mines every shard of `dir` against every shard, exactly as `mine` with the exact index.
+/// What the first pass keeps of every shard.
+struct Survey {
+    /// Label code of each corpus row.
+    codes: Vec<u32>,
+    /// Path of each corpus row, where the shards record paths.
+    paths: Option<Vec<String>>,
+    stamps: Vec<Stamp>,
+    /// Each class's mean and radius (classes path only).
+    level: Option<ClassLevel>,
+}
+
+/// Reads every shard once: SHA-256 and rows checked, each class in one shard.
+fn survey(
+    dir: &Path,
+    manifest: &Manifest,
+    check: RowCheck,
+    classes_path: Option<usize>,
+) -> Result<Survey, MineError> {
+    let (n, dim, classes) = (manifest.rows, manifest.dim, manifest.labels.len());
+    let mut codes = vec![0u32; n];
+    let mut paths = manifest.paths.then(|| vec![String::new(); n]);
+    let mut owner = vec![usize::MAX; classes];
+    let mut stamps = Vec::with_capacity(manifest.shards.len());
+    let mut means = vec![
+        0f32;
+        if classes_path.is_some() {
+            classes * dim
+        } else {
+            0
+        }
+    ];
+    let mut radius = vec![0f32; if classes_path.is_some() { classes } else { 0 }];
+    let bar = crate::progress::bar(manifest.shards.len() as u64, "reading shards");
+    for (s, entry) in manifest.shards.iter().enumerate() {
+        stamps.push(shards::stamp(dir, entry));
+        let mut shard = shards::load_shard(dir, manifest, entry, check, Verify::Sha256, None)
+            .map_err(|e| invalid(dir, e))?;
+        shard.group_by_class(dim);
+        for (i, (&row, &code)) in shard.rows.iter().zip(&shard.codes).enumerate() {
+            codes[row] = code;
+            if let Some(paths) = &mut paths {
+                paths[row] = shard.path(i);
+            }
+        }
+        let mut start = 0;
+        while start < shard.codes.len() {
+            let code = shard.codes[start];
+            let end = start + shard.codes[start..].partition_point(|&c| c == code);
+            let class = code as usize;
+            if owner[class] != usize::MAX {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "class {:?} has rows in {} and {}; shards are placed by label (each \
+                         class in one shard, as `tripmine embed --shard-rows` and \
+                         tripmine.write_shards write them)",
+                        manifest.labels[class], manifest.shards[owner[class]].name, entry.name
+                    ),
+                ));
+            }
+            owner[class] = s;
+            if classes_path.is_some() {
+                let members = shard.data[start * dim..end * dim].chunks_exact(dim);
+                let (mean, r) = class_summary(members, dim);
+                means[class * dim..(class + 1) * dim].copy_from_slice(&mean);
+                radius[class] = r;
+            }
+            start = end;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Survey {
+        codes,
+        paths,
+        stamps,
+        level: classes_path.map(|candidates| ClassLevel::new(means, radius, dim, candidates)),
+    })
+}
+
+/// Mines every shard of `dir` against every shard, exactly as `mine` with the exact index,
+/// or, when `--knn` (or `auto`) chooses it, with the classes index.
 pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary, MineError> {
     let start = Instant::now();
     let (manifest, manifest_sha256) = shards::read_manifest(dir).map_err(|e| invalid(dir, e))?;
@@ -40,67 +131,96 @@ pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary,
     } else {
         RowCheck::UnitLength
     };
+    let (n, dim, count) = (manifest.rows, manifest.dim, manifest.shards.len());
+    let (choice, mut reason) = cfg.knn.resolve_for(n, manifest.labels.len());
+    if choice == KnnChoice::Hnsw {
+        reason += "; HNSW is built over a corpus in memory, so a shard directory is mined \
+                   block by block with the exact index";
+    }
+    let classes_path = (choice == KnnChoice::Classes).then_some(cfg.knn.candidate_classes);
+    let survey = survey(dir, &manifest, check, classes_path)?;
+    let level = survey.level.as_ref();
     let load = |i: usize| -> Result<Shard, MineError> {
-        shards::load_shard(dir, &manifest, &manifest.shards[i], check).map_err(|e| invalid(dir, e))
+        let entry = &manifest.shards[i];
+        let seen = Some(&survey.stamps[i]);
+        let mut shard = shards::load_shard(dir, &manifest, entry, check, Verify::Unchanged, seen)
+            .map_err(|e| invalid(dir, e))?;
+        shard.group_by_class(dim);
+        Ok(shard)
     };
-    let n = manifest.rows;
-    let count = manifest.shards.len();
+    let block_rows = level.map_or(usize::MAX, |l| (PICKS_PER_BLOCK / l.candidates()).max(1));
     let rules = &cfg.rules;
-    let mut paths = vec![String::new(); n];
-    let mut labels = vec![String::new(); n];
     let mut triplets = Vec::new();
     let mut stats = MineStats::default();
-    let bar = crate::progress::bar((count * count) as u64, "mining");
+    let failed = |e: blocks::BlockError| invalid(dir, e.to_string());
+    let bar = crate::progress::bar(n as u64, "mining");
     for a in 0..count {
         let anchors = load(a)?;
-        let dim = manifest.dim;
-        let questions = blocks::questions(block_of(&anchors, dim), rules, n)
-            .map_err(|e| invalid(dir, e.to_string()))?;
-        let mut answers: Option<Answers> = None;
-        for c in 0..count {
-            let loaded;
-            let corpus = if c == a {
-                &anchors
-            } else {
-                loaded = load(c)?;
-                &loaded
-            };
-            if a == 0 {
-                for (i, &row) in corpus.rows.iter().enumerate() {
-                    paths[row] = corpus.path(i);
-                    labels[row] = manifest.labels[corpus.codes[i] as usize].clone();
+        for range in class_runs(&anchors.codes, block_rows) {
+            let block = block_of(&anchors, dim, range.clone());
+            let questions = blocks::questions(block, rules, n).map_err(failed)?;
+            let picks = level.map(|l| blocks::pick(block, &questions, l, rules));
+            let mut answers: Option<Answers> = None;
+            for c in 0..count {
+                let [first, end] = manifest.shards[c].labels;
+                // The anchor's own shard is always asked, so that even a block that picked
+                // no class gets answers (empty, complete where nothing was reachable).
+                let picked = |p: &blocks::Picks| {
+                    let some = |c: &ClassPicks| (first..end).any(|k| !c.rows_of(k).is_empty());
+                    some(&p.guard) || some(&p.bands)
+                };
+                if c != a && picks.as_ref().is_some_and(|p| !picked(p)) {
+                    continue;
                 }
+                let loaded;
+                let corpus = if c == a {
+                    &anchors
+                } else {
+                    loaded = load(c)?;
+                    &loaded
+                };
+                let corpus = block_of(corpus, dim, 0..corpus.rows.len());
+                let part = match (level, &picks) {
+                    (Some(l), Some(p)) => {
+                        blocks::answer_picked(block, &questions, p, l.classes(), corpus, rules)
+                            .map_err(failed)?
+                    }
+                    _ => blocks::answer(block, &questions, corpus, rules),
+                };
+                answers = Some(match answers {
+                    None => part,
+                    Some(so_far) => blocks::merge(&questions, [&so_far, &part]).map_err(failed)?,
+                });
             }
-            let part = blocks::answer(
-                block_of(&anchors, dim),
-                &questions,
-                block_of(corpus, dim),
-                rules,
-            );
-            answers = Some(match answers {
-                None => part,
-                Some(so_far) => blocks::merge(&questions, [&so_far, &part])
-                    .map_err(|e| invalid(dir, e.to_string()))?,
-            });
-            bar.inc(1);
+            let answers = answers.expect("the anchor's own shard is always asked");
+            let (found, s) =
+                blocks::finalise(block, &questions, &answers, rules, n, level).map_err(failed)?;
+            triplets.extend(found);
+            stats.add(&s);
+            bar.inc(range.len() as u64);
         }
-        let answers = answers.expect("a shard directory has a shard");
-        let (found, s) = blocks::finalise(block_of(&anchors, dim), &questions, &answers, rules, n)
-            .map_err(|e| invalid(dir, e.to_string()))?;
-        triplets.extend(found);
-        stats.add(&s);
     }
     bar.finish_and_clear();
     triplets.sort_by_key(|t| t.anchor);
-    let backend = serde_json::json!({
-        "backend": "exact",
-        "out_of_core": true,
-        "shards": count,
-        "chosen": "a shard directory is mined block by block with the exact index (--knn classes or hnsw read it whole)",
+    let mut backend = match level {
+        Some(l) => l.describe(),
+        None => serde_json::json!({ "backend": "exact" }),
+    };
+    backend["out_of_core"] = true.into();
+    backend["shards"] = count.into();
+    if block_rows != usize::MAX {
+        backend["anchor_block_rows"] = block_rows.into();
+    }
+    backend["chosen"] = reason.into();
+    let rows = triplets.iter().map(|t| {
+        TripletRow::new(t, |i| {
+            let path = match &survey.paths {
+                Some(paths) => paths[i].clone(),
+                None => i.to_string(),
+            };
+            (path, manifest.labels[survey.codes[i] as usize].as_str())
+        })
     });
-    let rows = triplets
-        .iter()
-        .map(|t| TripletRow::new(t, |i| (paths[i].as_str(), labels[i].as_str())));
     match &cfg.out {
         None => match triplets::write(std::io::stdout().lock(), rows) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
@@ -115,7 +235,7 @@ pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary,
                 "shards": dir,
                 "manifest_sha256": manifest_sha256,
                 "count": n,
-                "dim": manifest.dim,
+                "dim": dim,
             });
             sidecar["wall_seconds"] = start.elapsed().as_secs_f64().into();
             write_triplet_set(path, rows, sidecar)?;
@@ -128,4 +248,37 @@ pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary,
         seconds: start.elapsed().as_secs_f64(),
         warnings: Vec::new(),
     })
+}
+
+/// Runs of whole classes of class-grouped `codes`, each up to `most` rows (or one class,
+/// where a class alone is larger).
+fn class_runs(codes: &[u32], most: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    while end < codes.len() {
+        let class_end = end + codes[end..].partition_point(|&c| c == codes[end]);
+        if class_end - start > most && end > start {
+            runs.push(start..end);
+            start = end;
+        }
+        end = class_end;
+    }
+    if end > start {
+        runs.push(start..end);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_blocks_are_runs_of_whole_classes() {
+        let codes = [0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 4];
+        assert_eq!(class_runs(&codes, 4), vec![0..4, 4..6, 6..10, 10..11]);
+        assert_eq!(class_runs(&codes, 2), vec![0..3, 3..4, 4..6, 6..10, 10..11]);
+        assert_eq!(class_runs(&codes, usize::MAX), vec![0..11]);
+        assert!(class_runs(&[], 3).is_empty());
+    }
 }
