@@ -5,7 +5,10 @@ class around random centres) is mined with semihard, 1 negative per anchor, by:
 
   tripmine-exact      tripmine.mine(knn="exact") in memory, one process (all cores)
   tripmine-classes    tripmine.mine(knn="classes") in memory (approximate: recall below)
-  tripmine-cli-shards `tripmine mine --embeddings SHARDS/` (the shard directory, one process)
+  tripmine-cli-shards `tripmine mine --embeddings SHARDS/ --knn exact` (out of core, one process)
+  tripmine-cli-shards-classes
+                      the same with --knn classes --candidate-classes N (out of core,
+                      approximate: recall below)
   ray-1, ray-2        tripmine.ray.mine on a local Ray cluster of 1 and 2 worker CPUs, start-up
                       included (grid: one anchor block per worker x 4 corpus blocks)
   faiss-flat          faiss IndexFlatIP.search(x, 64) of every row, what a faiss user runs
@@ -13,13 +16,17 @@ class around random centres) is mined with semihard, 1 negative per anchor, by:
 
 Each runs in a child process of its own: seconds, and the peak resident memory (VmHWM) of
 its largest process (the Python driver, the tripmine CLI, or the largest Ray worker). tripmine's exact contenders must give the
-same triplets (checked). The classes path's recall is measured against a float64 numpy miner
-on --sample anchors. From ray-1's block times the 100M / 1B plan is printed.
+same triplets (checked), and so must the classes path in memory and out of core. The classes
+path's recall is measured against a float64 numpy miner on --sample anchors (the corpus
+scanned a chunk at a time, so 10^7 rows fit). From ray-1's block times the 100M / 1B plan is printed.
 
     .venv-bench/bin/python scripts/bench_scale.py --rows 100000 --out out/bench-scale
+    .venv-bench/bin/python scripts/bench_scale.py --rows 10000000 --shard-rows 250000 \
+        --contenders tripmine-cli-shards-classes --out out/bench-scale
 """
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -82,15 +89,26 @@ def run_child(args):
     out = {}
     t = time.perf_counter()
     if args.child in ("tripmine-exact", "tripmine-classes"):
-        r = tripmine.mine(np.ascontiguousarray(data), labels, knn=args.child.split("-")[1])
+        r = tripmine.mine(np.ascontiguousarray(data), labels, knn=args.child.split("-")[1], candidate_classes=args.candidate_classes)
         out["triplets"] = len(r)
         np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([r.anchor, r.negative]))
-    elif args.child == "tripmine-cli-shards":
-        csv = os.path.join(args.work, "cli.csv")
-        done = subprocess.run([args.bin, "mine", "--embeddings", shards, "--out", csv, "--knn", "exact"], capture_output=True, text=True)
+    elif args.child in ("tripmine-cli-shards", "tripmine-cli-shards-classes"):
+        knn = "classes" if args.child.endswith("classes") else "exact"
+        csv_path = os.path.join(args.work, f"{args.child}.csv")
+        command = [args.bin, "mine", "--embeddings", shards, "--out", csv_path, "--knn", knn]
+        if knn == "classes":
+            command += ["--candidate-classes", str(args.candidate_classes)]
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(done.stderr)
-        out["triplets"] = sum(1 for _ in open(csv)) - 1
+        # No paths in the shards: the CSV names rows by their corpus row.
+        anchor, negative = [], []
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                anchor.append(int(row["anchor"]))
+                negative.append(int(row["negative"]))
+        out["triplets"] = len(anchor)
+        np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([np.array(anchor), np.array(negative)]))
         # The CLI's summary says its own peak ("... (peak memory N MB) ...").
         out["peak_mb"] = float(done.stdout.split("peak memory ")[1].split(" MB")[0])
     elif args.child.startswith("ray-"):
@@ -159,6 +177,7 @@ def main():
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--shard-rows", type=int, default=25_000)
     p.add_argument("--sample", type=int, default=1000)
+    p.add_argument("--candidate-classes", type=int, default=500)
     p.add_argument("--bin", default="target/release/tripmine")
     p.add_argument("--out", default="out/bench-scale")
     p.add_argument("--contenders", default="tripmine-exact,tripmine-classes,tripmine-cli-shards,ray-1,ray-2,faiss-flat")
@@ -171,15 +190,17 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="bench-scale-", dir=args.out)
-    x, labels = corpus(args.rows, args.dim, args.per_class)
-    np.save(os.path.join(work, "x.npy"), x)
+    # Made straight into x.npy, which every contender maps (10^7 rows are 5.1 GB).
+    x = np.lib.format.open_memmap(os.path.join(work, "x.npy"), mode="w+", dtype=np.float32, shape=(args.rows, args.dim))
+    x, labels = corpus(args.rows, args.dim, args.per_class, out=x)
+    x.flush()
     np.save(os.path.join(work, "labels.npy"), labels)
     tripmine.write_shards(os.path.join(work, "shards"), x, labels, shard_rows=args.shard_rows)
     results = []
     for name in args.contenders.split(","):
         t = time.perf_counter()
         log = open(os.path.join(work, f"{name}.log"), "w+")
-        child = subprocess.Popen([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin)], stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin), "--candidate-classes", str(args.candidate_classes)], stdout=log, stderr=subprocess.STDOUT)
         _, status, _ = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t
         log.seek(0)
@@ -193,14 +214,19 @@ def main():
         print(f"{name:22s} {r['seconds']:8.1f} s (process {wall:6.1f} s)  peak {r['peak_mb']:7.0f} MB  {r['triplets']} triplets", file=sys.stderr)
     by = {r["contender"]: r for r in results}
     exact = os.path.join(work, "tripmine-exact.npy")
-    for name in ("ray-1", "ray-2"):
+    for name in ("tripmine-cli-shards", "ray-1", "ray-2"):
         path = os.path.join(work, f"{name}.npy")
         if os.path.exists(exact) and os.path.exists(path):
             by[name]["equal_to_exact"] = bool(np.array_equal(np.load(exact), np.load(path)))
-    classes = os.path.join(work, "tripmine-classes.npy")
-    if os.path.exists(classes):
-        by["tripmine-classes"]["recall_float64"], scored = float64_recall(x, labels, np.load(classes), args.sample)
-        by["tripmine-classes"]["recall_anchors"] = scored
+    for name in ("tripmine-classes", "tripmine-cli-shards-classes"):
+        path = os.path.join(work, f"{name}.npy")
+        if name in by and os.path.exists(path):
+            by[name]["recall_float64"], scored = float64_recall(x, labels, np.load(path), args.sample)
+            by[name]["recall_anchors"] = scored
+            by[name]["candidate_classes"] = args.candidate_classes
+    if "tripmine-classes" in by and "tripmine-cli-shards-classes" in by:
+        same = np.array_equal(np.load(os.path.join(work, "tripmine-classes.npy")), np.load(os.path.join(work, "tripmine-cli-shards-classes.npy")))
+        by["tripmine-cli-shards-classes"]["equal_to_in_memory_classes"] = bool(same)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\n{args.rows:,} x {args.dim} rows, {args.rows // args.per_class:,} classes; {machine}")
     print("| contender | seconds (process) | peak memory, largest process | triplets | note |")
@@ -212,7 +238,9 @@ def main():
         if "threads" in r:
             note.append(f"k=64 search only, {r['threads']} OpenMP threads")
         if "recall_float64" in r:
-            note.append(f"recall {r['recall_float64']:.4f} vs float64 on {r['recall_anchors']} anchors")
+            note.append(f"{r['candidate_classes']} candidate classes: negative recall {r['recall_float64']:.4f} vs float64 on {r['recall_anchors']} anchors")
+        if "equal_to_in_memory_classes" in r:
+            note.append("same triplets as tripmine-classes" if r["equal_to_in_memory_classes"] else "DIFFERS from tripmine-classes")
         print(f"| {r['contender']} | {r['seconds']:.1f} ({r['wall_seconds']:.1f}) | {r['peak_mb']:.0f} MB | {r['triplets']:,} | {'; '.join(note)} |")
     if "ray-1" in by and "ray-2" in by:
         print(f"\nray-2 is {by['ray-1']['wall_seconds'] / by['ray-2']['wall_seconds']:.2f}x faster than ray-1 (process times)")

@@ -9,8 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tripmine_core::definitions::{Triplet, TripletKind};
 use tripmine_core::eval::blocks as eval_blocks;
-use tripmine_core::knn::{Band, Points};
-use tripmine_core::mine::blocks::{self, Answers, Block};
+use tripmine_core::knn::{Band, ClassPicks, Points};
+use tripmine_core::mine::blocks::{self, Answers, Block, ClassSummaries, LevelBuilder, Picks};
 use tripmine_core::mine::{MineStats, MiningRules};
 use tripmine_core::triplets::TripletRow;
 
@@ -250,6 +250,154 @@ fn block_answer<'py>(
     answers_dict(py, answers)
 }
 
+/// Step 0 on the classes path: each class's label code, mean and radius over a block of
+/// whole classes (the class level's inputs; `tripmine.ray` gathers them from every block).
+#[pyfunction]
+#[pyo3(signature = (embeddings, labels, ids, *, normalise))]
+fn class_summaries<'py>(
+    py: Python<'py>,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    labels: PyReadonlyArray1<'py, i64>,
+    ids: PyReadonlyArray1<'py, i64>,
+    normalise: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let block = Rows::read("block", &embeddings, &labels, &ids, normalise)?;
+    let s = py.allow_threads(|| blocks::class_summaries(block.block()));
+    let out = PyDict::new(py);
+    out.set_item(
+        "classes",
+        i64_array(py, s.classes.iter().map(|&c| i64::from(c)).collect()),
+    )?;
+    out.set_item("means", PyArray1::from_vec(py, s.means))?;
+    out.set_item("radius", PyArray1::from_vec(py, s.radius))?;
+    Ok(out)
+}
+
+fn picks_of(picks: &Bound<'_, PyDict>, prefix: &str) -> PyResult<ClassPicks> {
+    let what = "picks";
+    let key = |k: &str| format!("{prefix}{k}");
+    Ok(ClassPicks {
+        offsets: indices(&array::<i64>(picks, what, &key("offsets"))?, what)?,
+        rows: array::<i64>(picks, what, &key("rows"))?
+            .as_array()
+            .iter()
+            .map(|&r| u32::try_from(r).map_err(|_| value_error(format!("picks: row {r}"))))
+            .collect::<PyResult<_>>()?,
+        whole: array::<bool>(picks, what, &key("whole"))?
+            .as_array()
+            .to_vec(),
+    })
+}
+
+/// Step 1½ on the classes path: the classes an anchor block's questions search, from every
+/// class's summary (`summaries`: the blocks' `class_summaries`, gathered by the caller) over
+/// `classes` classes.
+#[pyfunction]
+#[pyo3(signature = (embeddings, labels, ids, questions, summaries, *, classes, candidate_classes, rules, normalise))]
+#[allow(clippy::too_many_arguments)]
+fn block_pick<'py>(
+    py: Python<'py>,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    labels: PyReadonlyArray1<'py, i64>,
+    ids: PyReadonlyArray1<'py, i64>,
+    questions: Bound<'py, PyDict>,
+    summaries: Vec<Bound<'py, PyDict>>,
+    classes: usize,
+    candidate_classes: usize,
+    rules: &str,
+    normalise: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rules = parse_rules(rules)?;
+    let anchors = Rows::read("anchors", &embeddings, &labels, &ids, normalise)?;
+    let bands = read_questions(&questions, anchors.ids.len())?;
+    let mut level = LevelBuilder::new(classes, anchors.dim);
+    for (b, part) in summaries.iter().enumerate() {
+        let what = "class summaries";
+        let part = ClassSummaries {
+            classes: indices(&array::<i64>(part, what, "classes")?, what)?
+                .into_iter()
+                .map(|c| c as u32)
+                .collect(),
+            means: array::<f32>(part, what, "means")?.as_array().to_vec(),
+            radius: array::<f32>(part, what, "radius")?.as_array().to_vec(),
+        };
+        level
+            .add(b, &part)
+            .map_err(|e| value_error(e.to_string()))?;
+    }
+    let (picks, candidates) = py.allow_threads(|| {
+        let level = level.build(candidate_classes.max(1));
+        (
+            blocks::pick(anchors.block(), &bands, &level, &rules),
+            level.candidates(),
+        )
+    });
+    let out = PyDict::new(py);
+    for (prefix, p) in [("guard_", picks.guard), ("", picks.bands)] {
+        let to_i64 = |v: Vec<usize>| v.into_iter().map(|x| x as i64).collect();
+        out.set_item(format!("{prefix}offsets"), i64_array(py, to_i64(p.offsets)))?;
+        out.set_item(
+            format!("{prefix}rows"),
+            i64_array(py, p.rows.into_iter().map(i64::from).collect()),
+        )?;
+        out.set_item(format!("{prefix}whole"), PyArray1::from_vec(py, p.whole))?;
+    }
+    out.set_item("classes", classes)?;
+    out.set_item("candidate_classes", candidates)?;
+    Ok(out)
+}
+
+/// Step 2 on the classes path: an anchor block's questions answered among the members of one
+/// corpus block in the classes `picks` (from `block_pick`) chose.
+#[pyfunction]
+#[pyo3(signature = (anchors, anchor_labels, anchor_ids, questions, picks, corpus, corpus_labels, corpus_ids, *, rules, normalise))]
+#[allow(clippy::too_many_arguments)]
+fn block_answer_picked<'py>(
+    py: Python<'py>,
+    anchors: PyReadonlyArray2<'py, f32>,
+    anchor_labels: PyReadonlyArray1<'py, i64>,
+    anchor_ids: PyReadonlyArray1<'py, i64>,
+    questions: Bound<'py, PyDict>,
+    picks: Bound<'py, PyDict>,
+    corpus: PyReadonlyArray2<'py, f32>,
+    corpus_labels: PyReadonlyArray1<'py, i64>,
+    corpus_ids: PyReadonlyArray1<'py, i64>,
+    rules: &str,
+    normalise: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rules = parse_rules(rules)?;
+    let anchors = Rows::read("anchors", &anchors, &anchor_labels, &anchor_ids, normalise)?;
+    let corpus = Rows::read("corpus", &corpus, &corpus_labels, &corpus_ids, normalise)?;
+    if anchors.dim != corpus.dim {
+        return Err(value_error(format!(
+            "anchors have {} dimensions, the corpus block {}",
+            anchors.dim, corpus.dim
+        )));
+    }
+    let bands = read_questions(&questions, anchors.ids.len())?;
+    let classes: usize = picks
+        .get_item("classes")?
+        .ok_or_else(|| value_error("picks has no \"classes\""))?
+        .extract()?;
+    let picks = Picks {
+        guard: picks_of(&picks, "guard_")?,
+        bands: picks_of(&picks, "")?,
+    };
+    let answers = py
+        .allow_threads(|| {
+            blocks::answer_picked(
+                anchors.block(),
+                &bands,
+                &picks,
+                classes,
+                corpus.block(),
+                &rules,
+            )
+        })
+        .map_err(|e| value_error(e.to_string()))?;
+    answers_dict(py, answers)
+}
+
 /// Step 3: the answers of several corpus blocks to one anchor block's questions, as one.
 #[pyfunction]
 fn block_merge<'py>(
@@ -265,9 +413,10 @@ fn block_merge<'py>(
     answers_dict(py, merged)
 }
 
-/// Step 4: the anchor block's triplets (corpus rows) and statistics from merged answers.
+/// Step 4: the anchor block's triplets (corpus rows) and statistics from merged answers
+/// (`candidate_classes`: the classes path's, from `block_pick`).
 #[pyfunction]
-#[pyo3(signature = (embeddings, labels, ids, questions, answers, *, rules, corpus_rows, normalise))]
+#[pyo3(signature = (embeddings, labels, ids, questions, answers, *, rules, corpus_rows, normalise, candidate_classes=None))]
 #[allow(clippy::too_many_arguments)]
 fn block_finalise<'py>(
     py: Python<'py>,
@@ -279,6 +428,7 @@ fn block_finalise<'py>(
     rules: &str,
     corpus_rows: usize,
     normalise: bool,
+    candidate_classes: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let rules = parse_rules(rules)?;
     let anchors = Rows::read("anchors", &embeddings, &labels, &ids, normalise)?;
@@ -286,7 +436,8 @@ fn block_finalise<'py>(
     let answers = read_answers(&answers)?;
     let (triplets, stats) = py
         .allow_threads(|| {
-            blocks::finalise(anchors.block(), &bands, &answers, &rules, corpus_rows, None)
+            let (a, r) = (anchors.block(), &rules);
+            blocks::finalise(a, &bands, &answers, r, corpus_rows, candidate_classes)
         })
         .map_err(|e| value_error(e.to_string()))?;
     let stats = serde_json::to_string(&stats).expect("stats serialise");
@@ -536,6 +687,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mining_rules, m)?)?;
     m.add_function(wrap_pyfunction!(block_questions, m)?)?;
     m.add_function(wrap_pyfunction!(block_answer, m)?)?;
+    m.add_function(wrap_pyfunction!(class_summaries, m)?)?;
+    m.add_function(wrap_pyfunction!(block_pick, m)?)?;
+    m.add_function(wrap_pyfunction!(block_answer_picked, m)?)?;
     m.add_function(wrap_pyfunction!(block_merge, m)?)?;
     m.add_function(wrap_pyfunction!(block_finalise, m)?)?;
     m.add_function(wrap_pyfunction!(merge_stats, m)?)?;

@@ -1,7 +1,7 @@
 """tripmine.ray on a real Ray cluster of two simulated nodes (ray.cluster_utils.Cluster: two
 raylets with one CPU each, so blocks and their objects move between nodes): the distributed
 output equals single-process ``tripmine.mine(knn="exact")`` on every grid, strategy and
-positives rule (and ``evaluate`` equals ``tripmine.evaluate``), survives a worker killed mid-run, and resumes from a checkpoint."""
+positives rule (and ``knn="classes"``'s on the classes path) (and ``evaluate`` equals ``tripmine.evaluate``), survives a worker killed mid-run, and resumes from a checkpoint."""
 
 import json
 import os
@@ -71,6 +71,27 @@ def test_every_grid_equals_single_process_mine(cluster, corpus, strategy, k, gua
         got = tripmine.ray.mine(directory, anchor_blocks=grid[0], corpus_blocks=grid[1], verify=False, **rules)
         same(got, want)
         assert got.stats["backend"]["anchor_blocks"] == grid[0]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        dict(strategy="semihard", negatives_per_anchor=1, candidate_classes=3),
+        dict(strategy="semihard=0.6,hard=0.4", negatives_per_anchor=3, positives="all", skip_nearest=1, candidate_classes=5),
+    ],
+)
+def test_the_classes_path_on_every_grid_equals_single_process_mine(cluster, corpus, rules):
+    # Each anchor block picks its classes from every block's class means and radii; few
+    # candidates of 50 classes, so the path is approximate and the equality means something.
+    directory, x, labels = corpus
+    want = tripmine.mine(x, labels, knn="classes", seed=5, **rules)
+    exact = tripmine.mine(x, labels, knn="exact", seed=5, **{k: v for k, v in rules.items() if k != "candidate_classes"})
+    assert len(want) > 0 and not np.array_equal(want.negative, exact.negative)
+    for grid in [(1, 1), (4, 4), (8, 2)]:
+        got = tripmine.ray.mine(directory, knn="classes", anchor_blocks=grid[0], corpus_blocks=grid[1], verify=False, seed=5, **rules)
+        same(got, want)
+        assert got.stats["backend"]["name"] == "classes"
+        assert got.stats["backend"]["candidate_classes"] == rules["candidate_classes"]
 
 
 def test_blocks_run_on_both_nodes(cluster, corpus):

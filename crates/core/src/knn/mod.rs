@@ -8,7 +8,9 @@ mod exact;
 mod gemm;
 mod hnsw;
 
-pub use classes::{band_search_picked, class_summary, ClassIndex, ClassLevel, ClassPicks};
+pub use classes::{
+    band_search_picked, class_summary, classes_reach, ClassIndex, ClassLevel, ClassPicks,
+};
 pub use exact::{band_search_block, ExactIndex, CORPUS_BLOCK, QUERY_BLOCK};
 pub use gemm::{dot_tile, Kernel};
 pub use hnsw::{HnswIndex, HnswLoader, HnswParams};

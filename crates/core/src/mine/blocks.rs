@@ -19,13 +19,12 @@
 //! Rows are named by their row in the whole corpus everywhere (`Block::ids`), which is also
 //! what each anchor's random choices are seeded with.
 
-use std::collections::HashMap;
-
 use super::miner::{members_by_label, random_easy, AnchorPlan, Answer, MineStats};
 use super::rules::MiningRules;
 use crate::definitions::Triplet;
 use crate::knn::{
-    band_search_block, band_search_picked, Band, BandHits, ClassLevel, ClassPicks, Points,
+    band_search_block, band_search_picked, class_summary, classes_reach, Band, BandHits,
+    ClassLevel, ClassPicks, Points,
 };
 
 /// Rows of the corpus held here: unit vectors, label ids (the same ids in every block) and
@@ -42,6 +41,9 @@ pub enum BlockError {
     Unsupported(String),
     #[error("{0}")]
     Mismatch(String),
+    /// A class with rows in two blocks (by their numbers).
+    #[error("class {class} has rows in blocks {} and {}; blocks must hold whole classes", blocks[0], blocks[1])]
+    SplitClass { class: usize, blocks: [usize; 2] },
 }
 
 /// Each band's members found so far, flat: band `b` holds entries `offsets[b]..offsets[b+1]`
@@ -184,6 +186,99 @@ pub fn answer(anchors: Block, questions: &[Band], corpus: Block, rules: &MiningR
     answers_of(anchors, questions, found, corpus, rules)
 }
 
+/// The class level's inputs from one block of whole classes: each class's label id, mean and
+/// radius (over its rows in corpus order, as the in-memory index sums them), classes
+/// ascending, `means` classes × dim.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClassSummaries {
+    pub classes: Vec<u32>,
+    pub means: Vec<f32>,
+    pub radius: Vec<f32>,
+}
+
+/// Step 0 on the classes path, per block: its classes' summaries, which a [`LevelBuilder`]
+/// gathers from every block into the level.
+pub fn class_summaries(block: Block) -> ClassSummaries {
+    let (labels, dim) = (block.points.labels, block.points.dim);
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by_key(|&i| (labels[i], block.ids[i]));
+    let mut out = ClassSummaries::default();
+    let mut start = 0;
+    while start < order.len() {
+        let class = labels[order[start]];
+        let end = start + order[start..].partition_point(|&i| labels[i] == class);
+        let members = order[start..end].iter().map(|&i| block.points.row(i));
+        let (mean, radius) = class_summary(members, dim);
+        out.classes.push(class);
+        out.means.extend(mean);
+        out.radius.push(radius);
+        start = end;
+    }
+    out
+}
+
+/// The class level gathered from every block's [`ClassSummaries`], one block at a time.
+pub struct LevelBuilder {
+    dim: usize,
+    means: Vec<f32>,
+    radius: Vec<f32>,
+    /// The block that summarised each class, once one has.
+    by: Vec<Option<usize>>,
+}
+
+impl LevelBuilder {
+    /// A level over `classes` classes (label ids `0..classes`) of `dim` dimensions.
+    pub fn new(classes: usize, dim: usize) -> Self {
+        LevelBuilder {
+            dim,
+            means: vec![0f32; classes * dim],
+            radius: vec![0f32; classes],
+            by: vec![None; classes],
+        }
+    }
+
+    /// Block `block`'s summaries. A class that another block summarised too is refused
+    /// (anchor blocks hold whole classes), naming that block.
+    pub fn add(&mut self, block: usize, part: &ClassSummaries) -> Result<(), BlockError> {
+        let (dim, classes) = (self.dim, self.radius.len());
+        if part.means.len() != part.classes.len() * dim || part.radius.len() != part.classes.len() {
+            return Err(BlockError::Mismatch(format!(
+                "class summaries of {} classes hold {} values of means and {} radii ({dim} \
+                 dimensions)",
+                part.classes.len(),
+                part.means.len(),
+                part.radius.len()
+            )));
+        }
+        for (i, &class) in part.classes.iter().enumerate() {
+            let c = class as usize;
+            match self.by.get(c) {
+                None => {
+                    return Err(BlockError::Mismatch(format!(
+                        "class {c} is not one of the corpus's {classes} classes"
+                    )))
+                }
+                Some(Some(other)) => {
+                    return Err(BlockError::SplitClass {
+                        class: c,
+                        blocks: [*other, block],
+                    })
+                }
+                Some(None) => {}
+            }
+            self.by[c] = Some(block);
+            self.means[c * dim..(c + 1) * dim].copy_from_slice(&part.means[i * dim..(i + 1) * dim]);
+            self.radius[c] = part.radius[i];
+        }
+        Ok(())
+    }
+
+    /// The level, picking `candidates` classes per anchor.
+    pub fn build(self, candidates: usize) -> ClassLevel {
+        ClassLevel::new(self.means, self.radius, self.dim, candidates)
+    }
+}
+
 /// What an anchor block carries to every corpus block on the classes path: the classes the
 /// guard's bands search (as `mine` finds the guard's rows: [`ClassLevel::nearest_limit`]
 /// classes) and those the other bands search (`--candidate-classes`).
@@ -276,25 +371,54 @@ fn answers_of(
     corpus: Block,
     rules: &MiningRules,
 ) -> Answers {
-    let position: HashMap<usize, usize> = corpus
+    // Sorted (row id, position) pairs: hashing every corpus row of every block took 7% of
+    // an out-of-core run.
+    let mut position: Vec<(usize, usize)> = corpus
         .ids
         .iter()
         .enumerate()
         .map(|(i, &id)| (id, i))
         .collect();
+    position.sort_unstable();
+    let position_of = |id: usize| {
+        let at = position.partition_point(|&(i, _)| i < id);
+        position[at].1
+    };
     let mut out = Answers::default();
     out.offsets.push(0);
     for (band, hits) in questions.iter().zip(found) {
         let anchor = anchors.points.row(band.query);
         out.push_band(
             hits.hits.iter().map(|h| {
-                let row = corpus.points.row(position[&h.index]);
+                let row = corpus.points.row(position_of(h.index));
                 (h.index, h.dot, rules.distance.between(anchor, row))
             }),
             hits.complete,
         );
     }
     out
+}
+
+/// `questions` narrowed by the answers found so far: a band that already holds its `k` needs
+/// nothing below its `k`-th dot product from the next corpus block. Answers to the narrowed
+/// questions merge with `so_far` into exactly what the questions' own would (a row at the
+/// `k`-th dot product still enters, for the lower row id); one process streaming its corpus
+/// blocks uses this to scan and keep far fewer rows.
+pub fn narrowed(questions: &[Band], so_far: &Answers) -> Vec<Band> {
+    questions
+        .iter()
+        .enumerate()
+        .map(|(b, band)| {
+            let held = so_far.offsets[b + 1] - so_far.offsets[b];
+            match band.k {
+                k if k > 0 && held >= k => Band {
+                    min_dot: band.min_dot.max(so_far.dots[so_far.offsets[b] + k - 1]),
+                    ..*band
+                },
+                _ => *band,
+            }
+        })
+        .collect()
 }
 
 /// Step 3: the answers of several corpus blocks (or of merges) as one: each band's `k`
@@ -320,20 +444,21 @@ pub fn merge<'a>(
 }
 
 /// Step 4: the anchor block's triplets (rows of the whole corpus, in anchor order) and
-/// statistics, from its questions' merged answers over every corpus block; `level` is the
-/// classes path's, where the answers came from [`answer_picked`].
+/// statistics, from its questions' merged answers over every corpus block;
+/// `candidate_classes` is the classes path's ([`ClassLevel::candidates`]), where the answers
+/// came from [`answer_picked`].
 pub fn finalise(
     anchors: Block,
     questions: &[Band],
     answers: &Answers,
     rules: &MiningRules,
     corpus_len: usize,
-    level: Option<&ClassLevel>,
+    candidate_classes: Option<usize>,
 ) -> Result<(Vec<Triplet>, MineStats), BlockError> {
     supported(rules)?;
     answers.check(questions)?;
     let plans = plans(anchors, rules, corpus_len);
-    let reach = level.map_or_else(|| "every block".to_string(), ClassLevel::reach);
+    let reach = candidate_classes.map_or_else(|| "every block".to_string(), classes_reach);
     let mut next = 0..answers.bands();
     let mut stats = MineStats {
         anchors: plans.len(),
@@ -484,12 +609,31 @@ mod tests {
                     _ => answer(a.block(), &q, c.block(), rules),
                 })
                 .collect();
+            // Streamed with narrowed questions, as one process does: the same answers.
+            let mut streamed: Option<Answers> = None;
+            for c in &corpus {
+                let asked = streamed
+                    .as_ref()
+                    .map_or_else(|| q.clone(), |s| narrowed(&q, s));
+                let part = match (level, &picks) {
+                    (Some(l), Some(p)) => {
+                        answer_picked(a.block(), &asked, p, l.classes(), c.block(), rules).unwrap()
+                    }
+                    _ => answer(a.block(), &asked, c.block(), rules),
+                };
+                streamed = Some(match streamed {
+                    None => part,
+                    Some(so_far) => merge(&q, [&so_far, &part]).unwrap(),
+                });
+            }
             // Merged in two halves and once more: associativity, and a retried block.
             let (left, right) = parts.split_at(parts.len() / 2);
             let left = merge(&q, left).unwrap();
             let right = merge(&q, right).unwrap();
             let merged = merge(&q, [&left, &right, &parts[0]]).unwrap();
-            let (t, s) = finalise(a.block(), &q, &merged, rules, n, level).unwrap();
+            assert_eq!(streamed.as_ref(), Some(&merged));
+            let candidates = level.map(ClassLevel::candidates);
+            let (t, s) = finalise(a.block(), &q, &merged, rules, n, candidates).unwrap();
             triplets.extend(t);
             stats.add(&s);
         }

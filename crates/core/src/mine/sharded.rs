@@ -11,9 +11,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::blocks::{self, Answers, Block};
+use super::blocks::{self, Answers, Block, BlockError, LevelBuilder};
 use super::{write_triplet_set, MineConfig, MineError, MineStats, MineSummary};
-use crate::knn::{class_summary, ClassLevel, ClassPicks, KnnChoice, Points};
+use crate::knn::{ClassLevel, ClassPicks, KnnChoice, Points};
 use crate::shards::{self, Manifest, Shard, Stamp, Verify};
 use crate::store::{RowCheck, StoreError};
 use crate::triplets::{self, TripletRow};
@@ -62,54 +62,40 @@ fn survey(
     let (n, dim, classes) = (manifest.rows, manifest.dim, manifest.labels.len());
     let mut codes = vec![0u32; n];
     let mut paths = manifest.paths.then(|| vec![String::new(); n]);
-    let mut owner = vec![usize::MAX; classes];
     let mut stamps = Vec::with_capacity(manifest.shards.len());
-    let mut means = vec![
-        0f32;
-        if classes_path.is_some() {
-            classes * dim
-        } else {
-            0
-        }
-    ];
-    let mut radius = vec![0f32; if classes_path.is_some() { classes } else { 0 }];
+    // The level's builder also finds a class split over two shards; the exact path keeps a
+    // builder of no dimensions for that.
+    let mut level = LevelBuilder::new(classes, if classes_path.is_some() { dim } else { 0 });
     let bar = crate::progress::bar(manifest.shards.len() as u64, "reading shards");
     for (s, entry) in manifest.shards.iter().enumerate() {
         stamps.push(shards::stamp(dir, entry));
-        let mut shard = shards::load_shard(dir, manifest, entry, check, Verify::Sha256, None)
+        let shard = shards::load_shard(dir, manifest, entry, check, Verify::Sha256, None)
             .map_err(|e| invalid(dir, e))?;
-        shard.group_by_class(dim);
         for (i, (&row, &code)) in shard.rows.iter().zip(&shard.codes).enumerate() {
             codes[row] = code;
             if let Some(paths) = &mut paths {
                 paths[row] = shard.path(i);
             }
         }
-        let mut start = 0;
-        while start < shard.codes.len() {
-            let code = shard.codes[start];
-            let end = start + shard.codes[start..].partition_point(|&c| c == code);
-            let class = code as usize;
-            if owner[class] != usize::MAX {
-                return Err(invalid(
-                    dir,
-                    format!(
-                        "class {:?} has rows in {} and {}; shards are placed by label (each \
-                         class in one shard, as `tripmine embed --shard-rows` and \
-                         tripmine.write_shards write them)",
-                        manifest.labels[class], manifest.shards[owner[class]].name, entry.name
-                    ),
-                ));
-            }
-            owner[class] = s;
-            if classes_path.is_some() {
-                let members = shard.data[start * dim..end * dim].chunks_exact(dim);
-                let (mean, r) = class_summary(members, dim);
-                means[class * dim..(class + 1) * dim].copy_from_slice(&mean);
-                radius[class] = r;
-            }
-            start = end;
+        let mut summaries = blocks::class_summaries(block_of(&shard, dim, 0..shard.rows.len()));
+        if classes_path.is_none() {
+            summaries.means.clear();
         }
+        level.add(s, &summaries).map_err(|e| match e {
+            BlockError::SplitClass {
+                class,
+                blocks: [a, b],
+            } => invalid(
+                dir,
+                format!(
+                    "class {:?} has rows in {} and {}; shards are placed by label (each class \
+                     in one shard, as `tripmine embed --shard-rows` and tripmine.write_shards \
+                     write them)",
+                    manifest.labels[class], manifest.shards[a].name, manifest.shards[b].name
+                ),
+            ),
+            other => invalid(dir, other.to_string()),
+        })?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -117,7 +103,7 @@ fn survey(
         codes,
         paths,
         stamps,
-        level: classes_path.map(|candidates| ClassLevel::new(means, radius, dim, candidates)),
+        level: classes_path.map(|candidates| level.build(candidates)),
     })
 }
 
@@ -180,12 +166,16 @@ pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary,
                     &loaded
                 };
                 let corpus = block_of(corpus, dim, 0..corpus.rows.len());
+                let asked = match &answers {
+                    Some(so_far) => blocks::narrowed(&questions, so_far),
+                    None => questions.clone(),
+                };
                 let part = match (level, &picks) {
                     (Some(l), Some(p)) => {
-                        blocks::answer_picked(block, &questions, p, l.classes(), corpus, rules)
+                        blocks::answer_picked(block, &asked, p, l.classes(), corpus, rules)
                             .map_err(failed)?
                     }
-                    _ => blocks::answer(block, &questions, corpus, rules),
+                    _ => blocks::answer(block, &asked, corpus, rules),
                 };
                 answers = Some(match answers {
                     None => part,
@@ -193,8 +183,9 @@ pub fn run(dir: &Path, normalise: bool, cfg: &MineConfig) -> Result<MineSummary,
                 });
             }
             let answers = answers.expect("the anchor's own shard is always asked");
-            let (found, s) =
-                blocks::finalise(block, &questions, &answers, rules, n, level).map_err(failed)?;
+            let candidates = level.map(ClassLevel::candidates);
+            let (found, s) = blocks::finalise(block, &questions, &answers, rules, n, candidates)
+                .map_err(failed)?;
             triplets.extend(found);
             stats.add(&s);
             bar.inc(range.len() as u64);

@@ -7,11 +7,13 @@ as tasks, each reading its shards from the directory (memory-mapped) and passing
 arrays through Ray's object store:
 
     questions(anchor block)                     the bands each anchor asks (d(a,p) known)
+    [classes path: summaries(anchor block)      each class's mean and radius, broadcast
+                   pick(anchor block, questions, every summary)  the classes each band searches]
     answer(anchor block, questions, corpus block)  each band's k nearest there, exact d(a,n)
     finalise(anchor block, questions, answers…)    merge (by row id) and assemble triplets
 
 The driver holds object references, not rows. The output equals ``tripmine.mine(...,
-knn="exact")`` on the same rows (tests/test_ray.py checks every grid and strategy). Ray does
+knn=knn)`` on the same rows (tests/test_ray.py checks every grid and strategy). Ray does
 the scheduling, transport, retries (``max_retries``) and lost-object rebuilding; a finished
 anchor block is written to ``checkpoint`` so that a restarted driver resumes.
 """
@@ -54,7 +56,19 @@ def _questions(directory, anchors, rules, corpus_rows, normalise):
     return _tripmine.block_questions(x, codes, ids, rules=rules, corpus_rows=corpus_rows, normalise=normalise)
 
 
-def _answer(directory, anchors, questions, corpus, rules, normalise, exit_once):
+def _summaries(directory, names, normalise):
+    return _tripmine.class_summaries(*_load(directory, names), normalise=normalise)
+
+
+def _pick(directory, anchors, questions, rules, normalise, classes, candidate_classes, *summaries):
+    x, codes, ids = _load(directory, anchors)
+    return _tripmine.block_pick(
+        x, codes, ids, questions, list(summaries),
+        classes=classes, candidate_classes=candidate_classes, rules=rules, normalise=normalise,
+    )
+
+
+def _answer(directory, anchors, questions, picks, corpus, rules, normalise, exit_once):
     import ray
 
     retried = False
@@ -65,17 +79,21 @@ def _answer(directory, anchors, questions, corpus, rules, normalise, exit_once):
         retried = True
     a = _load(directory, anchors)
     c = _load(directory, corpus)
-    out = _tripmine.block_answer(*a, questions, *c, rules=rules, normalise=normalise)
+    if picks is None:
+        out = _tripmine.block_answer(*a, questions, *c, rules=rules, normalise=normalise)
+    else:
+        out = _tripmine.block_answer_picked(*a, questions, picks, *c, rules=rules, normalise=normalise)
     out["retried"] = retried
     out["node"] = ray.get_runtime_context().get_node_id()
     return out
 
 
-def _finalise(directory, anchors, questions, rules, corpus_rows, normalise, *answers):
+def _finalise(directory, anchors, questions, rules, corpus_rows, normalise, candidate_classes, *answers):
     merged = _tripmine.block_merge(questions, list(answers))
     x, codes, ids = _load(directory, anchors)
     columns = _tripmine.block_finalise(
-        x, codes, ids, questions, merged, rules=rules, corpus_rows=corpus_rows, normalise=normalise
+        x, codes, ids, questions, merged,
+        rules=rules, corpus_rows=corpus_rows, normalise=normalise, candidate_classes=candidate_classes,
     )
     columns["retried"] = [j for j, a in enumerate(answers) if a["retried"]]
     columns["nodes"] = sorted({a["node"] for a in answers})
@@ -161,6 +179,8 @@ def mine(
     skip_nearest=0,
     negative_floor=0.0,
     max_search_depth=4096,
+    knn="exact",
+    candidate_classes=500,
     normalise=False,
     anchor_blocks=None,
     corpus_blocks=None,
@@ -169,9 +189,13 @@ def mine(
     checkpoint=None,
     verify=True,
 ):
-    """Mines a shard directory on Ray, as ``tripmine.mine`` mines the same rows with
-    ``knn="exact"`` (same options, same triplets). Uses the cluster of the ``ray.init`` the
-    caller made, else starts a local one.
+    """Mines a shard directory on Ray, as ``tripmine.mine`` mines the same rows with the same
+    ``knn`` (same options, same triplets). Uses the cluster of the ``ray.init`` the caller
+    made, else starts a local one.
+
+    knn: "exact", or "classes" (each anchor block picks its ``candidate_classes`` nearest
+    classes from every class's mean and radius, which tasks compute per anchor block and Ray
+    broadcasts; each corpus block then scores only their members).
 
     anchor_blocks, corpus_blocks: the grid (default: one block per shard each way).
     num_cpus: CPUs per task (and its Rust threads). max_retries: Ray's, per task.
@@ -199,14 +223,19 @@ def mine(
         negative_floor=float(negative_floor),
         max_search_depth=_count("max_search_depth", max_search_depth, 1),
     )
+    if knn not in ("exact", "classes"):
+        raise ValueError(f"knn={knn!r}: on Ray, 'exact' or 'classes' (HNSW is built over a corpus in memory)")
+    classes = len(shards.manifest["labels"])
+    # The level searches at most every class, as in memory.
+    candidates = min(_count("candidate_classes", candidate_classes, 1), max(classes, 1)) if knn == "classes" else None
     names = shards.names
     anchor_groups = _split(names, anchor_blocks or len(names))
     corpus_groups = _split(names, corpus_blocks or len(names))
     grid = [len(anchor_groups), len(corpus_groups)]
-    saved = _Checkpoint(
-        checkpoint and os.fspath(checkpoint),
-        {"shards": shards.digest(), "rules": json.loads(rules), "grid": grid, "normalise": bool(normalise)},
-    )
+    key = {"shards": shards.digest(), "rules": json.loads(rules), "grid": grid, "normalise": bool(normalise)}
+    if candidates is not None:
+        key.update(knn="classes", candidate_classes=candidates)
+    saved = _Checkpoint(checkpoint and os.fspath(checkpoint), key)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     options = _task_options(num_cpus, max_retries)
@@ -216,16 +245,27 @@ def mine(
     finalise_task = ray.remote(_finalise).options(**options)
     exit_once = os.environ.get(EXIT_ONCE)
     blocks, pending, nodes = {}, {}, set()
+    summaries = None
     for i, anchors in enumerate(anchor_groups):
         blocks[i] = saved.load(i)
         if blocks[i] is not None:
             continue
         questions = questions_task.remote(directory, anchors, rules, n, normalise)
+        picks = None
+        if candidates is not None:
+            if summaries is None:
+                # Anchor blocks hold whole classes: their summaries are every class's, once.
+                summary_task = ray.remote(_summaries).options(scheduling_strategy="SPREAD", **options)
+                summaries = [summary_task.remote(directory, group, normalise) for group in anchor_groups]
+            picks = ray.remote(_pick).options(**options).remote(
+                directory, anchors, questions, rules, normalise, classes, candidates, *summaries
+            )
         answers = [
             answer_task.remote(
                 directory,
                 anchors,
                 questions,
+                picks,
                 corpus,
                 rules,
                 normalise,
@@ -233,7 +273,7 @@ def mine(
             )
             for j, corpus in enumerate(corpus_groups)
         ]
-        pending[finalise_task.remote(directory, anchors, questions, rules, n, normalise, *answers)] = i
+        pending[finalise_task.remote(directory, anchors, questions, rules, n, normalise, candidates, *answers)] = i
     resumed = grid[0] - len(pending)
     if resumed:
         print(f"tripmine.ray: {resumed} of {grid[0]} anchor blocks resumed from {checkpoint}", file=sys.stderr)
@@ -257,7 +297,7 @@ def mine(
     columns["kind"] = kinds[order].tolist()
     stats = json.loads(_tripmine.merge_stats([p["stats"] for p in parts]))
     backend = {
-        "name": "exact",
+        "name": knn,
         "engine": "ray",
         "anchor_blocks": grid[0],
         "corpus_blocks": grid[1],
@@ -265,6 +305,8 @@ def mine(
         # Nodes that answered blocks in this call (blocks resumed from a checkpoint not counted).
         "nodes": len(nodes),
     }
+    if candidates is not None:
+        backend.update(classes=classes, candidate_classes=candidates)
     stats.update(backend=backend, excluded=0, margin=float(margin), distance=str(distance))
     columns["stats"] = json.dumps(stats)
     if out is not None:
@@ -353,6 +395,8 @@ def main(argv=None):
     m.add_argument("--skip-nearest", type=int, default=0)
     m.add_argument("--negative-floor", type=float, default=0.0)
     m.add_argument("--max-search-depth", type=int, default=4096)
+    m.add_argument("--knn", default="exact", choices=["exact", "classes"], help="exact, or the classes path (approximate)")
+    m.add_argument("--candidate-classes", type=int, default=500, help="classes each anchor searches on the classes path")
     m.add_argument("--checkpoint", help="directory of finished blocks; a restarted run resumes")
     sub.add_parser(
         "evaluate",
@@ -388,6 +432,8 @@ def main(argv=None):
             skip_nearest=args.skip_nearest,
             negative_floor=args.negative_floor,
             max_search_depth=args.max_search_depth,
+            knn=args.knn,
+            candidate_classes=args.candidate_classes,
             checkpoint=args.checkpoint,
             **grid_options,
         )
