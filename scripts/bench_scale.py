@@ -10,7 +10,8 @@ class around random centres) is mined with semihard, 1 negative per anchor, by:
                       the same with --knn classes --candidate-classes N (out of core,
                       approximate: recall below)
   ray-1, ray-2        tripmine.ray.mine on a local Ray cluster of 1 and 2 worker CPUs, start-up
-                      included (grid: one anchor block per worker x 4 corpus blocks)
+                      included (grid: one anchor block per worker x 4 corpus blocks; with
+                      --ray-knn classes, the classes path on 8 x 4 blocks)
   faiss-flat          faiss IndexFlatIP.search(x, 64) of every row, what a faiss user runs
                       before filtering negatives (no mining: a lower bound on exact search)
 
@@ -117,7 +118,11 @@ def run_child(args):
 
         workers = int(args.child.split("-")[1])
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        r = tripmine.ray.mine(shards, anchor_blocks=workers, corpus_blocks=4, verify=False)
+        if args.ray_knn == "classes":
+            # Eight anchor blocks keep each block's class picks (rows x candidates) small.
+            r = tripmine.ray.mine(shards, knn="classes", candidate_classes=args.candidate_classes, anchor_blocks=8, corpus_blocks=4, verify=False)
+        else:
+            r = tripmine.ray.mine(shards, anchor_blocks=workers, corpus_blocks=4, verify=False)
         out["triplets"] = len(r)
         np.save(os.path.join(args.work, f"{args.child}.npy"), np.stack([r.anchor, r.negative]))
         out["peak_mb"] = max(ray_workers_peak_mb() or 0, vm_hwm_mb() or 0)
@@ -178,6 +183,7 @@ def main():
     p.add_argument("--shard-rows", type=int, default=25_000)
     p.add_argument("--sample", type=int, default=1000)
     p.add_argument("--candidate-classes", type=int, default=500)
+    p.add_argument("--ray-knn", default="exact", choices=["exact", "classes"], help="what ray-1 and ray-2 mine with")
     p.add_argument("--bin", default="target/release/tripmine")
     p.add_argument("--out", default="out/bench-scale")
     p.add_argument("--contenders", default="tripmine-exact,tripmine-classes,tripmine-cli-shards,ray-1,ray-2,faiss-flat")
@@ -200,7 +206,7 @@ def main():
     for name in args.contenders.split(","):
         t = time.perf_counter()
         log = open(os.path.join(work, f"{name}.log"), "w+")
-        child = subprocess.Popen([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin), "--candidate-classes", str(args.candidate_classes)], stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, __file__, "--child", name, "--work", work, "--bin", os.path.abspath(args.bin), "--candidate-classes", str(args.candidate_classes), "--ray-knn", args.ray_knn], stdout=log, stderr=subprocess.STDOUT)
         _, status, _ = os.wait4(child.pid, 0)
         wall = time.perf_counter() - t
         log.seek(0)
@@ -218,7 +224,15 @@ def main():
         path = os.path.join(work, f"{name}.npy")
         if os.path.exists(exact) and os.path.exists(path):
             by[name]["equal_to_exact"] = bool(np.array_equal(np.load(exact), np.load(path)))
-    for name in ("tripmine-classes", "tripmine-cli-shards-classes"):
+    if args.ray_knn == "classes":
+        # Ray's classes path reads the shards' label codes (names in order), as the CLI does.
+        for name in ("ray-1", "ray-2"):
+            path = os.path.join(work, f"{name}.npy")
+            if name in by and os.path.exists(path):
+                by[name]["equal_to_exact"] = None
+        if "ray-1" in by and "ray-2" in by:
+            by["ray-2"]["equal_to_ray_1"] = bool(np.array_equal(np.load(os.path.join(work, "ray-1.npy")), np.load(os.path.join(work, "ray-2.npy"))))
+    for name in ("tripmine-classes", "tripmine-cli-shards-classes", "ray-2" if args.ray_knn == "classes" else ""):
         path = os.path.join(work, f"{name}.npy")
         if name in by and os.path.exists(path):
             by[name]["recall_float64"], scored = float64_recall(x, labels, np.load(path), args.sample)
@@ -233,8 +247,10 @@ def main():
     print("|---|---|---|---|---|")
     for r in results:
         note = []
-        if "equal_to_exact" in r:
+        if r.get("equal_to_exact") is not None:
             note.append("same triplets as tripmine-exact" if r["equal_to_exact"] else "DIFFERS from tripmine-exact")
+        if "equal_to_ray_1" in r:
+            note.append("same triplets as ray-1" if r["equal_to_ray_1"] else "DIFFERS from ray-1")
         if "threads" in r:
             note.append(f"k=64 search only, {r['threads']} OpenMP threads")
         if "recall_float64" in r:
@@ -244,9 +260,10 @@ def main():
         print(f"| {r['contender']} | {r['seconds']:.1f} ({r['wall_seconds']:.1f}) | {r['peak_mb']:.0f} MB | {r['triplets']:,} | {'; '.join(note)} |")
     if "ray-1" in by and "ray-2" in by:
         print(f"\nray-2 is {by['ray-1']['wall_seconds'] / by['ray-2']['wall_seconds']:.2f}x faster than ray-1 (process times)")
-    if "tripmine-exact" in by and "ray-2" in by:
-        print(f"ray-2 takes {by['ray-2']['wall_seconds'] / by['tripmine-exact']['wall_seconds']:.2f}x tripmine-exact's process time")
-    if "ray-1" in by:
+    single = "tripmine-classes" if args.ray_knn == "classes" else "tripmine-exact"
+    if single in by and "ray-2" in by:
+        print(f"ray-2 takes {by['ray-2']['wall_seconds'] / by[single]['wall_seconds']:.2f}x {single}'s process time")
+    if "ray-1" in by and args.ray_knn == "exact":
         # Exact mining is 2 N^2 d multiply-adds; one worker CPU's measured rate plans the rest.
         rate = 2 * args.rows**2 * args.dim / by["ray-1"]["seconds"]
         print(f"\none worker CPU mined at {rate / 1e9:.0f} GFLOP/s (exact, whole run). Exact mining of")
