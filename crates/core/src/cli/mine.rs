@@ -11,7 +11,7 @@ use crate::mine::{MineConfig, MiningRules, NegativeOrder, PositiveRule, Strategy
 #[derive(Debug, Clone, Args)]
 #[command(
     allow_negative_numbers = true,
-    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head\n  tripmine mine --embeddings emb/ --out t.csv --knn classes --candidate-classes 1000\n  tripmine mine --embeddings emb/ --out t.csv --skip-nearest 2 --negative-floor 0.9   # guard against false negatives"
+    after_help = "Examples:\n  tripmine mine --embeddings emb/ --out triplets.csv --strategy semihard=0.7,hard=0.3\n  tripmine mine --embeddings vectors.npy --labels labels.csv --normalise --out triplets.csv\n  tripmine mine --corpus photos/ --model run/best --out - --negatives-per-anchor 5 | head\n  tripmine mine --embeddings emb/ --out t.csv --knn classes --candidate-classes 1000\n  tripmine mine --embeddings shards/ --out t.csv --knn classes   # a shard directory, out of core\n  tripmine mine --embeddings emb/ --out t.csv --skip-nearest 2 --negative-floor 0.9   # guard against false negatives"
 )]
 pub struct MineArgs {
     #[command(flatten)]
