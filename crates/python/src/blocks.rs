@@ -16,6 +16,13 @@ use tripmine_core::triplets::TripletRow;
 
 use crate::{i64_array, label_codes, rows, triplet_columns, unit_rows, value_error, RuleArgs};
 
+/// A block's embeddings, labels and corpus row ids as Python passed them.
+type BlockArrays<'b, 'py> = (
+    &'b PyReadonlyArray2<'py, f32>,
+    &'b PyReadonlyArray1<'py, i64>,
+    &'b PyReadonlyArray1<'py, i64>,
+);
+
 /// A block's rows, labels and corpus row ids, checked.
 struct Rows<'a> {
     data: Cow<'a, [f32]>,
@@ -51,6 +58,23 @@ impl<'a> Rows<'a> {
             labels,
             ids,
         })
+    }
+
+    /// An anchor block and a corpus block (embeddings, labels, row ids each), of one width.
+    fn read_pair<'b>(
+        anchors: BlockArrays<'b, '_>,
+        corpus: BlockArrays<'b, '_>,
+        normalise: bool,
+    ) -> PyResult<(Rows<'b>, Rows<'b>)> {
+        let anchors = Rows::read("anchors", anchors.0, anchors.1, anchors.2, normalise)?;
+        let corpus = Rows::read("corpus", corpus.0, corpus.1, corpus.2, normalise)?;
+        if anchors.dim != corpus.dim {
+            return Err(value_error(format!(
+                "anchors have {} dimensions, the corpus block {}",
+                anchors.dim, corpus.dim
+            )));
+        }
+        Ok((anchors, corpus))
     }
 
     fn block(&self) -> Block<'_> {
@@ -236,14 +260,11 @@ fn block_answer<'py>(
     normalise: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let rules = parse_rules(rules)?;
-    let anchors = Rows::read("anchors", &anchors, &anchor_labels, &anchor_ids, normalise)?;
-    let corpus = Rows::read("corpus", &corpus, &corpus_labels, &corpus_ids, normalise)?;
-    if anchors.dim != corpus.dim {
-        return Err(value_error(format!(
-            "anchors have {} dimensions, the corpus block {}",
-            anchors.dim, corpus.dim
-        )));
-    }
+    let (anchors, corpus) = Rows::read_pair(
+        (&anchors, &anchor_labels, &anchor_ids),
+        (&corpus, &corpus_labels, &corpus_ids),
+        normalise,
+    )?;
     let bands = read_questions(&questions, anchors.ids.len())?;
     let answers =
         py.allow_threads(|| blocks::answer(anchors.block(), &bands, corpus.block(), &rules));
@@ -366,14 +387,11 @@ fn block_answer_picked<'py>(
     normalise: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let rules = parse_rules(rules)?;
-    let anchors = Rows::read("anchors", &anchors, &anchor_labels, &anchor_ids, normalise)?;
-    let corpus = Rows::read("corpus", &corpus, &corpus_labels, &corpus_ids, normalise)?;
-    if anchors.dim != corpus.dim {
-        return Err(value_error(format!(
-            "anchors have {} dimensions, the corpus block {}",
-            anchors.dim, corpus.dim
-        )));
-    }
+    let (anchors, corpus) = Rows::read_pair(
+        (&anchors, &anchor_labels, &anchor_ids),
+        (&corpus, &corpus_labels, &corpus_ids),
+        normalise,
+    )?;
     let bands = read_questions(&questions, anchors.ids.len())?;
     let classes: usize = picks
         .get_item("classes")?
@@ -599,14 +617,11 @@ fn eval_count<'py>(
     corpus_ids: PyReadonlyArray1<'py, i64>,
     normalise: bool,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let anchors = Rows::read("anchors", &anchors, &anchor_labels, &anchor_ids, normalise)?;
-    let corpus = Rows::read("corpus", &corpus, &corpus_labels, &corpus_ids, normalise)?;
-    if anchors.dim != corpus.dim {
-        return Err(value_error(format!(
-            "anchors have {} dimensions, the corpus block {}",
-            anchors.dim, corpus.dim
-        )));
-    }
+    let (anchors, corpus) = Rows::read_pair(
+        (&anchors, &anchor_labels, &anchor_ids),
+        (&corpus, &corpus_labels, &corpus_ids),
+        normalise,
+    )?;
     let r = read_relevant(&relevant, anchors.ids.len())?;
     let counts =
         py.allow_threads(|| eval_blocks::count_closer(anchors.block(), &r, corpus.block()));

@@ -600,27 +600,20 @@ mod tests {
         for a in &anchors {
             let q = questions(a.block(), rules, n).unwrap();
             let picks = level.map(|l| pick(a.block(), &q, l, rules));
-            let parts: Vec<Answers> = corpus
-                .iter()
-                .map(|c| match (level, &picks) {
-                    (Some(l), Some(p)) => {
-                        answer_picked(a.block(), &q, p, l.classes(), c.block(), rules).unwrap()
-                    }
-                    _ => answer(a.block(), &q, c.block(), rules),
-                })
-                .collect();
+            let ask = |asked: &[Band], c: &Owned| match (level, &picks) {
+                (Some(l), Some(p)) => {
+                    answer_picked(a.block(), asked, p, l.classes(), c.block(), rules).unwrap()
+                }
+                _ => answer(a.block(), asked, c.block(), rules),
+            };
+            let parts: Vec<Answers> = corpus.iter().map(|c| ask(&q, c)).collect();
             // Streamed with narrowed questions, as one process does: the same answers.
             let mut streamed: Option<Answers> = None;
             for c in &corpus {
                 let asked = streamed
                     .as_ref()
                     .map_or_else(|| q.clone(), |s| narrowed(&q, s));
-                let part = match (level, &picks) {
-                    (Some(l), Some(p)) => {
-                        answer_picked(a.block(), &asked, p, l.classes(), c.block(), rules).unwrap()
-                    }
-                    _ => answer(a.block(), &asked, c.block(), rules),
-                };
+                let part = ask(&asked, c);
                 streamed = Some(match streamed {
                     None => part,
                     Some(so_far) => merge(&q, [&so_far, &part]).unwrap(),

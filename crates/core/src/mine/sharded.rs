@@ -77,10 +77,21 @@ fn survey(
                 paths[row] = shard.path(i);
             }
         }
-        let mut summaries = blocks::class_summaries(block_of(&shard, dim, 0..shard.rows.len()));
-        if classes_path.is_none() {
-            summaries.means.clear();
-        }
+        let summaries = match classes_path {
+            Some(_) => blocks::class_summaries(block_of(&shard, dim, 0..shard.rows.len())),
+            // Only which classes the shard holds: no means or radii to compute.
+            None => {
+                let mut classes = shard.codes.clone();
+                classes.sort_unstable();
+                classes.dedup();
+                let radius = vec![0.0; classes.len()];
+                blocks::ClassSummaries {
+                    classes,
+                    means: Vec::new(),
+                    radius,
+                }
+            }
+        };
         level.add(s, &summaries).map_err(|e| match e {
             BlockError::SplitClass {
                 class,
